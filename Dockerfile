@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1
+#
+# The one selfjudge image: every stage worker (`worker synthesizer|reasoner|filter|trainer|
+# evaluator`) and the loop launcher (`run --config ...`) run from it; compose picks the
+# command. Entrypoint: `selfjudge` (through a small wrapper that can claim one GPU per
+# replica, see infra/docker/entrypoint.sh).
+#
+#   GPU image (default): torch's PyPI wheels for Linux bundle the CUDA runtime libraries, so
+#     a slim Python base works; the host needs only the NVIDIA driver + container toolkit.
+#       docker build -t selfjudge:latest .
+#   CPU image (smaller, used by docker-compose.cpu.yml):
+#       docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t selfjudge:cpu .
+
+ARG PYTHON_VERSION=3.11
+FROM python:${PYTHON_VERSION}-slim-bookworm
+
+# torch is installed before the project so that `pip install .` keeps this build of it
+# (pyproject only asks for torch>=2.4). torchvision is needed by Qwen2-VL-style processors.
+ARG TORCH_VERSION=2.13.0
+ARG TORCHVISION_VERSION=0.28.0
+# Empty: PyPI (CUDA build). Set to a CPU wheel index for a CPU-only image.
+ARG TORCH_INDEX_URL=
+
+# HF_HOME and the GPU lock files live in the `model-cache` volume that all stages share;
+# run.work_dir (local scratch of one process) stays inside the container.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/cache/huggingface \
+    SELFJUDGE_GPU_LOCK_DIR=/cache/gpu-locks \
+    SELFJUDGE__RUN__WORK_DIR=/app/work \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID
+
+# Non-root user; fixed uid/gid so volume ownership is predictable.
+RUN groupadd --system --gid 10001 selfjudge \
+ && useradd --system --uid 10001 --gid selfjudge --home-dir /home/selfjudge --create-home \
+        --shell /usr/sbin/nologin selfjudge
+
+# 1) torch (large, rarely changes: its own layer).
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
+     && pip install "torchvision==${TORCHVISION_VERSION}" ; \
+    else \
+        pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ; \
+    fi
+
+WORKDIR /app
+
+# 2) the project. Only what `pip install .` needs, plus the loop configs (compose also
+#    mounts ./configs read-only over /app/configs so edits need no rebuild).
+COPY pyproject.toml README.md ./
+COPY selfjudge ./selfjudge
+COPY shared ./shared
+COPY services ./services
+RUN pip install . \
+ && python -c "import selfjudge, selfjudge.shared.config"
+COPY configs ./configs
+COPY --chmod=0755 infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
+
+# Folders the user writes to. Named volumes mounted on them start with this ownership.
+RUN mkdir -p /app/work /cache/huggingface /cache/gpu-locks \
+ && chown -R selfjudge:selfjudge /app/work /cache
+
+USER selfjudge:selfjudge
+
+# Workers serve Prometheus metrics here (SELFJUDGE__METRICS__PORT=9100 in compose).
+EXPOSE 9100
+
+ENTRYPOINT ["selfjudge-entrypoint"]
+CMD ["--help"]

@@ -1,0 +1,35 @@
+# selfjudge: `make demo` runs the loop on embedded defaults; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU wheel of torch first, so nothing later pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# The only torchvision built for torch 2.13 (a CUDA build: shared/models/vision_compat.py
+# makes it import on CPU torch). Qwen2-VL image processors need it.
+TORCHVISION ?= torchvision==0.28.0
+
+.PHONY: install demo status test test-fast services bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install --no-deps "$(TORCHVISION)"
+	$(BIN)/pip install -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/selfjudge run --config configs/demo.yaml
+
+status: install
+	$(BIN)/selfjudge status --config configs/demo.yaml
+
+services:
+	bash scripts/ensure-services.sh
+
+test: install services
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf .selfjudge

@@ -1,0 +1,193 @@
+"""The one config object: defaults < YAML file < environment.
+
+Environment overrides use `SELFJUDGE__<SECTION>__<KEY>`, e.g.
+`SELFJUDGE__DATABASE__URL=postgresql+psycopg://...` or `SELFJUDGE__TRAIN__LR=2e-5`.
+Unknown keys and wrong types fail at start with one message naming them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunConfig(Section):
+    name: str = "demo"
+    iterations: int = Field(2, ge=1)
+    seed: int = 0
+    prompts_per_iteration: int = Field(64, ge=1)
+    shard_size: int = Field(32, ge=1)       # items per task message
+    heldout_pairs: int = Field(48, ge=0)    # generator-labelled pairs, never trained on
+    work_dir: str = ".selfjudge"            # local caches (checkpoint downloads, embedded store/db)
+
+
+class DatabaseConfig(Section):
+    url: str = ""   # empty = sqlite file under run.work_dir (embedded mode)
+
+
+class BrokerConfig(Section):
+    url: str = ""   # empty = in-process queue (embedded mode); else amqp://user:pass@host:5672//
+
+
+class StoreConfig(Section):
+    kind: Literal["local", "s3"] = "local"
+    root: str = ""                # local: folder (empty = <work_dir>/store)
+    endpoint: str = "127.0.0.1:9000"
+    bucket: str = "selfjudge"
+    access_key: str = ""          # from the environment / .env only
+    secret_key: str = ""
+    secure: bool = False
+    region: str = "us-east-1"
+
+
+class ModelConfig(Section):
+    base: str = "tiny"            # "tiny" (built offline) | a local folder | a hub id
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 8
+    trust_remote_code: bool = False
+    tiny_pretrain_steps: int = 300   # steps of scene captioning/QA for the tiny base model
+
+
+class SourceConfig(Section):
+    kind: Literal["scenes", "jsonl", "folder"] = "scenes"
+    path: str = ""
+    image_size: int = 112
+
+
+class SynthConfig(Section):
+    model: Literal["base", "judge"] = "base"   # which checkpoint writes the responses
+    n_samples: int = Field(16, ge=1)
+    temperature: float = 0.6
+    top_k: int = 50
+    top_p: float = 0.9
+    majority_threshold: int = Field(5, ge=1)
+    max_new_tokens: int = 64
+    open_max_new_tokens: int = 96
+
+
+class ReasonConfig(Section):
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples_per_order: int = Field(1, ge=1)
+    max_new_tokens: int = 96
+
+
+class TrainConfig(Section):
+    lr: float = 1e-5
+    epochs: int = 5
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.03
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = 96
+
+
+class MetricsConfig(Section):
+    port: int = 0          # 0 = do not serve; compose sets 9100 per container
+    addr: str = "127.0.0.1"
+
+
+class Settings(Section):
+    run: RunConfig = RunConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    broker: BrokerConfig = BrokerConfig()
+    store: StoreConfig = StoreConfig()
+    model: ModelConfig = ModelConfig()
+    source: SourceConfig = SourceConfig()
+    synth: SynthConfig = SynthConfig()
+    reason: ReasonConfig = ReasonConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker.url
+
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{Path(self.run.work_dir).resolve() / 'selfjudge.db'}"
+
+    def redacted(self) -> dict:
+        """The config as a dict with secrets masked, safe to log or store."""
+        data = self.model_dump()
+        for key in ("access_key", "secret_key"):
+            if data["store"][key]:
+                data["store"][key] = "***"
+        for sect, key in (("database", "url"), ("broker", "url")):
+            data[sect][key] = _mask_url(data[sect][key])
+        return data
+
+
+class ConfigError(ValueError):
+    """A config problem, reported in one message at start."""
+
+
+ENV_PREFIX = "SELFJUDGE__"
+
+
+def _mask_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value   # pydantic turns "2e-5", "true", "8" into the field's type
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None,
+                  overrides: dict | None = None) -> Settings:
+    """Defaults, then the YAML file, then SELFJUDGE__* variables, then `overrides`."""
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top")
+    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from None

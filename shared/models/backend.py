@@ -1,0 +1,187 @@
+"""Text generation from a VLM checkpoint folder: chat requests (text + images) in, completions out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from . import vision_compat
+
+vision_compat.ensure_torchvision()
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig  # noqa: E402
+
+
+@dataclass
+class ChatRequest:
+    text: str  # the user message text
+    images: list[Image.Image]  # 0..n images, placed before the text in the user turn
+    system: str | None = None
+    key: str = ""  # caller's id, returned untouched
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 -> off
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    key: str
+    texts: list[str]  # n completions, special tokens stripped
+    token_counts: list[int]  # generated tokens per completion, the stop token included
+    prompt_tokens: int
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    model_id: str  # identity of the loaded checkpoint (content hash given by caller)
+
+    def generate(
+        self,
+        requests: list[ChatRequest],
+        params: SamplingParams,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Generation]: ...
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def chat_messages(text: str, images: list[Image.Image], system: str | None = None) -> list[dict[str, Any]]:
+    """One user turn (images first, then text), with an optional system turn before it."""
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    msgs = [{"role": "user", "content": content}]
+    if system is not None:
+        msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    return msgs
+
+
+def stop_token_ids(processor: Any, model: Any) -> list[int]:
+    """The tokenizer's eos (<|im_end|> for chat models) plus whatever the checkpoint's generation config stops on."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    eos = processor.tokenizer.eos_token_id
+    return ids + ([eos] if eos is not None and eos not in ids else [])
+
+
+class TransformersBackend:
+    def __init__(
+        self,
+        model_path: str,
+        model_id: str = "",
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+    ):
+        self.model_id = model_id or str(model_path)
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.processor.tokenizer.padding_side = "left"  # generation appends on the right
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_path,
+            dtype=DTYPES[dtype],
+            device_map=str(self.device),  # load straight onto the device
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        ).eval()
+        self.stop_ids = stop_token_ids(self.processor, self.model)
+        tok = self.processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
+
+    def _gen_config(self, p: SamplingParams) -> GenerationConfig:
+        # Every sampling knob is set explicitly: generate() fills unset (None) fields from the
+        # checkpoint's generation_config.json (the hub's Qwen2.5-VL has repetition_penalty=1.05,
+        # top_k=1, ...) and then from global defaults (top_k=50). Only SamplingParams counts.
+        sample = p.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=p.max_new_tokens,
+            do_sample=sample,
+            temperature=p.temperature if sample else 1.0,
+            top_p=p.top_p if sample else 1.0,
+            top_k=p.top_k if sample else 0,
+            repetition_penalty=1.0,
+            num_return_sequences=p.n if sample else 1,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=self.model.generation_config.bos_token_id,
+            use_cache=True,
+        )
+
+    def _encode(self, reqs: list[ChatRequest]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.processor.apply_chat_template(
+                chat_messages(r.text, r.images, r.system), add_generation_prompt=True, tokenize=False
+            )
+            for r in reqs
+        ]
+        images = [list(r.images) for r in reqs] if any(r.images for r in reqs) else None
+        enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        requests: list[ChatRequest],
+        params: SamplingParams,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Generation]:
+        cfg = self._gen_config(params)
+        copies = params.n if params.temperature > 0 else 1
+        # Homogeneous batches: group by image count, then by text length to limit padding.
+        order = sorted(range(len(requests)), key=lambda i: (len(requests[i].images), len(requests[i].text)))
+        batches, cur = [], []
+        for i in order:
+            if cur and (len(cur) == self.batch_size or len(requests[cur[0]].images) != len(requests[i].images)):
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+
+        results: list[Generation | None] = [None] * len(requests)
+        done = 0
+        for b, idx in enumerate(batches):
+            enc = self._encode([requests[i] for i in idx])
+            torch.manual_seed(params.seed + b)
+            out = self.model.generate(**enc, generation_config=cfg)
+            prompt_len = enc["input_ids"].shape[1]
+            new = out[:, prompt_len:].cpu()
+            for j, i in enumerate(idx):
+                rows = new[j * copies : (j + 1) * copies]
+                counts = [self._count(row) for row in rows]
+                texts = self.processor.tokenizer.batch_decode(
+                    [row[:c] for row, c in zip(rows, counts)], skip_special_tokens=True
+                )
+                if copies < params.n:  # greedy: every sample is the same completion
+                    texts, counts = texts * params.n, counts * params.n
+                results[i] = Generation(
+                    key=requests[i].key,
+                    texts=texts,
+                    token_counts=counts,
+                    prompt_tokens=int(enc["attention_mask"][j].sum()),
+                )
+            done += len(idx)
+            if progress is not None:
+                progress(done, len(requests))
+        return results  # type: ignore[return-value]
+
+    def _count(self, row: torch.Tensor) -> int:
+        """Generated tokens up to and including the first stop token (the rest is padding)."""
+        stops = torch.isin(row, torch.tensor(self.stop_ids))
+        return int(stops.nonzero()[0, 0]) + 1 if stops.any() else len(row)
+
+
+def load_backend(kind: str, model_path: str, **kw: Any) -> GenerationBackend:
+    if kind == "transformers":
+        return TransformersBackend(model_path, **kw)
+    raise NotImplementedError(f"generation backend {kind!r} not implemented (have: 'transformers')")

@@ -1,0 +1,69 @@
+"""What `selfjudge status` shows: per iteration, how much flowed through each stage."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .db import (Checkpoint, EvalSummary, Iteration, Judgment, Pair, Prompt, Run, SetAside, Shard,
+                 TrainingExample)
+
+
+def _count(s: Session, model, run_id: int, iteration: int, *where) -> int:  # noqa: ANN001
+    return s.scalar(select(func.count()).select_from(model).where(
+        model.run_id == run_id, model.iteration == iteration, *where)) or 0
+
+
+def run_status(s: Session, run_id: int | None = None) -> dict:
+    run = s.get(Run, run_id) if run_id else s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
+    if run is None:
+        return {"run": None, "iterations": []}
+    rows = []
+    for it in s.scalars(select(Iteration).where(Iteration.run_id == run.id).order_by(Iteration.number)):
+        k = it.number
+        ckpt = s.get(Checkpoint, it.output_checkpoint_id) if it.output_checkpoint_id else None
+        evals = {(e.category, e.metric): e.value for e in s.scalars(select(EvalSummary).where(
+            EvalSummary.run_id == run.id, EvalSummary.iteration == k, EvalSummary.benchmark == "heldout"))}
+        shards = {f"{stage}:{state}": n for stage, state, n in s.execute(
+            select(Shard.stage, Shard.state, func.count()).where(Shard.run_id == run.id, Shard.iteration == k)
+            .group_by(Shard.stage, Shard.state))}
+        aside = {reason.split(":")[0]: n for reason, n in s.execute(
+            select(SetAside.reason, func.count()).where(SetAside.run_id == run.id, SetAside.iteration == k)
+            .group_by(SetAside.reason))}
+        kept_pairs = s.scalar(select(func.count(func.distinct(TrainingExample.pair_id))).where(
+            TrainingExample.run_id == run.id, TrainingExample.iteration == k)) or 0
+        rows.append({
+            "iteration": k, "status": it.status,
+            "prompts": _count(s, Prompt, run.id, k),
+            "pairs": _count(s, Pair, run.id, k),
+            "judged": _count(s, Judgment, run.id, k),
+            "judged_correct": _count(s, Judgment, run.id, k, Judgment.correct.is_(True)),
+            "kept_pairs": kept_pairs,
+            "training_examples": _count(s, TrainingExample, run.id, k),
+            "checkpoint_id": it.output_checkpoint_id,
+            "checkpoint_uri": ckpt.uri if ckpt else None,
+            "checkpoint_hash": ckpt.content_hash if ckpt else None,
+            "eval_accuracy": evals.get(("overall", "accuracy")),
+            "eval_both_orders": evals.get(("overall", "both_orders")),
+            "eval_position_bias": evals.get(("overall", "position_bias")),
+            "eval_by_category": {c: v for (c, metric), v in evals.items() if metric == "accuracy" and c != "overall"},
+            "shards": shards,
+            "set_aside": aside,
+        })
+    return {"run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations,
+                    "created_at": run.created_at.isoformat() if run.created_at else None,
+                    "finished_at": run.finished_at.isoformat() if run.finished_at else None},
+            "iterations": rows}
+
+
+def format_table(status: dict) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:5.1f}%"
+    head = f"{'iter':>4} {'status':>8} {'prompts':>7} {'pairs':>6} {'judged':>6} {'kept':>5} {'examples':>8} " \
+           f"{'heldout acc':>11} {'both orders':>11} {'pos. bias':>9}  checkpoint"
+    lines = [head, "-" * len(head)]
+    for r in status["iterations"]:
+        lines.append(f"{r['iteration']:>4} {r['status']:>8} {r['prompts']:>7} {r['pairs']:>6} {r['judged']:>6} "
+                     f"{r['kept_pairs']:>5} {r['training_examples']:>8} {pct(r['eval_accuracy']):>11} "
+                     f"{pct(r['eval_both_orders']):>11} {pct(r['eval_position_bias']):>9}  "
+                     f"{r['checkpoint_uri'] or '-'}")
+    return "\n".join(lines)
