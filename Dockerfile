@@ -40,21 +40,23 @@ RUN groupadd --system --gid 10001 selfjudge \
 # 1) torch (large, rarely changes: its own layer).
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
-     && pip install "torchvision==${TORCHVISION_VERSION}" ; \
+     && pip install --no-deps "torchvision==${TORCHVISION_VERSION}" ; \
     else \
         pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" ; \
     fi
 
-WORKDIR /app
-
-# 2) the project. Only what `pip install .` needs, plus the loop configs (compose also
-#    mounts ./configs read-only over /app/configs so edits need no rebuild).
+# 2) the project (`pip install .` of a copy kept out of the working directory, so that
+#    nothing in /app shadows the installed `selfjudge` package), then the loop configs
+#    (compose also mounts ./configs read-only over /app/configs: edits need no rebuild).
+WORKDIR /opt/selfjudge-src
 COPY pyproject.toml README.md ./
 COPY selfjudge ./selfjudge
 COPY shared ./shared
 COPY services ./services
 RUN pip install . \
- && python -c "import selfjudge, selfjudge.shared.config"
+ && python -I -c "import selfjudge.cli, selfjudge.shared.config, selfjudge.services"
+
+WORKDIR /app
 COPY configs ./configs
 COPY --chmod=0755 infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
 
@@ -62,7 +64,8 @@ COPY --chmod=0755 infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
 RUN mkdir -p /app/work /cache/huggingface /cache/gpu-locks \
  && chown -R selfjudge:selfjudge /app/work /cache
 
-USER selfjudge:selfjudge
+# Numeric, so Kubernetes-style "runAsNonRoot" checks can verify it (= selfjudge:selfjudge).
+USER 10001:10001
 
 # Workers serve Prometheus metrics here (SELFJUDGE__METRICS__PORT=9100 in compose).
 EXPOSE 9100

@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # makes it import on CPU torch). Qwen2-VL image processors need it.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install demo status test test-fast services bench clean
+.PHONY: install tools demo status test services bench clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,10 @@ status: install
 services:
 	bash scripts/ensure-services.sh
 
-test: install services
+tools: install
+	bash scripts/install-tools.sh $(BIN)/pip
+
+test: install tools services
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 clean:

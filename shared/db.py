@@ -90,7 +90,8 @@ class Prompt(Base):
     source: Mapped[str] = mapped_column(String(50))
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
     instruction: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(10))            # open | closed
+    kind: Mapped[str] = mapped_column(String(10))            # open | closed | auto (decided by the synthesizer)
+    kind_reason: Mapped[str | None] = mapped_column(String(200))   # why it was classed open/closed
     question_type: Mapped[str] = mapped_column(String(40))
     gold: Mapped[str | None] = mapped_column(Text)           # kept for analysis only; never a label
 
@@ -122,6 +123,7 @@ class Pair(Base):
     vote_count: Mapped[int | None] = mapped_column(Integer)
     n_samples: Mapped[int | None] = mapped_column(Integer)
     checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))   # who wrote the texts
+    meta: Mapped[dict | None] = mapped_column(JSON)          # method details (votes, injection prompt, ...)
 
 
 class Judgment(Base):

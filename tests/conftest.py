@@ -106,4 +106,4 @@ def tiny_base(tmp_path_factory) -> Path:
     """The tiny offline base judge (a short pretraining, enough to emit the judge format)."""
     from selfjudge.basemodel import build_base_model
 
-    return build_base_model(tmp_path_factory.mktemp("base") / "tiny", seed=0, pretrain_steps=120)
+    return build_base_model(tmp_path_factory.mktemp("base") / "tiny", seed=0, pretrain_steps=300)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
-from selfjudge.shared.db import Checkpoint, Pair
+from selfjudge.shared.db import Checkpoint, Pair, Prompt
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.backend import ChatRequest, SamplingParams
 from selfjudge.shared.sources.scenes import perturb
@@ -92,11 +92,15 @@ def handle(payload: dict, ctx: Context) -> None:
                           vote_count=None, n_samples=1))
 
     with ctx.sessions.begin() as s:
+        for p in prompts:
+            if "kind_reason" in p:      # record the open/closed decision and why
+                row = s.get(Prompt, p["prompt_id"])
+                row.kind, row.kind_reason = p["kind"], p["kind_reason"]
         for p in pairs:
             row = Pair(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
                        prompt_id=p["prompt_id"], preferred=p["preferred"], rejected=p["rejected"],
                        method=p["method"], errors=p["errors"], vote_count=p["vote_count"],
-                       n_samples=p["n_samples"], checkpoint_id=writer_id)
+                       n_samples=p["n_samples"], checkpoint_id=writer_id, meta=p.get("meta"))
             s.add(row)
             s.flush()
             p["pair_id"] = row.id

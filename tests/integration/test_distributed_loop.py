@@ -32,8 +32,8 @@ def loop_env(postgres_url: str, rabbit_url: str, s3: dict, base: Path, work_dir:
         "SELFJUDGE__MODEL__BASE": str(base),
         "SELFJUDGE__SYNTH__N_SAMPLES": "4", "SELFJUDGE__SYNTH__MAJORITY_THRESHOLD": "2",
         "SELFJUDGE__SYNTH__MAX_NEW_TOKENS": "12", "SELFJUDGE__SYNTH__OPEN_MAX_NEW_TOKENS": "32",
-        "SELFJUDGE__REASON__TEMPERATURE": "1.0", "SELFJUDGE__REASON__MAX_NEW_TOKENS": "48",
-        "SELFJUDGE__EVAL__MAX_NEW_TOKENS": "48",
+        "SELFJUDGE__REASON__TEMPERATURE": "1.0", "SELFJUDGE__REASON__MAX_NEW_TOKENS": "96",
+        "SELFJUDGE__EVAL__MAX_NEW_TOKENS": "96",
         "SELFJUDGE__TRAIN__EPOCHS": "1", "SELFJUDGE__TRAIN__LR": "1e-4", "SELFJUDGE__TRAIN__MAX_LENGTH": "512",
     })
     return env
