@@ -72,7 +72,7 @@ def stage_handlers(settings: Settings, bus, metrics, sessions, store) -> dict:  
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfjudge.shared import loop
+    from selfjudge.shared import loop, shards
     from selfjudge.shared.context import make_context
     from selfjudge.shared.db import make_sessionmaker, migrate
     from selfjudge.shared.metrics import Metrics
@@ -82,19 +82,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     start = time.perf_counter()
+    preflight(settings, need_broker=not settings.embedded)
     migrate(settings.database_url())
     sessions = make_sessionmaker(settings.database_url())
     store = open_store(settings.store, settings.run.work_dir)
     metrics = Metrics()
     metrics.serve(settings.metrics.port, settings.metrics.addr)
-    base = resolve_base_model(settings)
     bus = LocalBus() if settings.embedded else CeleryBus(make_celery(settings))
     ctx = make_context(settings, "launcher", bus, metrics=metrics, sessions=sessions, store=store)
-    run_id = loop.start_run(ctx, base)
-    log.info("run %s started (%s mode, base model %s)", run_id, "embedded" if settings.embedded else "distributed",
-             base)
+    if args.resume:
+        run_id = args.resume
+        log.info("run %s: resuming, %s messages re-sent", run_id, loop.resume(ctx, run_id))
+    else:
+        base = resolve_base_model(settings)
+        run_id = loop.start_run(ctx, base)
+        log.info("run %s started (%s mode, base model %s)", run_id,
+                 "embedded" if settings.embedded else "distributed", base)
     if settings.embedded:
-        bus.drain(stage_handlers(settings, bus, metrics, sessions, store))
+        def failed(stage: str, payload: dict, exc: Exception) -> None:
+            log.error("%s failed on %s: %s: %s (recorded; `selfjudge run --resume %s` retries it)",
+                      stage, payload, type(exc).__name__, exc, run_id, exc_info=exc)
+            metrics.errors.labels(stage, type(exc).__name__).inc()
+            shards.record_failure(sessions, stage, payload, exc, final=True)
+        bus.drain(stage_handlers(settings, bus, metrics, sessions, store), on_error=failed)
     elif args.wait:
         _wait(sessions, run_id, args.timeout)
     with sessions() as s:
@@ -109,8 +119,13 @@ def _wait(sessions, run_id: int, timeout: float) -> None:  # noqa: ANN001
 
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        with sessions() as s:
-            status = run_status(s, run_id)
+        try:
+            with sessions() as s:
+                status = run_status(s, run_id)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database restarting: keep waiting
+            log.warning("run %s: status unavailable (%s); retrying", run_id, str(exc).splitlines()[0][:200])
+            time.sleep(2.0)
+            continue
         line = " | ".join(f"it{r['iteration']}:{r['status']} pairs={r['pairs']} judged={r['judged']} "
                           f"kept={r['kept_pairs']}" for r in status["iterations"])
         if line != last:
@@ -123,30 +138,124 @@ def _wait(sessions, run_id: int, timeout: float) -> None:  # noqa: ANN001
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from selfjudge.shared import shards
     from selfjudge.shared.context import make_context
     from selfjudge.shared.messages import task_name
     from selfjudge.shared.metrics import Metrics
-    from selfjudge.shared.queue import CeleryBus, make_celery
+    from selfjudge.shared.queue import CeleryBus, declare_dead_letters, make_celery, send_dead_letter
 
     settings = _settings(args)
     if settings.embedded:
         raise ConfigError("a worker needs broker.url (SELFJUDGE__BROKER__URL); embedded mode runs in `selfjudge run`")
+    preflight(settings, need_broker=True)
     app = make_celery(settings)
+    declare_dead_letters(app)
     metrics = Metrics()
     metrics.serve(settings.metrics.port, settings.metrics.addr)
     ctx = make_context(settings, args.stage, CeleryBus(app), metrics=metrics)
     module = importlib.import_module(f"selfjudge.services.{args.stage}.stage")
+    max_retries = settings.run.max_retries
+    if args.stage == "trainer":
+        watch_trainings(ctx)
 
-    @app.task(name=task_name(args.stage))
-    def handle(payload: dict) -> None:
+    # Training can outlast RabbitMQ's consumer_timeout: the trainer acks on receipt and holds a
+    # database lease instead (shared/shards.py); every other stage acks after recording its shard.
+    @app.task(name=task_name(args.stage), bind=True, max_retries=max_retries, acks_late=args.stage != "trainer")
+    def handle(self, payload: dict) -> None:  # noqa: ANN001
+        """Run the stage; on error retry with backoff, then dead-letter the message for good."""
         try:
             module.handle(payload, ctx)
         except Exception as exc:
+            retries = self.request.retries
+            final = retries >= max_retries
             metrics.errors.labels(args.stage, type(exc).__name__).inc()
-            raise
+            log.exception("%s failed (attempt %s of %s)", args.stage, retries + 1, max_retries + 1)
+            shards.record_failure(ctx.sessions, args.stage, payload, exc, final=final, attempt=retries + 1)
+            if not final:
+                raise self.retry(exc=exc, countdown=min(2 ** retries, 60)) from exc
+            send_dead_letter(app, args.stage, payload, f"{type(exc).__name__}: {exc}")
 
     app.worker_main(["worker", "-Q", args.stage, "-P", "solo", "-c", "1", "--without-gossip", "--without-mingle",
                      "-n", f"{args.stage}-{os.getpid()}@%h", "--loglevel", args.loglevel])
+    return 0
+
+
+def watch_trainings(ctx) -> None:  # noqa: ANN001
+    """A trainer worker re-sends any training whose trainer died (its lease ran out), now and periodically."""
+    import threading
+
+    from selfjudge.shared import shards
+    from selfjudge.shared.messages import TrainTask
+
+    lease = ctx.settings.run.train_lease_seconds
+
+    def check() -> None:
+        for run_id, iteration, judge_id in shards.stale_trainings(ctx.sessions, lease):
+            log.warning("trainer lease of run %s iteration %s ran out: sending the training again", run_id, iteration)
+            ctx.bus.send("trainer", TrainTask(run_id=run_id, iteration=iteration, judge_checkpoint_id=judge_id))
+
+    def loop_forever() -> None:
+        while True:
+            try:
+                check()
+            except Exception:  # noqa: BLE001 - the database may be restarting; try again next time
+                log.exception("checking trainer leases failed")
+            time.sleep(max(1.0, lease / 3))
+
+    threading.Thread(target=loop_forever, name="trainer-leases", daemon=True).start()
+
+
+def preflight(settings: Settings, need_broker: bool) -> None:
+    """Fail at start, in one message, on servers that cannot be reached or a missing base model."""
+    import sqlalchemy as sa
+
+    problems = []
+    try:
+        engine = sa.create_engine(settings.database_url())
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"database {settings.redacted()['database']['url'] or 'sqlite'} unreachable: "
+                        f"{str(exc).splitlines()[0][:200]}")
+    if need_broker:
+        from kombu import Connection
+
+        try:
+            with Connection(settings.broker.url, connect_timeout=5) as conn:
+                conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"broker {settings.redacted()['broker']['url']} unreachable: {str(exc)[:200]}")
+    if settings.store.kind == "s3":
+        from selfjudge.shared.store import S3Store
+
+        try:
+            S3Store(settings.store, retries=1)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"S3 store {settings.store.endpoint} unusable: {str(exc)[:200]}")
+    base = settings.model.base
+    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir():   # else: "tiny" or a hub id
+        problems.append(f"model.base {base} is not a checkpoint folder")
+    if problems:
+        raise ConfigError("cannot start: " + "; ".join(problems))
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Send a run's failed (dead-lettered) tasks again, and anything else left unfinished."""
+    from selfjudge.shared import loop
+    from selfjudge.shared.context import make_context
+    from selfjudge.shared.queue import CeleryBus, dead_letters, make_celery
+
+    settings = _settings(args)
+    if settings.embedded:
+        args.resume, args.wait, args.json, args.timeout = args.run, False, False, 0
+        return cmd_run(args)
+    app = make_celery(settings)
+    letters = dead_letters(app, take=lambda letter: letter["payload"].get("run_id") == args.run)
+    ctx = make_context(settings, "launcher", CeleryBus(app))
+    sent = loop.resume(ctx, args.run)     # failed shards are not `done`: resume sends them again
+    cleared = sum(letter["payload"].get("run_id") == args.run for letter in letters)
+    print(f"run {args.run}: {cleared} dead-lettered tasks cleared, {sent} messages sent")
     return 0
 
 
@@ -157,7 +266,68 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with make_sessionmaker(settings.database_url())() as s:
         status = run_status(s, args.run)
+    if not settings.embedded and status["run"]:
+        from selfjudge.shared.queue import dead_letters, make_celery
+
+        status["dead_letters"] = [letter for letter in dead_letters(make_celery(settings))
+                                  if letter["payload"].get("run_id") == status["run"]["id"]]
     print(json.dumps(status, indent=2) if args.json else format_table(status))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfjudge.export import export_iteration
+    from selfjudge.shared.db import make_sessionmaker
+    from selfjudge.shared.store import open_store
+
+    settings = _settings(args)
+    written = export_iteration(make_sessionmaker(settings.database_url()),
+                               open_store(settings.store, settings.run.work_dir), args.run, args.iteration,
+                               args.out, fmt=args.format)
+    print(json.dumps({name: [str(f) for f in files] for name, files in written.items()}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """One evaluation outside the loop: a checkpoint on a benchmark file, through the evaluator service."""
+    from selfjudge.services.evaluator.stage import evaluate_standalone
+
+    settings = _settings(args)
+    result = evaluate_standalone(settings, args.benchmark, args.data, args.model, k=args.k, images=args.images,
+                                 parser=args.parser, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                                 resume=not args.fresh)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    pct = lambda v: "-" if v is None else f"{100 * v:5.1f}%"  # noqa: E731
+    items = result["items"]
+    print(f"{result['benchmark']} (run {result['run_id']}): {items['used']} items used, {items['excluded']} "
+          f"excluded, {items['scored']} scored; overall {pct(result['overall'])}, macro {pct(result['macro'])}")
+    for cat, acc in result["accuracy"].items():
+        lo, hi = result["ci"].get(cat, (None, None))
+        print(f"  {cat:<34} {pct(acc)}  [{pct(lo)}, {pct(hi)}]  n={result['n'][cat]:<5} "
+              f"both orders {pct(result['both_orders'].get(cat))}  position bias {pct(result['position_bias'].get(cat))}")
+    for ex in result["excluded"][:20]:
+        print(f"  excluded {ex['record_id']}: {ex['reason']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run's evaluation report (Markdown + PNG plot + JSON) to a folder."""
+    from selfjudge.services.evaluator.report import write_report
+    from selfjudge.shared.db import Run, make_sessionmaker
+
+    settings = _settings(args)
+    sessions = make_sessionmaker(settings.database_url())
+    run_id = args.run
+    if run_id is None:
+        from sqlalchemy import select
+
+        with sessions() as s:
+            run_id = s.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))
+        if run_id is None:
+            raise ConfigError("no runs in the database")
+    print(write_report(sessions, run_id, args.out or Path(settings.run.work_dir) / "reports" / f"run{run_id}"))
     return 0
 
 
@@ -180,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--wait", action="store_true", help="distributed mode: wait for the run to finish")
+    p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run where it stopped")
     p.add_argument("--timeout", type=float, default=24 * 3600)
     p.set_defaults(fn=cmd_run)
 
@@ -194,6 +365,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("retry", help="re-send a run's failed (dead-lettered) and unfinished work")
+    common(p)
+    p.add_argument("--run", type=int, required=True)
+    p.set_defaults(fn=cmd_retry)
+
+    p = sub.add_parser("export", help="an iteration's pairs and kept traces as a Hugging Face dataset")
+    common(p)
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("--iteration", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("eval", help="evaluate one checkpoint on a benchmark file (outside the loop)")
+    common(p)
+    p.add_argument("--benchmark", required=True, choices=["vl-rewardbench", "mm-rewardbench"])
+    p.add_argument("--data", required=True, help="the benchmark file or folder (local or s3://bucket/key)")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    p.add_argument("--k", type=int, help="official samples per item (default: vl-rewardbench 5, mm-rewardbench 1)")
+    p.add_argument("--images", default="", help="image root (default: next to the data file)")
+    p.add_argument("--parser", choices=["official", "selfjudge"], default="official")
+    p.add_argument("--limit", type=int, default=0, help="only the first N records")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--fresh", action="store_true", help="do not resume an unfinished identical evaluation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="write a run's evaluation report (Markdown, PNG plot, JSON)")
+    common(p)
+    p.add_argument("--run", type=int, help="run id (default: the last run)")
+    p.add_argument("--out", help="output folder (default: <work_dir>/reports/run<id>)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     common(p)

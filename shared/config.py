@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Section(BaseModel):
@@ -26,6 +26,8 @@ class RunConfig(Section):
     shard_size: int = Field(32, ge=1)       # items per task message
     heldout_pairs: int = Field(48, ge=0)    # generator-labelled pairs, never trained on
     work_dir: str = ".selfjudge"            # local caches (checkpoint downloads, embedded store/db)
+    max_retries: int = Field(3, ge=0)       # a failing task is retried with backoff, then dead-lettered
+    train_lease_seconds: float = Field(600, gt=0)   # a trainer silent this long is presumed dead; training re-sent
 
 
 class DatabaseConfig(Section):
@@ -55,12 +57,29 @@ class ModelConfig(Section):
     batch_size: int = 8
     trust_remote_code: bool = False
     tiny_pretrain_steps: int = 300   # steps of scene captioning/QA for the tiny base model
+    # backend "openai": OpenAI-compatible servers (e.g. `vllm serve`), requests spread round-robin
+    endpoints: list[str] = []        # base URLs, http://host:8000[/v1]; env: comma-separated
+    served_model_name: str = ""      # "" = the first model the server lists
+    concurrency: int = Field(16, ge=1)   # requests in flight
+    request_timeout: float = Field(120, gt=0)   # seconds per HTTP request
+    api_key: str = ""                # else env OPENAI_API_KEY; masked by redacted()
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, v: Any) -> Any:
+        return [e.strip() for e in v.split(",") if e.strip()] if isinstance(v, str) else v
 
 
 class SourceConfig(Section):
-    kind: Literal["scenes", "jsonl", "folder"] = "scenes"
+    kind: Literal["scenes", "jsonl", "folder", "llava_onevision"] = "scenes"
+    # jsonl: the manifest; folder: the image folder; llava_onevision: a parquet file, a folder of
+    # them (searched recursively, e.g. a local copy of lmms-lab/LLaVA-OneVision-Data) or a glob
     path: str = ""
     image_size: int = 112
+    # duplicate prompts (same image bytes + normalised instruction) are set aside as "duplicate":
+    # "iteration" = within one iteration's draw, "run" = also against earlier iterations, "off"
+    dedup: Literal["off", "iteration", "run"] = "iteration"
+    llava_subsets: list[str] = []   # llava_onevision: keep only these data_source values (empty = all)
 
 
 class SynthConfig(Section):
@@ -72,6 +91,28 @@ class SynthConfig(Section):
     majority_threshold: int = Field(5, ge=1)
     max_new_tokens: int = 64
     open_max_new_tokens: int = 96
+    # --- open vs closed, for prompts whose source says kind "auto"
+    # cues: answer-format cues only; samples: sample n_samples answers and decide by their length and
+    # agreement; both: a strong cue decides, otherwise the samples do (they are reused as votes)
+    classify: Literal["cues", "samples", "both"] = "both"
+    classify_max_words: int = Field(5, ge=1)          # sampled answers this short (median words) ...
+    classify_min_agreement: float = Field(0.3, ge=0, le=1)   # ... and whose top answer has this share: closed
+    # --- closed-ended labels: majority vote (paper) or the source's gold answer (ablation)
+    closed_labels: Literal["majority", "gold"] = "majority"
+    # --- open-ended: how the rejected response gets its errors
+    injection: Literal["model", "rule", "both"] = "model"   # both: each prompt drawn with model_share
+    model_share: float = Field(0.5, ge=0, le=1)
+    fallback_to_rule: bool = True      # a rejected model alteration falls back to the rule-based perturber
+    style_mimic_share: float = Field(0.5, ge=0, le=1)   # model alterations that use the style-mimic prompt
+    max_length_ratio: float = Field(1.3, ge=1)          # style-mimic: len(rejected)/len(original) in [1/r, r]
+    detail_max_length_ratio: float = Field(2.0, ge=1)   # detail alteration and rule perturbation
+    min_word_overlap: float = Field(0.5, ge=0, le=1)    # style-mimic: share of the original's words kept
+    detail_min_word_overlap: float = Field(0.2, ge=0, le=1)
+    alter_samples: int = Field(2, ge=1)        # candidate alterations per prompt; the first valid one is used
+    alter_temperature: float = 0.7
+    alter_top_p: float = 0.9
+    alter_max_new_tokens: int = Field(128, ge=1)
+    rule_max_edits: int = Field(2, ge=1)       # rule perturber: error types injected per response (1..n)
 
 
 class ReasonConfig(Section):
@@ -79,6 +120,17 @@ class ReasonConfig(Section):
     top_p: float = 1.0
     samples_per_order: int = Field(1, ge=1)
     max_new_tokens: int = 96
+
+
+class FilterConfig(Section):
+    require_both_orders: bool = True     # paper: right with the preferred response shown first and second
+    require_all_samples: bool = True     # every sample of both orders right; False: min_sample_agreement
+    min_sample_agreement: float = Field(0.5, gt=0, le=1)   # share of an order's samples that must be right
+    balance: bool = True                 # as many "A is better" as "B is better" examples per shard
+    max_per_prompt: int = Field(0, ge=0)   # traces kept per prompt (pair), orders alternating; 0 = no cap
+    # share of prompts (chosen by a hash of their source id, so the same prompts every iteration) whose
+    # pairs are judged but never trained on: the label-free checkpoint-selection set. 0 = use all pairs.
+    selection_holdout: float = Field(0.0, ge=0, le=1)
 
 
 class TrainConfig(Section):
@@ -90,8 +142,20 @@ class TrainConfig(Section):
     warmup_ratio: float = 0.03
 
 
+class BenchmarkConfig(Section):
+    """A published benchmark the evaluator scores every checkpoint on (services/evaluator/benchmarks.py)."""
+    name: Literal["vl-rewardbench", "mm-rewardbench"]
+    path: str                        # .parquet / data.jsonl / all_data.json, their folder, or s3://bucket/key
+    k: int | None = Field(None, ge=1)   # official samples per item (None: vl-rewardbench 5, mm-rewardbench 1)
+    images: str = ""                 # image root (default: the data file's folder)
+    parser: Literal["official", "selfjudge"] = "official"   # official regex / [[A]] test, or shared.verdict
+    max_new_tokens: int | None = None   # None: eval.max_new_tokens
+    limit: int = Field(0, ge=0)      # only the first N records (0 = all)
+
+
 class EvalConfig(Section):
     max_new_tokens: int = 96
+    benchmarks: list[BenchmarkConfig] = []
 
 
 class MetricsConfig(Section):
@@ -108,6 +172,7 @@ class Settings(Section):
     source: SourceConfig = SourceConfig()
     synth: SynthConfig = SynthConfig()
     reason: ReasonConfig = ReasonConfig()
+    filter: FilterConfig = FilterConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -125,6 +190,8 @@ class Settings(Section):
         for key in ("access_key", "secret_key"):
             if data["store"][key]:
                 data["store"][key] = "***"
+        if data["model"]["api_key"]:
+            data["model"]["api_key"] = "***"
         for sect, key in (("database", "url"), ("broker", "url")):
             data[sect][key] = _mask_url(data[sect][key])
         return data

@@ -99,12 +99,15 @@ def make_source(ctx: Context):  # noqa: ANN201
         return scenes.ScenesSource(ctx.settings.run.seed, image_size=src.image_size)
     if src.kind == "jsonl":
         return files.JsonlSource(src.path)
+    if src.kind == "llava_onevision":
+        from .sources.llava_onevision import LlavaOneVisionSource
+        return LlavaOneVisionSource(src.path, subsets=src.llava_subsets)
     return files.FolderSource(src.path)
 
 
 def _draw_prompts(ctx: Context, n: int, offset: int) -> tuple[list, list[tuple[str, str]]]:
     source = make_source(ctx)
-    if hasattr(source, "items") and ctx.settings.source.kind == "scenes":
+    if hasattr(source, "items") and ctx.settings.source.kind in ("scenes", "llava_onevision"):  # read by offset
         items = list(source.items(n, split="train", offset=offset))
     else:   # user files: every iteration walks on through the file, wrapping around
         everything = list(source)
@@ -211,3 +214,55 @@ def on_evaluated(ctx: Context, task: EvalTask) -> None:
 def rng_for(run_seed: int, *parts: object) -> random.Random:
     """A deterministic RNG per (run seed, stage, iteration, shard...) so redelivery repeats itself."""
     return random.Random(f"{run_seed}:" + ":".join(map(str, parts)))
+
+
+# --- recovery ----------------------------------------------------------------------------
+
+def resume(ctx: Context, run_id: int) -> int:
+    """Re-publish whatever the database says is unfinished; returns how many messages were sent.
+
+    Safe at any time: every stage skips a shard already recorded `done`, so a message that
+    was still queued and is now sent again costs a lookup, not a second result.
+    """
+    with ctx.sessions() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id}")
+        if run.status == "done":
+            return 0
+        iterations = list(s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.number)))
+        rows = {(sh.iteration, sh.stage, sh.index): sh for sh in s.scalars(select(Shard).where(Shard.run_id == run_id))}
+        last = run.iterations
+    sent = 0
+    for it in iterations:
+        k = it.number
+        if it.status == "done":
+            continue
+        if k == 0 or it.output_checkpoint_id is not None:
+            ctx.bus.send("evaluator", EvalTask(run_id=run_id, iteration=k, checkpoint_id=it.output_checkpoint_id))
+            sent += 1
+            continue
+        if it.train_enqueued:
+            ctx.bus.send("trainer", TrainTask(run_id=run_id, iteration=k, judge_checkpoint_id=it.judge_checkpoint_id))
+            sent += 1
+            continue
+        for index in range(it.n_shards):
+            done = {stage: rows.get((k, stage, index)) for stage in ("synthesizer", "reasoner", "filter")}
+            task = ShardTask(run_id=run_id, iteration=k, index=index, input_key=shard_key(run_id, k, "prompts", index),
+                             judge_checkpoint_id=it.judge_checkpoint_id)
+            if done["filter"] is not None and done["filter"].state == "done":
+                continue
+            if done["reasoner"] is not None and done["reasoner"].state == "done":
+                ctx.bus.send("filter", task.model_copy(update={"input_key": done["reasoner"].output_key}))
+            elif done["synthesizer"] is not None and done["synthesizer"].state == "done":
+                ctx.bus.send("reasoner", task.model_copy(update={"input_key": done["synthesizer"].output_key}))
+            else:
+                ctx.bus.send("synthesizer", task)
+            sent += 1
+        _maybe_train(ctx, run_id, k, it.judge_checkpoint_id)
+    # the last finished iteration may not have started its successor before the stop
+    finished = [it for it in iterations if it.status == "done" and it.number >= 1]
+    if finished and finished[-1].number == iterations[-1].number and finished[-1].number < last:
+        start_iteration(ctx, run_id, finished[-1].number + 1, finished[-1].output_checkpoint_id)
+        sent += 1
+    return sent

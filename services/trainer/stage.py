@@ -16,8 +16,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from selfjudge.shared import loop
+from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Iteration, Shard
 from selfjudge.shared.judge import JUDGE_SYSTEM
 from selfjudge.shared.messages import TrainTask
@@ -35,6 +36,10 @@ def handle(payload: dict, ctx: Context) -> None:
         if it.output_checkpoint_id is not None:      # trained already (redelivered message)
             loop.on_trained(ctx, task, it.output_checkpoint_id)
             return
+    if not shards.claim_training(ctx.sessions, task.run_id, task.iteration, ctx.settings.run.train_lease_seconds):
+        log.info("trainer: run %s iter %s is being trained elsewhere (lease held)", task.run_id, task.iteration)
+        return
+    with ctx.sessions() as s:
         keys = s.scalars(select(Shard.output_key).where(
             Shard.run_id == task.run_id, Shard.iteration == task.iteration, Shard.stage == "filter",
             Shard.state == "done").order_by(Shard.index)).all()
@@ -44,6 +49,7 @@ def handle(payload: dict, ctx: Context) -> None:
     if not records:
         log.warning("trainer: run %s iter %s has no kept traces; the judge stays as it was",
                     task.run_id, task.iteration)
+        shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
         loop.on_trained(ctx, task, task.judge_checkpoint_id)
         return
 
@@ -63,13 +69,19 @@ def handle(payload: dict, ctx: Context) -> None:
     parent_path = ctx.models.local_path(task.judge_checkpoint_id)
     labels = {"run": str(task.run_id), "iteration": str(task.iteration)}
 
+    last_beat = [time.monotonic()]
+
     def progress(step: int, total: int, loss: float) -> None:
+        if time.monotonic() - last_beat[0] > min(30.0, ctx.settings.run.train_lease_seconds / 4):
+            shards.renew_training(ctx.sessions, task.run_id, task.iteration)    # keep the lease
+            last_beat[0] = time.monotonic()
         m.train_loss.labels(**labels).set(loss)
         m.train_steps.inc()
         if step == 1 or step == total or step % 10 == 0:
             log.info("trainer: run %s iter %s step %s/%s loss %.4f", task.run_id, task.iteration, step, total, loss)
 
     result = sft(parent_path, examples, out_dir, train_cfg, progress=progress)
+    failpoint("trainer.before_commit")   # fault tests: die after training, before recording it
     m.train_tokens.inc(result.answer_tokens)
     meta = {"examples": len(examples), "steps": result.steps, "first_loss": result.losses[0],
             "last_loss": result.losses[-1], "answer_tokens": result.answer_tokens,
@@ -77,6 +89,7 @@ def handle(payload: dict, ctx: Context) -> None:
     ckpt_id = loop.register_checkpoint(ctx, task.run_id, task.iteration, str(out_dir),
                                        parent_id=task.judge_checkpoint_id, meta=meta)
     shutil.rmtree(out_dir, ignore_errors=True)
+    shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
     m.items_out.labels(STAGE).inc(1)
     m.shard_seconds.labels(STAGE).observe(time.perf_counter() - start)
     log.info("trainer: run %s iter %s: %s examples, %s steps, loss %.3f -> %.3f, checkpoint %s",

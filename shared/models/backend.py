@@ -181,7 +181,31 @@ class TransformersBackend:
         return int(stops.nonzero()[0, 0]) + 1 if stops.any() else len(row)
 
 
+BACKENDS = ("transformers", "vllm", "openai")
+# what the openai backend takes from load_backend's keywords (ModelConfig field -> OpenAIBackend argument)
+_OPENAI_KW = {"model_id": "model_id", "endpoints": "endpoints", "served_model_name": "model", "api_key": "api_key",
+              "concurrency": "concurrency", "request_timeout": "request_timeout"}  # fmt: skip
+
+
 def load_backend(kind: str, model_path: str, **kw: Any) -> GenerationBackend:
+    """The generation backend `kind` (ModelConfig.backend) for the checkpoint folder `model_path`.
+
+    transformers / vllm: load `model_path` here (keywords: model_id, device, dtype, batch_size,
+    trust_remote_code, ...; vllm ignores device and batch_size). openai: `model_path` is not read
+    (the servers serve the model); keywords endpoints, served_model_name, api_key, concurrency,
+    request_timeout, model_id are used and the rest ignored.
+    """
     if kind == "transformers":
         return TransformersBackend(model_path, **kw)
-    raise NotImplementedError(f"generation backend {kind!r} not implemented (have: 'transformers')")
+    if kind == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_path, **kw)
+    if kind == "openai":
+        from .openai_backend import OpenAIBackend
+
+        args = {_OPENAI_KW[k]: v for k, v in kw.items() if k in _OPENAI_KW}
+        if not args.get("endpoints"):
+            raise ValueError("model.backend 'openai' needs model.endpoints (base URLs of OpenAI-compatible servers)")
+        return OpenAIBackend(**args)
+    raise NotImplementedError(f"generation backend {kind!r} not implemented (have: {', '.join(BACKENDS)})")

@@ -1,13 +1,40 @@
-"""Supervised fine-tuning of a VLM checkpoint, with the loss on the assistant answer tokens only."""
+"""Supervised fine-tuning of a VLM checkpoint, with the loss on the assistant answer tokens only.
+
+`sft(model_path, examples, out_dir, cfg)` trains and writes a Hugging Face folder (or, for LoRA
+with `lora_merge=False`, a PEFT adapter folder) plus `selfjudge_training.json`. What it does:
+
+- full fine-tuning or LoRA on the language model only (`method`, `lora_*`; vision towers reuse
+  the text layers' names, so the target is a regex anchored on `language_model|text_model`);
+- answer-only loss: labels are -100 except the answer and the token that closes the assistant
+  turn, and the LM head runs only at those positions;
+- length-grouped micro-batches, gradient accumulation with a token-weighted mean over the whole
+  optimizer step, gradient clipping at 1.0, warmup + cosine/linear/constant schedule;
+- bf16 autocast over fp32 master weights on CUDA (`precision="auto"`);
+- data parallel over several processes (`distributed="ddp"|"fsdp"`, launched by torchrun, see
+  `distributed.py`): the global batch is `batch_size * grad_accum * world_size`, every rank cuts
+  the same micro-batch plan and takes every world_size-th micro-batch of each optimizer step, so
+  N processes take the same steps as one process with N times the accumulation;
+- resumable: every `save_every` optimizer steps the trainable weights, optimizer, scheduler, RNG
+  states, step and losses go into `<resume_from>/step-NNNNNN/`; a later call with the same
+  `resume_from`, data and config continues from the newest complete one.
+
+Qwen2-VL/2.5-VL, Mllama (Llama-3.2-Vision) and Idefics3 checkpoints are handled: their image
+tensors differ (`collate`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +43,27 @@ from . import vision_compat
 vision_compat.ensure_torchvision()
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor, get_scheduler  # noqa: E402
 
 from .backend import DTYPES, chat_messages  # noqa: E402
+from .chat_format import answer_format  # noqa: E402
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 MAX_GRAD_NORM = 1.0  # as HF Trainer / TRL default
+# per-token tensors of shape (T,) after encoding: right-padded in a batch
 SEQ_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids")
+# per-token tensors with more dims (Mllama: (1, T, n_images, n_tiles)): the answer attends like the last prompt token
+TOKEN_GRID_KEYS = ("cross_attention_mask",)
+# image tensors that are lists of patches/images (Qwen-VL): concatenated along dim 0 across a batch
+CONCAT_KEYS = ("image_grid_thw", "video_grid_thw", "pixel_values_videos", "second_per_grid_ts")
+# LoRA on the language model's attention and MLP projections only (vision towers use the same names).
+LORA_TARGET = r".*(language_model|text_model).*layers\.\d+\.(self_attn|cross_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
+META_FILE = "selfjudge_training.json"
+METHODS, PRECISIONS, DISTRIBUTED = ("full", "lora"), ("auto", "fp32", "bf16-mixed", "bf16"), ("none", "ddp", "fsdp")
 
 
 @dataclass
@@ -40,14 +78,36 @@ class SFTExample:
 class TrainConfig:
     lr: float = 1e-5
     epochs: int = 5
-    batch_size: int = 4
-    grad_accum: int = 1
+    batch_size: int = 4  # examples per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step, per process
     max_length: int = 1024
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str = "float32"  # dtype of the written checkpoint (and of the weights under precision "auto" on CPU)
+    device: str = "cpu"  # "cuda" under torchrun means cuda:LOCAL_RANK
+    lr_scheduler: str = "cosine"  # any transformers scheduler name taking warmup + total steps: cosine, linear, constant_with_warmup, ...
+    precision: str = "auto"  # auto (CUDA: bf16-mixed, CPU: weights in `dtype`) | fp32 | bf16-mixed | bf16
+    method: str = "full"  # full | lora
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_merge: bool = True  # True: write merged full weights; False: write the adapter only
+    lora_target: str = LORA_TARGET
+    save_every: int = 0  # optimizer steps between resumable checkpoints (needs resume_from); 0 = never
+    gradient_checkpointing: bool = False
+    distributed: str = "none"  # none | ddp | fsdp (several processes: see distributed.py)
+    nproc: int = 1  # processes per trainer worker when distributed != none
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("method", self.method, METHODS),
+            ("precision", self.precision, PRECISIONS),
+            ("distributed", self.distributed, DISTRIBUTED),
+            ("dtype", self.dtype, tuple(DTYPES)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, not {value!r}")
 
 
 @dataclass
@@ -56,52 +116,93 @@ class TrainResult:
     losses: list[float]  # mean loss per answer token, one per optimizer step
     answer_tokens: int  # supervised tokens seen over the whole run (all epochs)
     seconds: float
+    resumed_from: int = 0  # optimizer steps restored from a checkpoint (0: a fresh run)
+    world_size: int = 1
+    tokens: int = 0  # non-padding tokens (prompt + answer) run through the model, all ranks
+    meta: dict = field(default_factory=dict)  # what was written to selfjudge_training.json
+
+
+# --- encoding and batching ------------------------------------------------------------------
 
 
 def encode_example(processor: Any, ex: SFTExample, max_length: int) -> dict[str, torch.Tensor]:
-    """Prompt (chat template + generation prompt, images expanded) followed by answer + eos.
+    """Prompt (chat template + generation prompt, images expanded) followed by the answer and end of turn.
 
-    The answer is tokenized on its own, exactly as the model would emit it after the generation
-    prompt; labels are -100 everywhere except the answer tokens and the closing eos (<|im_end|>).
-    Too-long examples lose the end of their answer; a prompt that leaves no room raises ValueError.
+    The answer is tokenized on its own, exactly as the model emits it after the generation prompt
+    (with the template's assistant prefix, e.g. Idefics3's leading space); labels are -100
+    everywhere except the answer tokens and the token closing the turn (<|im_end|>, <|eot_id|>,
+    <end_of_utterance>). Too-long examples lose the end of their answer; a prompt that leaves no
+    room raises ValueError.
     """
     tok = processor.tokenizer
+    fmt = answer_format(processor)
     prompt = processor.apply_chat_template(
         chat_messages(ex.text, ex.images, ex.system), add_generation_prompt=True, tokenize=False
     )
     enc = processor(text=[prompt], images=[list(ex.images)] if ex.images else None, return_tensors="pt")
     prompt_ids = enc["input_ids"][0]
-    answer_ids = tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    answer_ids = tok(fmt.prefix + ex.answer, add_special_tokens=False)["input_ids"] + [fmt.end_token_id]
     room = max_length - len(prompt_ids)
     if room < 1:
         raise ValueError(f"prompt is {len(prompt_ids)} tokens, max_length is {max_length}")
     answer = torch.tensor(answer_ids[:room], dtype=prompt_ids.dtype)
+    n = len(answer)
     out: dict[str, torch.Tensor] = {
         "input_ids": torch.cat([prompt_ids, answer]),
-        "attention_mask": torch.ones(len(prompt_ids) + len(answer), dtype=torch.long),
+        "attention_mask": torch.ones(len(prompt_ids) + n, dtype=torch.long),
         "labels": torch.cat([torch.full_like(prompt_ids, IGNORE), answer]),
     }
     for k, v in enc.items():
         if k in ("input_ids", "attention_mask"):
             continue
         if k in SEQ_KEYS:  # per-token extras (e.g. mm_token_type_ids): answer tokens are text (0)
-            out[k] = torch.cat([v[0], torch.zeros(len(answer), dtype=v.dtype)])
-        else:  # image tensors (pixel_values, image_grid_thw, ...), concatenated across a batch
+            out[k] = torch.cat([v[0], torch.zeros(n, dtype=v.dtype)])
+        elif k in TOKEN_GRID_KEYS:  # (1, T, ...): answer tokens see what the last prompt token sees
+            out[k] = torch.cat([v, v[:, -1:].expand(-1, n, *v.shape[2:])], dim=1)
+        else:  # image tensors (pixel_values, image_grid_thw, aspect_ratio_ids, ...)
             out[k] = v
     return out
 
 
+def _pad_to(t: torch.Tensor, shape: tuple[int, ...], value: int | float = 0) -> torch.Tensor:
+    pad: list[int] = []
+    for have, want in zip(reversed(t.shape), reversed(shape)):
+        pad += [0, want - have]
+    return F.pad(t, pad, value=value) if any(pad) else t
+
+
 def collate(examples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad the per-token tensors; concatenate the image tensors along dim 0."""
+    """Right-pad the per-token tensors; batch the image tensors the way the model family expects.
+
+    Qwen-VL image tensors are patch lists (concatenated along dim 0). Mllama and Idefics3 ones
+    carry a batch dim of 1 per example and an image dim: they are zero-padded to the largest shape
+    in the batch (both models skip all-zero images; Mllama's aspect_ratio_mask keeps tile 0 on, as
+    its processor does for padding images) and stacked; an example without images gets zeros.
+    """
     n = max(len(e["input_ids"]) for e in examples)
     fill = {"input_ids": pad_id, "labels": IGNORE}
+    keys = list(dict.fromkeys(k for e in examples for k in e))
+    qwen_style = "image_grid_thw" in keys or "video_grid_thw" in keys
     batch: dict[str, torch.Tensor] = {}
-    for k in dict.fromkeys(k for e in examples for k in e):
+    for k in keys:
         have = [e[k] for e in examples if k in e]
         if k in SEQ_KEYS:
-            batch[k] = torch.stack([F.pad(v, (0, n - len(v)), value=fill.get(k, 0)) for v in have])
-        else:
+            rows = [e[k] if k in e else torch.zeros(len(e["input_ids"]), dtype=have[0].dtype) for e in examples]
+            batch[k] = torch.stack([F.pad(v, (0, n - len(v)), value=fill.get(k, 0)) for v in rows])
+        elif k in CONCAT_KEYS or (qwen_style and k == "pixel_values"):
             batch[k] = torch.cat(have)
+        else:  # per-example (1, ...) tensors
+            shape = [max(v.shape[d] for v in have) for d in range(have[0].ndim)]
+            if k in TOKEN_GRID_KEYS:
+                shape[1] = n
+            rows = []
+            for e in examples:
+                v = e[k] if k in e else torch.zeros([1, *shape[1:]], dtype=have[0].dtype)
+                v = _pad_to(v, tuple(shape))
+                if k == "aspect_ratio_mask":
+                    v[..., 0] = 1
+                rows.append(v)
+            batch[k] = torch.cat(rows)
     return batch
 
 
@@ -118,15 +219,370 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
+def step_plan(lengths: list[int], cfg: TrainConfig, world: int = 1) -> list[list[list[int]]]:
+    """Optimizer steps of all epochs, each a list of micro-batches (lists of example indices).
+
+    Depends only on the data lengths, the seed, batch_size and grad_accum * world, so every rank
+    (and a resumed run) cuts the same plan.
+    """
+    rng = random.Random(cfg.seed)
+    per_step = cfg.grad_accum * world
+    steps = []
+    for _ in range(cfg.epochs):
+        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+        steps += [batches[g : g + per_step] for g in range(0, len(batches), per_step)]
+    return steps
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+
+def core_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers are injected into it in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def answer_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed cross-entropy over answer tokens; the LM head runs only at those positions."""
+    core = core_model(model)
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+    hidden = core.model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer, V)
+    logits = core.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer, V)
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+class AnswerLoss(torch.nn.Module):
+    """The model with the answer-only loss as its forward: what DDP/FSDP wrap, so their hooks fire."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return answer_loss_sum(self.model, batch)
+
+
+# --- loading and writing checkpoints --------------------------------------------------------
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def adapter_base(path: str | Path) -> str:
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def lora_config(cfg: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_target,
+        bias="none",
+    )  # fmt: skip
+
+
+def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any:
+    """The model to train: a full checkpoint, or for LoRA a PEFT model over it.
+
+    An adapter folder (a LoRA judge written with lora_merge=False) is loaded over its base: LoRA
+    continues training that adapter (so the result is again an adapter of the same base); full
+    fine-tuning merges it first.
+    """
+    if is_adapter(model_path):
+        from peft import PeftModel
+
+        base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True)
+        if cfg.method == "lora":
+            return PeftModel.from_pretrained(base, model_path, is_trainable=True)
+        return PeftModel.from_pretrained(base, model_path).merge_and_unload()
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
+    if cfg.method == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(cfg))
+    return model
+
+
+def export(model: Any, processor: Any, out_dir: str | Path, cfg: TrainConfig, meta: dict | None = None) -> Path:
+    """Write the trained model: a full HF folder, or the adapter (LoRA, lora_merge=False); plus META_FILE.
+
+    The model is cast to cfg.dtype on the way out (a merged LoRA is merged before the cast).
+    `model` is changed (merged / cast): call this last.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lora = hasattr(model, "get_base_model")
+    if lora and cfg.lora_merge:
+        model = model.merge_and_unload()
+        lora = False
+    model = model.to(DTYPES[cfg.dtype])
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    info = dict(meta or {})
+    info |= {"format": "peft_adapter" if lora else "full", "method": cfg.method}
+    if lora:
+        info["base_model"] = adapter_base(out)
+    (out / META_FILE).write_text(json.dumps(info, indent=1, default=str))
+    return out
+
+
+# --- processes, devices, precision ----------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Where this process trains: rank/world (1 process unless launched by torchrun), device, dtypes."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    weight_dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    mode: str = "none"
+    owns_group: bool = False
+
+    @classmethod
+    def start(cls, cfg: TrainConfig) -> Runtime:
+        rt = cls(mode=cfg.distributed)
+        env_world = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.distributed != "none" and (env_world > 1 or dist.is_initialized()):
+            if not dist.is_initialized():
+                backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+                dist.init_process_group(backend)
+                rt.owns_group = True
+            rt.world, rt.rank = dist.get_world_size(), dist.get_rank()
+            rt.local_rank = int(os.environ.get("LOCAL_RANK", rt.rank))
+        else:
+            rt.mode = "none"
+        if cfg.device.startswith("cuda"):
+            index = rt.local_rank if rt.world > 1 and ":" not in cfg.device else torch.device(cfg.device).index
+            rt.device = torch.device("cuda", index or 0)
+            torch.cuda.set_device(rt.device)
+        else:
+            rt.device = torch.device(cfg.device)
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "bf16-mixed" if rt.device.type == "cuda" else ""
+        if precision == "bf16-mixed":  # fp32 master weights and optimizer, bf16 matmuls
+            rt.weight_dtype, rt.autocast_dtype = torch.float32, torch.bfloat16
+        elif precision == "bf16":  # everything bf16: half the memory, but lr ~1e-5 updates round away
+            rt.weight_dtype = torch.bfloat16
+        elif precision == "fp32":
+            rt.weight_dtype = torch.float32
+        else:  # auto on CPU: the checkpoint dtype, as configured
+            rt.weight_dtype = DTYPES[cfg.dtype]
+        return rt
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return float(t[0])
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return module
+        if self.mode == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # find_unused_parameters: a text-only micro-batch leaves the vision tower without grads
+            return DDP(module, device_ids=ids, find_unused_parameters=True)
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32) if self.autocast_dtype else MixedPrecisionPolicy()
+        blocks = set(getattr(core_model(module.model), "_no_split_modules", None) or [])
+        for sub in module.modules():  # decoder layers and vision blocks, then the rest at the root
+            if type(sub).__name__ in blocks:
+                fully_shard(sub, mp_policy=mp)
+        fully_shard(module, mp_policy=mp)
+        return module
+
+    @contextlib.contextmanager
+    def grad_sync(self, wrapped: torch.nn.Module, sync: bool) -> Iterator[None]:
+        """Reduce gradients across ranks only on the last micro-batch of an optimizer step."""
+        if self.world == 1 or sync:
+            if self.mode == "fsdp" and self.world > 1:
+                wrapped.set_requires_gradient_sync(True)
+            yield
+        elif self.mode == "ddp":
+            with wrapped.no_sync():
+                yield
+        else:
+            wrapped.set_requires_gradient_sync(False)
+            yield
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None or self.mode == "fsdp" and self.world > 1:  # FSDP casts params itself
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --- resumable checkpoints ------------------------------------------------------------------
+
+
+def fingerprint(model_path: str, cfg: TrainConfig, examples: list[SFTExample], world: int) -> str:
+    """Identity of a training run: a resume checkpoint is used only by the run that wrote it."""
+    h = hashlib.sha256()
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("device", "save_every", "nproc", "distributed")}
+    keep["global_accum"] = cfg.grad_accum * world
+    h.update(json.dumps([str(model_path), keep], sort_keys=True, default=str).encode())
+    seen: dict[int, str] = {}
+    for ex in examples:
+        h.update(json.dumps([ex.text, ex.answer, ex.system]).encode())
+        for im in ex.images:
+            if id(im) not in seen:
+                seen[id(im)] = hashlib.sha256(im.mode.encode() + str(im.size).encode() + im.tobytes()).hexdigest()
+            h.update(seen[id(im)].encode())
+    return h.hexdigest()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """`<root>/step-NNNNNN/`: trainable weights, optimizer, scheduler, per-rank RNG, step, losses.
+
+    Written into `step-NNNNNN.tmp` and renamed when complete (a crash mid-save leaves the previous
+    one); older ones are deleted after. Under FSDP the shards are gathered into full tensors
+    (rank 0 writes), so a run can resume with another world size only if the global batch is equal.
+    """
+
+    def __init__(self, root: str | Path, print_: str, rt: Runtime):
+        self.root, self.print, self.rt = Path(root), print_, rt
+
+    def latest(self) -> Path | None:
+        if not self.root.is_dir():
+            return None
+        for d in sorted(self.root.glob("step-*[0-9]"), reverse=True):
+            meta = d / "meta.json"
+            if meta.exists() and json.loads(meta.read_text()).get("fingerprint") == self.print:
+                return d
+            if meta.exists():
+                log.warning("resume checkpoint %s belongs to another run (data or config changed): ignored", d)
+        return None
+
+    def _trainable_names(self, model: Any) -> list[str]:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def save(self, model: Any, wrapped: Any, opt: Any, sched: Any, state: dict) -> None:
+        rt = self.rt
+        fsdp = rt.mode == "fsdp" and rt.world > 1
+        names = set(self._trainable_names(model))
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = {k: v for k, v in get_model_state_dict(model, options=opts).items() if k in names}
+            optim = get_optimizer_state_dict(wrapped, opt, options=opts)
+        else:
+            weights = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in names}
+            optim = opt.state_dict()
+        step = state["step"]
+        final, tmp = self.root / f"step-{step:06d}", self.root / f"step-{step:06d}.tmp"
+        if rt.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        rt.barrier()
+        torch.save(_rng_state(), tmp / f"rng-{rt.rank}.pt")
+        if rt.main:
+            torch.save(weights, tmp / "weights.pt")
+            torch.save({"optimizer": optim, "scheduler": sched.state_dict()}, tmp / "optim.pt")
+            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self.print, "world": rt.world, **state}))
+        rt.barrier()
+        if rt.main:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self.root.glob("step-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        rt.barrier()
+
+    def restore(self, d: Path, model: Any, wrapped: Any, opt: Any, sched: Any) -> dict:
+        rt = self.rt
+        weights = torch.load(d / "weights.pt", map_location="cpu", weights_only=False)
+        optim = torch.load(d / "optim.pt", map_location="cpu", weights_only=False)
+        if rt.mode == "fsdp" and rt.world > 1:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(model, weights, options=opts)
+            set_optimizer_state_dict(wrapped, opt, optim["optimizer"], options=opts)
+        else:
+            params = dict(model.named_parameters())
+            missing = set(self._trainable_names(model)) - set(weights)
+            if missing:
+                raise ValueError(f"resume checkpoint {d} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
+            with torch.no_grad():
+                for n, v in weights.items():
+                    params[n].copy_(v)
+            opt.load_state_dict(optim["optimizer"])
+        sched.load_state_dict(optim["scheduler"])
+        rng = d / f"rng-{rt.rank}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        state = json.loads((d / "meta.json").read_text())
+        log.info("resumed from %s (step %s)", d, state["step"])
+        return state
+
+
+# --- the training loop ----------------------------------------------------------------------
+
+
+def _optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _encode_all(processor: Any, examples: list[SFTExample], max_length: int) -> list[dict[str, torch.Tensor]]:
+    data = []
+    for ex in examples:
+        try:
+            data.append(encode_example(processor, ex, max_length))
+        except ValueError as e:
+            log.warning("skipping example: %s", e)
+    if not data:
+        raise ValueError("no trainable examples")
+    return data
 
 
 def sft(
@@ -135,59 +591,127 @@ def sft(
     out_dir: str | Path,
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
+    """Train and write `out_dir` (rank 0). `progress(step, total, loss)` after every optimizer step.
+
+    Run under torchrun with cfg.distributed "ddp"/"fsdp", every rank calls this with the same
+    arguments. With `resume_from` and cfg.save_every > 0, state is saved every save_every steps
+    and a matching earlier save is resumed from.
+    """
     t0 = time.time()
+    rt = Runtime.start(cfg)
+    try:
+        return _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from)
+    finally:
+        rt.close()
+
+
+def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> TrainResult:  # noqa: ANN001
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     processor = AutoProcessor.from_pretrained(model_path)
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[cfg.dtype], use_safetensors=True)
-    model.to(cfg.device).train()
+    model = load_trainable(model_path, cfg, rt.weight_dtype)
+    if cfg.gradient_checkpointing:
+        core_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(rt.device).train()
     tok = processor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    data = []
-    for ex in examples:
-        try:
-            data.append(encode_example(processor, ex, cfg.max_length))
-        except ValueError as e:
-            log.warning("skipping example: %s", e)
-    if not data:
-        raise ValueError("no trainable examples")
+    data = _encode_all(processor, examples, cfg.max_length)
     lengths = [len(d["input_ids"]) for d in data]
-    per_epoch = math.ceil(math.ceil(len(data) / cfg.batch_size) / cfg.grad_accum)
-    total = per_epoch * cfg.epochs
+    n_answer = [int((d["labels"][1:] != IGNORE).sum()) for d in data]
+    plan = step_plan(lengths, cfg, rt.world)
+    total = len(plan)
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    wrapped = rt.wrap(AnswerLoss(model))
+    opt = _optimizer(wrapped, cfg)
+    sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
 
-    losses: list[float] = []
-    seen = 0
-    for _ in range(cfg.epochs):
-        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
-        for g in range(0, len(batches), cfg.grad_accum):
-            group = [collate([data[i] for i in b], pad_id) for b in batches[g : g + cfg.grad_accum]]
-            n_tok = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in group)
-            loss_sum = 0.0
-            for batch in group:  # token-weighted mean over the whole accumulation group
-                batch = {k: v.to(cfg.device) for k, v in batch.items()}
-                loss = answer_loss_sum(model, batch) / n_tok
-                loss.backward()
-                loss_sum += loss.item()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss_sum)
-            seen += n_tok
-            if progress is not None:
-                progress(len(losses), total, loss_sum)
+    state = {"step": 0, "losses": [], "answer_tokens": 0, "tokens": 0}
+    ckpt = None
+    if resume_from is not None:
+        ckpt = Checkpointer(resume_from, fingerprint(model_path, cfg, examples, rt.world), rt)
+        found = ckpt.latest()
+        if found is not None:
+            state = ckpt.restore(found, model, wrapped, opt, sched)
+    resumed_from = state["step"]
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    return TrainResult(steps=len(losses), losses=losses, answer_tokens=seen, seconds=time.time() - t0)
+    for step in range(resumed_from, total):
+        group = plan[step]
+        n_tok = sum(n_answer[i] for b in group for i in b)
+        mine = group[rt.rank :: rt.world]
+        rounds = math.ceil(len(group) / rt.world)  # every rank runs as many micro-batches (DDP/FSDP collectives)
+        local = 0.0
+        for j in range(rounds):
+            idx, weight = (mine[j], 1.0) if j < len(mine) else (group[0], 0.0)  # weight 0: a stand-in, no gradient
+            batch = {k: v.to(rt.device, non_blocking=True) for k, v in collate([data[i] for i in idx], pad_id).items()}
+            with rt.grad_sync(wrapped, sync=j == rounds - 1):
+                with rt.autocast():
+                    loss_sum = wrapped(batch)
+                # DDP/FSDP average gradients over ranks: scale by world so the step sees sum / n_tok
+                (loss_sum * (weight * rt.world / n_tok)).backward()
+            local += weight * loss_sum.item() / n_tok
+        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), MAX_GRAD_NORM)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss = rt.sum(local)
+        state["step"] = step + 1
+        state["losses"].append(loss)
+        state["answer_tokens"] += n_tok
+        state["tokens"] += sum(lengths[i] for b in group for i in b)  # all ranks' micro-batches
+        if ckpt is not None and cfg.save_every > 0 and state["step"] % cfg.save_every == 0 and state["step"] < total:
+            ckpt.save(model, wrapped, opt, sched, state)
+        if progress is not None:
+            progress(state["step"], total, loss)
+
+    tokens = state["tokens"]
+    losses = state["losses"]
+    meta = {
+        "parent": str(model_path),
+        "examples": len(data),
+        "steps": len(losses),
+        "epochs": cfg.epochs,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "answer_tokens": state["answer_tokens"],
+        "tokens": tokens,
+        "resumed_from_step": resumed_from,
+        "world_size": rt.world,
+        "precision": cfg.precision,
+        "weight_dtype": str(rt.weight_dtype).removeprefix("torch."),
+        "config": asdict(cfg),
+        "versions": _versions(),
+    }
+    meta["train_seconds"] = time.time() - t0
+    _write_output(rt, model, processor, out_dir, cfg, meta, model_path)
+    return TrainResult(
+        steps=len(losses), losses=losses, answer_tokens=state["answer_tokens"], seconds=time.time() - t0,
+        resumed_from=resumed_from, world_size=rt.world, tokens=tokens, meta=meta,
+    )  # fmt: skip
+
+
+def _write_output(rt: Runtime, model: Any, processor: Any, out_dir: Any, cfg: TrainConfig, meta: dict, model_path: str) -> None:
+    if rt.mode == "fsdp" and rt.world > 1:  # gather the shards; rank 0 rebuilds the model on CPU and writes it
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rt.main:
+            model = load_trainable(model_path, cfg, torch.float32)
+            model.load_state_dict(full)
+    if rt.main:
+        export(model, processor, out_dir, cfg, meta)
+    rt.barrier()
+
+
+def _versions() -> dict:
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import peft
+
+        out["peft"] = peft.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out

@@ -12,6 +12,7 @@ ignored. `kind` is "open", "closed" or "auto" ("auto": the synthesizer decides).
 """
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from collections.abc import Iterator
@@ -32,10 +33,22 @@ def load_image(path: Path) -> Image.Image | str:
         return f"missing image file {str(path)!r}"
     if path.stat().st_size == 0:
         return f"empty (zero-byte) image file {str(path)!r}"
+    return _decode(path, str(path))
+
+
+def load_image_bytes(data: bytes | None, label: str) -> Image.Image | str:
+    """`load_image` for encoded bytes (a parquet Image cell); `label` names it in the reason."""
+    if not data:
+        return f"empty image bytes {label!r}"
+    return _decode(io.BytesIO(data), label)
+
+
+def _decode(source, label: str) -> Image.Image | str:  # noqa: ANN001 - a path or a file object
+    path = label
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im) or im
                 if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: scale to 8 bits, don't clip

@@ -2,75 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
-from selfjudge.shared.config import load_settings
 from selfjudge.shared.db import (Checkpoint, EvalResult, EvalSummary, Image, Iteration, Judgment, Pair, Prompt,
-                                 Run, Shard, TrainingExample, make_sessionmaker)
-from selfjudge.shared.messages import STAGES
-from selfjudge.shared.store import S3Store
+                                 Run, Shard, TrainingExample)
 
-PROMPTS, SHARD = 16, 8
-
-
-def loop_env(postgres_url: str, rabbit_url: str, s3: dict, base: Path, work_dir: Path) -> dict:
-    env = dict(os.environ)
-    env.update({
-        "SELFJUDGE__RUN__NAME": "it-distributed", "SELFJUDGE__RUN__ITERATIONS": "2",
-        "SELFJUDGE__RUN__PROMPTS_PER_ITERATION": str(PROMPTS), "SELFJUDGE__RUN__SHARD_SIZE": str(SHARD),
-        "SELFJUDGE__RUN__HELDOUT_PAIRS": "8", "SELFJUDGE__RUN__WORK_DIR": str(work_dir),
-        "SELFJUDGE__DATABASE__URL": postgres_url, "SELFJUDGE__BROKER__URL": rabbit_url,
-        "SELFJUDGE__STORE__KIND": "s3", "SELFJUDGE__STORE__ENDPOINT": s3["endpoint"],
-        "SELFJUDGE__STORE__BUCKET": s3["bucket"], "SELFJUDGE__STORE__ACCESS_KEY": s3["access_key"],
-        "SELFJUDGE__STORE__SECRET_KEY": s3["secret_key"],
-        "SELFJUDGE__MODEL__BASE": str(base),
-        "SELFJUDGE__SYNTH__N_SAMPLES": "4", "SELFJUDGE__SYNTH__MAJORITY_THRESHOLD": "2",
-        "SELFJUDGE__SYNTH__MAX_NEW_TOKENS": "12", "SELFJUDGE__SYNTH__OPEN_MAX_NEW_TOKENS": "32",
-        "SELFJUDGE__REASON__TEMPERATURE": "1.0", "SELFJUDGE__REASON__MAX_NEW_TOKENS": "96",
-        "SELFJUDGE__EVAL__MAX_NEW_TOKENS": "96",
-        "SELFJUDGE__TRAIN__EPOCHS": "1", "SELFJUDGE__TRAIN__LR": "1e-4", "SELFJUDGE__TRAIN__MAX_LENGTH": "512",
-    })
-    return env
-
-
-@pytest.fixture(scope="module")
-def distributed_run(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_factory, free_port):
-    root = tmp_path_factory.mktemp("distributed")
-    s3 = s3_server
-    bucket = "selfjudge-it"
-    s3 = dict(s3, bucket=bucket)
-    env = loop_env(postgres_url, rabbit_url, s3, tiny_base, root / "launcher")
-    subprocess.run([sys.executable, "-m", "selfjudge.cli", "migrate"], env=env, check=True, timeout=120)
-    workers = {}
-    for stage in STAGES:
-        wenv = dict(env, SELFJUDGE__RUN__WORK_DIR=str(root / stage), SELFJUDGE__METRICS__PORT=str(free_port()))
-        log = open(root / f"{stage}.log", "w")
-        workers[stage] = (subprocess.Popen([sys.executable, "-m", "selfjudge.cli", "worker", stage], env=wenv,
-                                           stdout=log, stderr=subprocess.STDOUT), log)
-    try:
-        launcher = subprocess.run([sys.executable, "-m", "selfjudge.cli", "run", "--wait", "--timeout", "900",
-                                   "--json"], env=env, capture_output=True, text=True, timeout=1000)
-    finally:
-        for proc, log in workers.values():
-            proc.terminate()
-        for proc, log in workers.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-    if launcher.returncode != 0:
-        logs = "\n".join(f"--- {stage}\n" + (root / f"{stage}.log").read_text()[-3000:] for stage in STAGES)
-        pytest.fail(f"launcher failed ({launcher.returncode}):\n{launcher.stderr[-4000:]}\n{logs}")
-    settings = load_settings(environ=env)
-    return {"settings": settings, "sessions": make_sessionmaker(postgres_url), "root": root,
-            "store": S3Store(settings.store), "stdout": launcher.stdout}
+PROMPTS, SHARD = 16, 8      # as tests/integration/conftest.py configures every cluster run
 
 
 def test_run_completes_and_counts_add_up(distributed_run):

@@ -1,0 +1,141 @@
+"""A small cluster for integration tests: separate worker processes per stage over the real
+RabbitMQ, Postgres and S3 servers, supervised (a dead worker is restarted, as compose would)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from selfjudge.shared.messages import STAGES
+
+CLI = [sys.executable, "-m", "selfjudge.cli"]
+PROMPTS, SHARD, HELDOUT = 16, 8, 8
+
+
+def loop_env(name: str, postgres_url: str, rabbit_url: str, s3: dict, base: Path, work_dir: Path,
+             iterations: int = 2, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFJUDGE")}
+    env.update({
+        "SELFJUDGE__RUN__NAME": name, "SELFJUDGE__RUN__ITERATIONS": str(iterations),
+        "SELFJUDGE__RUN__PROMPTS_PER_ITERATION": str(PROMPTS), "SELFJUDGE__RUN__SHARD_SIZE": str(SHARD),
+        "SELFJUDGE__RUN__HELDOUT_PAIRS": str(HELDOUT), "SELFJUDGE__RUN__WORK_DIR": str(work_dir),
+        "SELFJUDGE__DATABASE__URL": postgres_url, "SELFJUDGE__BROKER__URL": rabbit_url,
+        "SELFJUDGE__STORE__KIND": "s3", "SELFJUDGE__STORE__ENDPOINT": s3["endpoint"],
+        "SELFJUDGE__STORE__BUCKET": s3["bucket"], "SELFJUDGE__STORE__ACCESS_KEY": s3["access_key"],
+        "SELFJUDGE__STORE__SECRET_KEY": s3["secret_key"],
+        "SELFJUDGE__MODEL__BASE": str(base),
+        "SELFJUDGE__SYNTH__N_SAMPLES": "4", "SELFJUDGE__SYNTH__MAJORITY_THRESHOLD": "2",
+        "SELFJUDGE__SYNTH__MAX_NEW_TOKENS": "12", "SELFJUDGE__SYNTH__OPEN_MAX_NEW_TOKENS": "32",
+        "SELFJUDGE__REASON__TEMPERATURE": "1.0", "SELFJUDGE__REASON__MAX_NEW_TOKENS": "96",
+        "SELFJUDGE__EVAL__MAX_NEW_TOKENS": "96",
+        "SELFJUDGE__TRAIN__EPOCHS": "1", "SELFJUDGE__TRAIN__LR": "1e-4", "SELFJUDGE__TRAIN__MAX_LENGTH": "512",
+    })
+    env.update(extra)
+    return env
+
+
+class Cluster:
+    """Five workers (one per stage) and a launcher; `supervise` restarts dead workers."""
+
+    def __init__(self, root: Path, env: dict, free_port):  # noqa: ANN001
+        self.root, self.env, self.free_port = root, env, free_port
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {stage: 0 for stage in STAGES}
+        subprocess.run([*CLI, "migrate"], env=env, check=True, timeout=120, capture_output=True)
+
+    def start_worker(self, stage: str, **extra: str) -> None:
+        env = dict(self.env, SELFJUDGE__RUN__WORK_DIR=str(self.root / stage),
+                   SELFJUDGE__METRICS__PORT=str(self.free_port()), **extra)
+        log = open(self.root / f"{stage}.log", "a")
+        self.workers[stage] = subprocess.Popen([*CLI, "worker", stage], env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def start(self) -> None:
+        for stage in STAGES:
+            self.start_worker(stage)
+
+    def supervise(self) -> None:
+        for stage, proc in list(self.workers.items()):
+            if proc.poll() is not None:
+                self.restarts[stage] += 1
+                self.start_worker(stage)
+
+    def launch(self, *args: str, **extra: str) -> subprocess.Popen:
+        out = open(self.root / "launcher.out", "w")
+        err = open(self.root / "launcher.log", "a")
+        proc = subprocess.Popen([*CLI, "run", "--wait", "--timeout", "600", "--json", *args],
+                                env=dict(self.env, **extra), stdout=out, stderr=err)
+        out.close()
+        err.close()
+        return proc
+
+    def wait(self, launcher: subprocess.Popen, timeout: float = 700, during=None) -> None:  # noqa: ANN001
+        """Supervise the workers until the launcher exits; `during(elapsed)` runs each tick (fault injection)."""
+        start = time.monotonic()
+        while launcher.poll() is None:
+            if time.monotonic() - start > timeout:
+                launcher.kill()
+                break
+            self.supervise()
+            if during is not None:
+                during(time.monotonic() - start)
+            time.sleep(0.2)
+        if launcher.returncode != 0:
+            pytest.fail(f"launcher exited {launcher.returncode}:\n{self.logs()}")
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("launcher", *STAGES):
+            path = self.root / f"{name}.log"
+            if path.exists():
+                parts.append(f"--- {name}\n" + path.read_text()[-3000:])
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_factory, free_port):
+    """make(name, **env) -> a started Cluster running run `name` on the shared servers."""
+    clusters = []
+
+    def make(name: str, iterations: int = 2, start: bool = True, **extra: str) -> Cluster:
+        root = tmp_path_factory.mktemp(name)
+        env = loop_env(name, postgres_url, rabbit_url, dict(s3_server.config, bucket="selfjudge-it"), tiny_base,
+                       root / "launcher", iterations=iterations, **extra)
+        cluster = Cluster(root, env, free_port)
+        clusters.append(cluster)
+        if start:
+            cluster.start()
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def distributed_run(cluster_factory, postgres_url, s3_server):
+    """The undisturbed reference run: 2 iterations through 5 worker processes."""
+    from selfjudge.shared.config import load_settings
+    from selfjudge.shared.db import make_sessionmaker
+    from selfjudge.shared.store import S3Store
+
+    cluster = cluster_factory("it-distributed")
+    cluster.wait(cluster.launch())
+    cluster.stop()
+    settings = load_settings(environ=cluster.env)
+    return {"cluster": cluster, "root": cluster.root, "sessions": make_sessionmaker(postgres_url),
+            "store": S3Store(settings.store), "settings": settings}
