@@ -20,4 +20,9 @@ if ! port_open 5672; then
   wait_port 5672
   rabbitmqctl await_startup >/dev/null
 fi
+# RabbitMQ's own metrics endpoint (127.0.0.1:15692) for the dashboard tests
+if ! (echo > /dev/tcp/127.0.0.1/15692) >/dev/null 2>&1; then
+  rabbitmq-plugins enable rabbitmq_prometheus >/dev/null
+  wait_port 15692
+fi
 echo "ensure-services: postgres 127.0.0.1:5432 and rabbitmq 127.0.0.1:5672 are up"

@@ -267,9 +267,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     with make_sessionmaker(settings.database_url())() as s:
         status = run_status(s, args.run)
     if not settings.embedded and status["run"]:
-        from selfjudge.shared.queue import dead_letters, make_celery
+        from selfjudge.shared.queue import dead_letters, make_celery, queue_depths
 
-        status["dead_letters"] = [letter for letter in dead_letters(make_celery(settings))
+        app = make_celery(settings)
+        status["queues"] = queue_depths(app)
+        status["dead_letters"] = [letter for letter in dead_letters(app)
                                   if letter["payload"].get("run_id") == status["run"]["id"]]
     print(json.dumps(status, indent=2) if args.json else format_table(status))
     return 0
@@ -281,9 +283,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from selfjudge.shared.store import open_store
 
     settings = _settings(args)
-    written = export_iteration(make_sessionmaker(settings.database_url()),
-                               open_store(settings.store, settings.run.work_dir), args.run, args.iteration,
-                               args.out, fmt=args.format)
+    try:
+        written = export_iteration(make_sessionmaker(settings.database_url()),
+                                   open_store(settings.store, settings.run.work_dir), args.run, args.iteration,
+                                   args.out, fmt=args.format)
+    except LookupError as exc:
+        print(f"selfjudge: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({name: [str(f) for f in files] for name, files in written.items()}, indent=2))
     return 0
 
@@ -293,9 +299,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfjudge.services.evaluator.stage import evaluate_standalone
 
     settings = _settings(args)
-    result = evaluate_standalone(settings, args.benchmark, args.data, args.model, k=args.k, images=args.images,
-                                 parser=args.parser, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                 resume=not args.fresh)
+    try:
+        result = evaluate_standalone(settings, args.benchmark, args.data, args.model, k=args.k, images=args.images,
+                                     parser=args.parser, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                                     resume=not args.fresh)
+    except (FileNotFoundError, ValueError) as exc:   # no such file, not the benchmark's schema, bad k
+        raise ConfigError(f"cannot evaluate {args.data}: {exc}") from None
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -2,7 +2,7 @@
 
     SELFJUDGE_FAILPOINTS="filter.before_commit=kill:/tmp/once-marker,reasoner.start=raise"
 
-`kill:MARKER` SIGKILLs the process the first time it is reached (it creates MARKER first, so the
+`sleep:SECONDS` pauses there (a slow step); `kill:MARKER` SIGKILLs the process the first time it is reached (it creates MARKER first, so the
 redelivered task, run by the restarted worker, gets through); `raise` raises every time. With
 the variable unset (always, outside tests) a failpoint is a dictionary lookup.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -30,5 +31,7 @@ def failpoint(name: str) -> None:
             if not marker.exists():
                 marker.touch()
                 os.kill(os.getpid(), signal.SIGKILL)
+        elif action.startswith("sleep:"):
+            time.sleep(float(action[len("sleep:"):]))
         elif action == "raise":
             raise FailpointError(f"failpoint {name} raised (SELFJUDGE_FAILPOINTS)")

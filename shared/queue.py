@@ -43,6 +43,9 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[stage_queue(stage, exchange) for stage in STAGES],
         task_routes={task_name(stage): {"queue": stage, "routing_key": stage} for stage in STAGES},
         task_default_exchange="selfjudge",
+        # A solo worker busy with a long model call cannot answer AMQP heartbeats, and the broker
+        # would drop it mid-shard; a dead worker is still noticed at once (its socket closes).
+        broker_heartbeat=0,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,     # a restarted broker is waited for, not fatal
         task_publish_retry=True,
@@ -78,6 +81,21 @@ def dead_letters(app: Celery, take: Callable[[dict], bool] | None = None) -> lis
         for message, taken in held:      # nothing is acked before all were read, so none is seen twice
             message.ack() if taken else message.requeue()
     return out
+
+
+def queue_depths(app: Celery) -> dict[str, dict[str, int]]:
+    """Per stage queue: messages waiting and consumers attached (a passive declare asks the broker)."""
+    depths = {}
+    with app.connection_for_write() as conn:
+        for stage in STAGES:
+            try:
+                _, messages, consumers = conn.default_channel.queue_declare(stage, passive=True)
+                depths[stage] = {"messages": messages, "consumers": consumers}
+            except Exception:  # noqa: BLE001 - not declared yet: no worker of that stage ever started
+                conn.close()
+                conn.connect()
+                depths[stage] = {"messages": 0, "consumers": 0}
+    return depths
 
 
 class CeleryBus:

@@ -85,6 +85,9 @@ def format_table(status: dict) -> str:
         if r.get("set_aside"):
             lines.append(f"  iteration {r['iteration']} set aside: " +
                          ", ".join(f"{reason} {n}" for reason, n in sorted(r["set_aside"].items())))
+    if status.get("queues"):
+        lines.append("  queues: " + ", ".join(f"{stage} {q['messages']} waiting/{q['consumers']} workers"
+                                              for stage, q in status["queues"].items()))
     for letter in status.get("dead_letters", []):
         lines.append(f"  dead letter: {letter['stage']} {letter['payload']} -- {letter['error'][:160]}")
     return "\n".join(lines)

@@ -3,9 +3,14 @@
 In:    TrainTask (sent once, by the barrier, when every filter shard of iteration k is done)
 Does:  supervised fine-tuning of judge k-1 on the kept (prompt, reasoning + verdict) traces,
        loss on the judge's answer tokens only.
-Out:   a Hugging Face folder uploaded to runs/<run>/checkpoints/iter<k>/; a `checkpoints` row
-       with its content hash, parent and training metadata.
+Out:   a Hugging Face folder (or, for LoRA with train.lora_merge false, a PEFT adapter folder over
+       the base model) uploaded to runs/<run>/checkpoints/iter<k>/, with selfjudge_training.json
+       in it; a `checkpoints` row with its content hash, parent and training metadata.
 Next:  loop.on_trained -> evaluator.
+
+Training runs in this process, or on train.nproc processes (train.distributed ddp|fsdp, torchrun).
+Every train.save_every optimizer steps its state goes to <work_dir>/train/run<r>-iter<k>.resume/:
+a redelivered task (the worker died mid-training) resumes from there instead of starting over.
 """
 from __future__ import annotations
 
@@ -22,11 +27,31 @@ from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Iteration, Shard
 from selfjudge.shared.judge import JUDGE_SYSTEM
 from selfjudge.shared.messages import TrainTask
-from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
+from selfjudge.shared.models.distributed import train
+from selfjudge.shared.models.training import SFTExample, TrainConfig
 from selfjudge.shared.store import get_image, get_jsonl
 
 STAGE = "trainer"
 log = logging.getLogger(__name__)
+
+
+def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Settings
+    """The `train:` section (+ model device/dtype, run seed) as the trainer's TrainConfig."""
+    t, m = settings.train, settings.model
+    return TrainConfig(
+        lr=t.lr, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum, max_length=t.max_length,
+        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, seed=settings.run.seed + iteration,
+        dtype=m.dtype, device=m.device, lr_scheduler=t.lr_scheduler, precision=t.precision, method=t.method,
+        lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, lora_merge=t.lora_merge,
+        save_every=t.save_every, gradient_checkpointing=t.gradient_checkpointing, distributed=t.distributed,
+        nproc=t.nproc,
+    )  # fmt: skip
+
+
+def work_dirs(settings, run_id: int, iteration: int) -> tuple[Path, Path]:  # noqa: ANN001
+    """(output folder, resume folder) of one training task; the resume folder outlives a crash."""
+    root = Path(settings.run.work_dir).resolve() / "train"
+    return root / f"run{run_id}-iter{iteration}", root / f"run{run_id}-iter{iteration}.resume"
 
 
 def handle(payload: dict, ctx: Context) -> None:
@@ -39,6 +64,7 @@ def handle(payload: dict, ctx: Context) -> None:
     if not shards.claim_training(ctx.sessions, task.run_id, task.iteration, ctx.settings.run.train_lease_seconds):
         log.info("trainer: run %s iter %s is being trained elsewhere (lease held)", task.run_id, task.iteration)
         return
+    failpoint("trainer.start")   # fault tests: a training that outlasts the broker's consumer_timeout
     with ctx.sessions() as s:
         keys = s.scalars(select(Shard.output_key).where(
             Shard.run_id == task.run_id, Shard.iteration == task.iteration, Shard.stage == "filter",
@@ -60,35 +86,41 @@ def handle(payload: dict, ctx: Context) -> None:
             images[r["image_key"]] = get_image(ctx.store, r["image_key"])
         examples.append(SFTExample(text=r["prompt_text"], images=[images[r["image_key"]]], answer=r["answer"],
                                    system=JUDGE_SYSTEM))
-    cfg, model = ctx.settings.train, ctx.settings.model
-    train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                            max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio,
-                            seed=ctx.settings.run.seed + task.iteration, dtype=model.dtype, device=model.device)
-    out_dir = Path(ctx.settings.run.work_dir).resolve() / "train" / f"run{task.run_id}-iter{task.iteration}"
-    shutil.rmtree(out_dir, ignore_errors=True)
+    train_cfg = train_config(ctx.settings, task.iteration)
+    out_dir, resume_dir = work_dirs(ctx.settings, task.run_id, task.iteration)
+    shutil.rmtree(out_dir, ignore_errors=True)  # a half-written output; resume_dir is kept
     parent_path = ctx.models.local_path(task.judge_checkpoint_id)
     labels = {"run": str(task.run_id), "iteration": str(task.iteration)}
-
+    last = [time.perf_counter()]
     last_beat = [time.monotonic()]
 
     def progress(step: int, total: int, loss: float) -> None:
         if time.monotonic() - last_beat[0] > min(30.0, ctx.settings.run.train_lease_seconds / 4):
             shards.renew_training(ctx.sessions, task.run_id, task.iteration)    # keep the lease
             last_beat[0] = time.monotonic()
+        now = time.perf_counter()
+        m.train_step_seconds.observe(now - last[0])
+        last[0] = now
         m.train_loss.labels(**labels).set(loss)
         m.train_steps.inc()
         if step == 1 or step == total or step % 10 == 0:
             log.info("trainer: run %s iter %s step %s/%s loss %.4f", task.run_id, task.iteration, step, total, loss)
 
-    result = sft(parent_path, examples, out_dir, train_cfg, progress=progress)
+    result = train(parent_path, examples, out_dir, train_cfg, progress=progress, resume_from=resume_dir,
+                   spec_dir=out_dir.parent)
     failpoint("trainer.before_commit")   # fault tests: die after training, before recording it
     m.train_tokens.inc(result.answer_tokens)
     meta = {"examples": len(examples), "steps": result.steps, "first_loss": result.losses[0],
             "last_loss": result.losses[-1], "answer_tokens": result.answer_tokens,
-            "train_seconds": result.seconds, "config": train_cfg.__dict__}
+            "train_seconds": result.seconds, "resumed_from_step": result.resumed_from,
+            "world_size": result.world_size, "format": result.meta.get("format", "full"),
+            "config": train_cfg.__dict__}
+    if meta["format"] == "peft_adapter":
+        meta["base_model"] = result.meta.get("base_model")
     ckpt_id = loop.register_checkpoint(ctx, task.run_id, task.iteration, str(out_dir),
                                        parent_id=task.judge_checkpoint_id, meta=meta)
     shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
     m.items_out.labels(STAGE).inc(1)
     m.shard_seconds.labels(STAGE).observe(time.perf_counter() - start)

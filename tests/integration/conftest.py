@@ -2,12 +2,15 @@
 RabbitMQ, Postgres and S3 servers, supervised (a dead worker is restarted, as compose would)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from selfjudge.shared.messages import STAGES
@@ -38,18 +41,73 @@ def loop_env(name: str, postgres_url: str, rabbit_url: str, s3: dict, base: Path
     return env
 
 
+class Prometheus:
+    """A real Prometheus (Debian package) scraping the workers of a cluster and RabbitMQ."""
+
+    def __init__(self, root: Path, port: int):
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail("prometheus is not installed: `make test` installs it (scripts/install-tools.sh)")
+        self.root, self.port, self.url = root, port, f"http://127.0.0.1:{port}"
+        self.targets = root / "targets.json"
+        self.targets.write_text("[]")
+        (root / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: selfjudge\n"
+            "    file_sd_configs: [{files: [targets.json], refresh_interval: 1s}]\n"
+            "  - job_name: rabbitmq\n"
+            "    metrics_path: /metrics/per-object\n"
+            "    static_configs: [{targets: ['127.0.0.1:15692']}]\n")
+        log = open(root / "prometheus.log", "w")
+        self.proc = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}",
+                                      f"--storage.tsdb.path={root / 'data'}",
+                                      f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"prometheus not ready: {(self.root / 'prometheus.log').read_text()[-2000:]}")
+
+    def set_targets(self, ports: dict[str, int]) -> None:
+        self.targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"job": "selfjudge",
+                                             "stage": stage}} for stage, port in ports.items()]))
+
+    def query(self, expr: str, at: float) -> list:
+        resp = httpx.get(f"{self.url}/api/v1/query", params={"query": expr, "time": at}, timeout=30)
+        body = resp.json()
+        assert body["status"] == "success", f"{expr}: {body}"
+        return body["data"]["result"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 class Cluster:
     """Five workers (one per stage) and a launcher; `supervise` restarts dead workers."""
 
-    def __init__(self, root: Path, env: dict, free_port):  # noqa: ANN001
-        self.root, self.env, self.free_port = root, env, free_port
+    def __init__(self, root: Path, env: dict, free_port, prometheus: Prometheus | None = None):  # noqa: ANN001
+        self.root, self.env, self.free_port, self.prometheus = root, env, free_port, prometheus
+        self.ports: dict[str, int] = {}
         self.workers: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {stage: 0 for stage in STAGES}
         subprocess.run([*CLI, "migrate"], env=env, check=True, timeout=120, capture_output=True)
 
     def start_worker(self, stage: str, **extra: str) -> None:
+        self.ports[stage] = self.free_port()
         env = dict(self.env, SELFJUDGE__RUN__WORK_DIR=str(self.root / stage),
-                   SELFJUDGE__METRICS__PORT=str(self.free_port()), **extra)
+                   SELFJUDGE__METRICS__PORT=str(self.ports[stage]), **extra)
+        if self.prometheus is not None:
+            self.prometheus.set_targets(self.ports)
         log = open(self.root / f"{stage}.log", "a")
         self.workers[stage] = subprocess.Popen([*CLI, "worker", stage], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -67,13 +125,13 @@ class Cluster:
     def launch(self, *args: str, **extra: str) -> subprocess.Popen:
         out = open(self.root / "launcher.out", "w")
         err = open(self.root / "launcher.log", "a")
-        proc = subprocess.Popen([*CLI, "run", "--wait", "--timeout", "600", "--json", *args],
+        proc = subprocess.Popen([*CLI, "run", "--wait", "--timeout", "1500", "--json", *args],
                                 env=dict(self.env, **extra), stdout=out, stderr=err)
         out.close()
         err.close()
         return proc
 
-    def wait(self, launcher: subprocess.Popen, timeout: float = 700, during=None) -> None:  # noqa: ANN001
+    def wait(self, launcher: subprocess.Popen, timeout: float = 1600, during=None) -> None:  # noqa: ANN001
         """Supervise the workers until the launcher exits; `during(elapsed)` runs each tick (fault injection)."""
         start = time.monotonic()
         while launcher.poll() is None:
@@ -111,11 +169,12 @@ def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_fac
     """make(name, **env) -> a started Cluster running run `name` on the shared servers."""
     clusters = []
 
-    def make(name: str, iterations: int = 2, start: bool = True, **extra: str) -> Cluster:
+    def make(name: str, iterations: int = 2, start: bool = True, prometheus: Prometheus | None = None,
+             **extra: str) -> Cluster:
         root = tmp_path_factory.mktemp(name)
         env = loop_env(name, postgres_url, rabbit_url, dict(s3_server.config, bucket="selfjudge-it"), tiny_base,
                        root / "launcher", iterations=iterations, **extra)
-        cluster = Cluster(root, env, free_port)
+        cluster = Cluster(root, env, free_port, prometheus)
         clusters.append(cluster)
         if start:
             cluster.start()
@@ -127,15 +186,19 @@ def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_fac
 
 
 @pytest.fixture(scope="session")
-def distributed_run(cluster_factory, postgres_url, s3_server):
-    """The undisturbed reference run: 2 iterations through 5 worker processes."""
+def distributed_run(cluster_factory, postgres_url, s3_server, tmp_path_factory, free_port):
+    """The undisturbed reference run: 2 iterations through 5 worker processes, watched by Prometheus."""
     from selfjudge.shared.config import load_settings
     from selfjudge.shared.db import make_sessionmaker
     from selfjudge.shared.store import S3Store
 
-    cluster = cluster_factory("it-distributed")
+    prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), free_port())
+    cluster = cluster_factory("it-distributed", prometheus=prometheus)
     cluster.wait(cluster.launch())
+    time.sleep(3)                 # let Prometheus scrape the final values before the workers go
+    scraped_at = time.time()
     cluster.stop()
     settings = load_settings(environ=cluster.env)
-    return {"cluster": cluster, "root": cluster.root, "sessions": make_sessionmaker(postgres_url),
-            "store": S3Store(settings.store), "settings": settings}
+    yield {"cluster": cluster, "root": cluster.root, "sessions": make_sessionmaker(postgres_url),
+           "store": S3Store(settings.store), "settings": settings, "prometheus": prometheus, "scraped_at": scraped_at}
+    prometheus.stop()

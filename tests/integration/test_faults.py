@@ -210,3 +210,50 @@ def test_pickle_is_refused_on_the_wire(cluster_factory, distributed_run):
     with distributed_run["sessions"]() as s:
         assert s.scalar(select(func.count()).select_from(Shard).where(Shard.run_id == 999999)) == 0
     cluster.stop()
+
+
+def test_training_longer_than_consumer_timeout_runs_once(cluster_factory, distributed_run, rabbit_url):
+    """RabbitMQ closes a channel holding a delivery unacked past consumer_timeout (checked about once a
+    minute). With the timeout at 2 s, a late-acking consumer is cut off, but a 70 s training is neither
+    killed nor run twice: the trainer acks on receipt and holds a database lease instead."""
+    from kombu import Connection, Exchange, Queue
+
+    def set_timeout(ms: int) -> None:
+        subprocess.run(["rabbitmqctl", "eval", f"application:set_env(rabbit, consumer_timeout, {ms})."],
+                       check=True, capture_output=True, timeout=60)
+
+    set_timeout(2000)
+    try:
+        cluster = cluster_factory("it-longtrain", iterations=1, start=False)
+        for stage in STAGES:
+            cluster.start_worker(stage, **({"SELFJUDGE_FAILPOINTS": "trainer.start=sleep:70"}
+                                           if stage == "trainer" else {}))
+        # the control: a consumer that holds its delivery unacked is cut off by the broker
+        probe = Queue("consumer-timeout-probe", Exchange("probe", type="direct"), routing_key="p")
+        with Connection(rabbit_url, heartbeat=0) as conn:
+            conn.Producer().publish({"probe": 1}, exchange=probe.exchange, routing_key="p", declare=[probe])
+            consumer = conn.Consumer(probe, callbacks=[lambda body, message: None])
+            consumer.qos(prefetch_count=1)
+            consumer.consume()
+            launcher = cluster.launch()
+            cut_off = None
+            start = time.monotonic()
+            while cut_off is None and time.monotonic() - start < 150:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - PreconditionFailed: the broker closed the channel
+                    cut_off = exc
+                cluster.supervise()
+            assert cut_off is not None and "timed out" in str(cut_off)
+        cluster.wait(launcher)
+        cluster.stop()
+    finally:
+        set_timeout(1800000)
+    sessions = distributed_run["sessions"]
+    faulty = snapshot(sessions, "it-longtrain")
+    assert_same_outcome(faulty, snapshot(sessions, "it-distributed"))
+    assert faulty["shards"][("trainer", 0)] == 1                 # trained exactly once
+    log = (cluster.root / "trainer.log").read_text()
+    assert log.count("examples,") == 1 and "Connection to broker lost" not in log
