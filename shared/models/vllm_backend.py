@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +41,21 @@ MLLAMA_REFUSAL = (
     "use the transformers backend (model.backend: transformers) for this model"
 )
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+# In-process engines share vLLM's process-global torch.distributed / model-parallel state, which
+# EngineCore.shutdown() tears down: only the last live in-process engine may run it.
+_live_in_process = 0
+
+
+def _release_in_process(engine_core: Any) -> None:
+    global _live_in_process
+    _live_in_process -= 1
+    if _live_in_process == 0:
+        engine_core.shutdown()
+    else:
+        gc.unfreeze()  # what shutdown would undo too: the engine's gc.freeze() at start
+
+
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 
 
@@ -86,43 +101,13 @@ def import_vllm() -> Any:
     return vllm
 
 
-class _Progress:
-    """The tqdm-shaped object `LLM.generate(use_tqdm=...)` drives, forwarding to progress(done, total).
-
-    vLLM calls update(len(output.outputs)) as each request finishes, i.e. `per_request` units.
-    """
-
-    def __init__(self, callback: Callable[[int, int], None], total: int, per_request: int):
-        self.callback, self.total, self.per_request = callback, total, per_request
-        self.n, self.postfix, self.start = 0, "", time.monotonic()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Progress:  # the "tqdm class"
-        return self
-
-    @property
-    def format_dict(self) -> dict[str, float]:
-        return {"elapsed": max(time.monotonic() - self.start, 1e-6)}
-
-    def update(self, k: int = 1) -> None:
-        before = self.n // self.per_request
-        self.n += k
-        done = min(self.n // self.per_request, self.total)
-        if done != before:
-            self.callback(done, self.total)
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class VLLMBackend:
     """A GenerationBackend over `vllm.LLM`. Arguments TransformersBackend takes are accepted alike.
 
     `device` and `batch_size` are accepted for interface parity and unused (vLLM picks its
     platform and schedules batches itself). `max_images` is the most images one request may carry
-    (vLLM's limit_mm_per_prompt). `engine_kwargs` go to `vllm.LLM` as they are.
+    (vLLM's limit_mm_per_prompt). `engine_kwargs` go to `vllm.LLM` last, overriding the defaults
+    here (e.g. `{"enforce_eager": False}` for CUDA graphs on GPU, `gpu_memory_utilization`).
     """
 
     def __init__(
@@ -140,6 +125,7 @@ class VLLMBackend:
         kv_cache_gib: float = 1,
         engine_kwargs: dict[str, Any] | None = None,
     ):
+        global _live_in_process
         del device, batch_size
         self._in_process = in_process
         self.model_id = model_id or str(model_path)
@@ -160,8 +146,7 @@ class VLLMBackend:
         self.stop_ids = stop_token_ids(self.processor, SimpleNamespace(generation_config=gen_cfg))
 
         kw: dict[str, Any] = dict(
-            model=self.base,
-            tokenizer=proc_src,
+            model=self.base,  # its tokenizer too (an adapter folder has no config.json for vLLM to read)
             dtype=dtype,
             seed=seed,
             enforce_eager=True,
@@ -189,6 +174,13 @@ class VLLMBackend:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         try:
             self.llm = vllm.LLM(**kw)
+            if in_process:
+                # vLLM's in-process client shuts its engine down when collected, tearing down the
+                # shared state under any other in-process engine: that is ours to decide instead
+                client = self.llm.llm_engine.engine_core
+                client._finalizer.detach()
+                _live_in_process += 1
+                self._finalizer = weakref.finalize(self, _release_in_process, client.engine_core)
         finally:
             if in_process:
                 torch.set_num_threads = saved_setter
@@ -246,8 +238,7 @@ class VLLMBackend:
         # one seed per request (params.seed + its index): reproducible, and identical prompts
         # in one call still get different samples
         sampling = [self._sampling(params, params.seed + i) for i in range(len(requests))]
-        use_tqdm: Any = _Progress(progress, len(requests), copies) if progress is not None else False
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=use_tqdm, lora_request=self.lora)
+        outputs = self._run(prompts, sampling, progress)
 
         results = []
         for req, out in zip(requests, outputs):
@@ -261,6 +252,21 @@ class VLLMBackend:
             )
         return results
 
+    def _run(self, prompts: list[dict[str, Any]], sampling: list[Any], progress: Callable[[int, int], None] | None) -> list[Any]:
+        """LLM.generate, stepping the engine here so progress(done, total) follows finished requests."""
+        ids = self.llm.enqueue(prompts, sampling, lora_request=self.lora, use_tqdm=False)
+        engine, finished = self.llm.llm_engine, {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    finished[out.request_id] = out
+                    if progress is not None:
+                        progress(len(finished), len(prompts))
+        if len(finished) != len(ids):
+            raise RuntimeError(f"vLLM finished {len(finished)} of {len(ids)} requests")
+        # request ids count up from the engine's counter, in submission order (as LLM.generate sorts)
+        return sorted(finished.values(), key=lambda out: int(out.request_id))
+
     def _count(self, row: list[int]) -> int:
         """Generated tokens up to and including the first stop token."""
         for i, tok in enumerate(row):
@@ -269,17 +275,17 @@ class VLLMBackend:
         return len(row)
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (and, in-process, vLLM's torch.distributed group)."""
+        """Shut the engine down and free its memory (in-process: the shared distributed state only
+        when no other in-process engine is live). Also runs when the backend is garbage-collected."""
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # noqa: BLE001 - best effort: the engine may be half gone already
-            pass
-        del llm
         if self._in_process:
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-            cleanup_dist_env_and_memory()
+            self._finalizer()
+        else:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the engine may be half gone already
+                pass
+        del llm
         gc.collect()

@@ -1,0 +1,176 @@
+"""The vLLM backend on the tiny Qwen2.5-VL: image + text, parity with the transformers backend,
+n samples, LoRA adapters, and Mllama refused. Needs vLLM (`make vllm`); SELFJUDGE_NO_VLLM=1 skips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from selfjudge.shared.models import backend as backend_mod
+from selfjudge.shared.models import vllm_backend
+from selfjudge.shared.models.backend import ChatRequest, GenerationBackend, SamplingParams, TransformersBackend
+
+COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
+
+
+def requests() -> list[ChatRequest]:
+    """Mixed image counts (0, 1, 2), prompt lengths and a system turn (as test_backend.py)."""
+    return [
+        ChatRequest(
+            text=f"Is the {c} circle above the square? " * (1 + i % 2),
+            images=[Image.new("RGB", (112, 112), c)] * (i % 3),
+            system="You judge shapes." if i == 4 else None,
+            key=f"r{i}",
+        )
+        for i, c in enumerate(COLOURS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_qwen: Path) -> TransformersBackend:
+    return TransformersBackend(str(tiny_qwen), model_id="tiny", batch_size=4)
+
+
+def test_generates_from_image_and_text(vllm_tiny) -> None:
+    assert isinstance(vllm_tiny, GenerationBackend) and vllm_tiny.model_id == "tiny"
+    red, blue = Image.new("RGB", (112, 112), "red"), Image.new("RGB", (112, 112), "blue")
+    reqs = [
+        ChatRequest(text="What colour is the circle?", images=[red], key="red"),
+        ChatRequest(text="What colour is the circle?", images=[blue], key="blue"),
+        ChatRequest(text="What colour is the circle?", images=[], key="none"),
+    ]
+    calls: list[tuple[int, int]] = []
+    out = vllm_tiny.generate(reqs, SamplingParams(max_new_tokens=10), progress=lambda d, t: calls.append((d, t)))
+    assert [g.key for g in out] == ["red", "blue", "none"]
+    for g in out:
+        assert len(g.texts) == 1 and g.texts[0] and 1 <= g.token_counts[0] <= 10
+    assert out[0].prompt_tokens == out[2].prompt_tokens + 16 + 2  # 16 image tokens + vision start/end
+    assert calls and calls[-1] == (3, 3) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    # the image reaches the model: a different image changes what it says
+    assert out[0].texts != out[1].texts or out[0].texts != out[2].texts
+
+
+def test_greedy_matches_transformers_token_for_token(vllm_tiny, hf: TransformersBackend) -> None:
+    """fp32 on both sides: the same prompt ids, the same generated ids, the same Generation."""
+    reqs = requests()
+    params = SamplingParams(max_new_tokens=16)
+    assert vllm_tiny.generate(reqs, params) == hf.generate(reqs, params)
+    # and the raw ids, engine against model.generate, for 0, 1 and 2 images
+    from vllm import SamplingParams as VSamplingParams
+
+    reqs = reqs[:3]
+    raw = vllm_tiny.llm.generate(
+        [vllm_tiny.prompt(r) for r in reqs],
+        VSamplingParams(temperature=0, max_tokens=16, stop_token_ids=hf.stop_ids),
+        use_tqdm=False,
+    )
+    for r, o in zip(reqs, raw):
+        enc = hf._encode([r])
+        with torch.inference_mode():
+            ids = hf.model.generate(
+                **enc, do_sample=False, max_new_tokens=16, eos_token_id=hf.stop_ids, pad_token_id=hf.pad_id
+            )
+        assert list(o.prompt_token_ids) == enc["input_ids"][0].tolist(), r.key
+        assert list(o.outputs[0].token_ids) == ids[0, enc["input_ids"].shape[1] :].tolist(), r.key
+
+
+def test_n_samples(vllm_tiny) -> None:
+    reqs = requests()[:3]
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, seed=7)
+    out = vllm_tiny.generate(reqs, params)
+    assert [g.key for g in out] == [r.key for r in reqs]
+    for g in out:
+        assert len(g.texts) == 3 and len(g.token_counts) == 3
+        assert all(1 <= c <= 8 for c in g.token_counts)
+    assert len(set(out[0].texts)) > 1  # samples differ
+    assert vllm_tiny.generate(reqs, params) == out  # same seed, same samples
+    greedy = vllm_tiny.generate(reqs[:1], SamplingParams(n=2, max_new_tokens=8))[0]
+    assert len(greedy.texts) == 2 and greedy.texts[0] == greedy.texts[1]
+
+
+def test_engine_leaves_this_process_alone(vllm_tiny) -> None:
+    """In-process, vLLM's CPU worker pins torch threads and stubs torch.set_num_threads: undone."""
+    assert "skip_set_num_threads" not in torch.set_num_threads.__name__
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(before)
+
+
+def test_too_many_images_is_refused(vllm_tiny) -> None:
+    img = Image.new("RGB", (112, 112), "red")
+    with pytest.raises(ValueError, match="at most 2"):
+        vllm_tiny.generate([ChatRequest(text="x", images=[img] * 3, key="k")], SamplingParams(max_new_tokens=2))
+
+
+def test_lora_adapter_matches_merged_model(vllm_tiny, tiny_qwen: Path, tmp_path: Path) -> None:
+    """A PEFT adapter folder is served over its base with LoRARequest; greedy equals the merged model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from selfjudge.shared.models.training import LORA_TARGET
+
+    torch.manual_seed(1)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET, init_lora_weights=False)  # B != 0
+    peft_model = get_peft_model(model, lora)
+    processor = AutoProcessor.from_pretrained(tiny_qwen)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    processor.save_pretrained(tmp_path / "adapter")
+    peft_model.merge_and_unload().save_pretrained(tmp_path / "merged")
+    processor.save_pretrained(tmp_path / "merged")
+
+    reqs = [r for r in requests() if len(r.images) <= 1][:3]
+    params = SamplingParams(max_new_tokens=8)
+    served = vllm_backend.VLLMBackend(str(tmp_path / "adapter"), dtype="float32", max_model_len=1024)
+    try:
+        assert served.lora is not None and served.base == str(tiny_qwen)
+        got = served.generate(reqs, params)
+    finally:
+        served.close()
+    assert got == TransformersBackend(str(tmp_path / "merged")).generate(reqs, params)
+    assert got != vllm_tiny.generate(reqs, params)  # the adapter changes the outputs
+
+
+def _mllama_folder(path: Path) -> Path:
+    from transformers import MllamaConfig
+
+    MllamaConfig().save_pretrained(path)  # the config is all the refusal reads
+    return path
+
+
+def test_mllama_is_refused(tmp_path: Path) -> None:
+    """Refused before vLLM is imported, so this runs with SELFJUDGE_NO_VLLM=1 too."""
+    folder = _mllama_folder(tmp_path / "mllama")
+    for make in (lambda: vllm_backend.VLLMBackend(str(folder)), lambda: backend_mod.load_backend("vllm", str(folder))):
+        with pytest.raises(ValueError, match="vLLM does not serve Mllama.*use the transformers backend"):
+            make()
+    adapter = tmp_path / "mllama_lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(folder), "r": 8}))
+    with pytest.raises(ValueError, match="use the transformers backend"):
+        vllm_backend.VLLMBackend(str(adapter))
+
+
+def test_load_backend_dispatch(monkeypatch: pytest.MonkeyPatch, tiny_qwen: Path) -> None:
+    seen = {}
+
+    class Fake:
+        def __init__(self, model_path: str, **kw: object) -> None:
+            seen.update(kw, model_path=model_path)
+
+    monkeypatch.setattr(vllm_backend, "VLLMBackend", Fake)
+    monkeypatch.setattr(backend_mod, "TransformersBackend", Fake)
+    server_only = dict(endpoints=["http://x"], served_model_name="m", api_key="k", concurrency=2, request_timeout=1.0)
+    for kind in ("vllm", "transformers"):  # every ModelConfig setting may be passed; server ones dropped
+        seen.clear()
+        be = backend_mod.load_backend(kind, str(tiny_qwen), model_id="abc", device="cpu", dtype="float32",
+                                      batch_size=8, **server_only)  # fmt: skip
+        assert isinstance(be, Fake) and seen == {"model_path": str(tiny_qwen), "model_id": "abc", "device": "cpu",
+                                                 "dtype": "float32", "batch_size": 8}  # fmt: skip
+    with pytest.raises(NotImplementedError, match="transformers, vllm, openai"):
+        backend_mod.load_backend("nope", str(tiny_qwen))
