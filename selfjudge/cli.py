@@ -210,8 +210,11 @@ def preflight(settings: Settings, need_broker: bool) -> None:
     import sqlalchemy as sa
 
     problems = []
+    url = settings.database_url()
+    if url.startswith("sqlite:///"):      # embedded: the file is created on first use
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = sa.create_engine(settings.database_url())
+        engine = sa.create_engine(url)
         with engine.connect():
             pass
         engine.dispose()
@@ -328,6 +331,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     sessions = make_sessionmaker(settings.database_url())
+    if args.compare:
+        from selfjudge.services.evaluator.report import compare_evaluations
+
+        def point(text: str) -> tuple[int, int]:
+            run, _, iteration = text.partition(":")
+            try:
+                return int(run), int(iteration or 0)
+            except ValueError:
+                raise ConfigError(f"--compare takes RUN[:ITERATION], not {text!r}") from None
+        with sessions() as s:
+            print(json.dumps(compare_evaluations(s, point(args.compare[0]), point(args.compare[1])), indent=2))
+        return 0
     run_id = args.run
     if run_id is None:
         from sqlalchemy import select
@@ -406,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--run", type=int, help="run id (default: the last run)")
     p.add_argument("--out", help="output folder (default: <work_dir>/reports/run<id>)")
+    p.add_argument("--compare", nargs=2, metavar="RUN[:ITER]",
+                   help="instead: a paired comparison (McNemar, bootstrap) of two evaluated checkpoints, as JSON")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")

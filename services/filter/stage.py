@@ -1,9 +1,10 @@
 """Filter: a shard of judgments in, the training examples worth keeping out.
 
 In:    ShardTask; input_key = judgments JSONL (from the reasoner)
-Does:  keeps a pair's traces only if the judge chose the synthetic preference in BOTH orders
-       (and in every sample); each kept trace becomes one training example, so every kept
-       pair gives one "A is better" and one "B is better" example (balanced by construction).
+Does:  policy.select_traces (rules and defaults in policy.py, knobs in `filter.*`):
+       keeps a pair's right traces only if the judge chose the synthetic preference in BOTH orders
+       (and in every sample, or in min_sample_agreement of them), caps traces per prompt, balances
+       "A is better" against "B is better", and never keeps the checkpoint-selection holdout.
 Out:   examples JSONL runs/<run>/iter<k>/examples/<i>.jsonl; rows in `training_examples`.
 Next:  loop.on_filtered -> the barrier before the trainer.
 """
@@ -11,28 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter
 
 from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import TrainingExample
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.store import get_jsonl, put_jsonl
 
+from .policy import keep_consistent, select_traces  # noqa: F401 - keep_consistent re-exported
+
 STAGE = "filter"
 log = logging.getLogger(__name__)
-
-
-def keep_consistent(judgments: list[dict]) -> list[dict]:
-    """The traces of pairs judged correctly in both orders (every sample); others dropped."""
-    by_pair: dict[int, list[dict]] = defaultdict(list)
-    for j in judgments:
-        by_pair[j["pair_id"]].append(j)
-    kept = []
-    for traces in by_pair.values():
-        if {t["order"] for t in traces} == {"AB", "BA"} and all(t["correct"] for t in traces):
-            kept.extend(traces)
-    return kept
 
 
 def handle(payload: dict, ctx: Context) -> None:
@@ -45,7 +37,9 @@ def handle(payload: dict, ctx: Context) -> None:
     start, m = time.perf_counter(), ctx.metrics
     judgments = list(get_jsonl(ctx.store, task.input_key))
     m.items_in.labels(STAGE).inc(len(judgments))
-    kept = keep_consistent(judgments)
+    rng = loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index)
+    kept = select_traces(judgments, ctx.settings.filter, rng)
+    failpoint("filter.before_commit")   # fault tests: die after the work, before recording it
     records = []
     with ctx.sessions.begin() as s:
         for j in kept:
@@ -62,6 +56,9 @@ def handle(payload: dict, ctx: Context) -> None:
     m.items_out.labels(STAGE).inc(len(records))
     m.shards.labels(STAGE, "done").inc()
     m.shard_seconds.labels(STAGE).observe(seconds)
-    log.info("filter: run %s iter %s shard %s: kept %s of %s traces", task.run_id, task.iteration, task.index,
-             len(records), len(judgments))
+    labels = Counter(r["label"] for r in records)
+    log.info("filter: run %s iter %s shard %s: kept %s of %s traces (%s pairs; A %s / B %s; %s holdout traces)",
+             task.run_id, task.iteration, task.index, len(records), len(judgments),
+             len({r["pair_id"] for r in records}), labels["A"], labels["B"], sum(bool(j.get("holdout"))
+                                                                               for j in judgments))
     loop.on_filtered(ctx, task)

@@ -3,6 +3,9 @@
 In:    ShardTask; input_key = pairs JSONL (from the synthesizer)
 Does:  the current judge (checkpoint k-1) reads each pair in both orders (preferred shown as
        A, then as B), k samples per order, writes reasoning + a verdict; the verdict is parsed.
+       Unparseable outputs are kept with their reason (parse_reason: empty | no_verdict | conflicting |
+       too_long), counted in selfjudge_parse_failures_total{reason} and in `selfjudge status`
+       (parse_failures per iteration).
 Out:   judgments JSONL runs/<run>/iter<k>/judgments/<i>.jsonl; rows in `judgments`.
 Next:  loop.on_reasoned -> filter.
 """
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Judgment
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt, ordered
 from selfjudge.shared.messages import ShardTask
@@ -60,13 +65,15 @@ def handle(payload: dict, ctx: Context) -> None:
     m.generated_tokens.labels(STAGE).inc(sum(sum(g.token_counts) for g in gens))
     m.samples.labels(STAGE).inc(sum(len(g.texts) for g in gens))
 
-    records = []
+    failpoint("reasoner.before_commit")   # fault tests: die after the work, before recording it
+    records, failures = [], Counter()
     with ctx.sessions.begin() as s:
         for (p, order, correct, text), gen in zip(slots, gens):
             for sample, (output, tokens) in enumerate(zip(gen.texts, gen.token_counts)):
                 verdict = parse_verdict(output)
                 if verdict.choice is None:
                     m.parse_failures.labels(STAGE, verdict.reason).inc()
+                    failures[verdict.reason] += 1
                 row = Judgment(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
                                pair_id=p["pair_id"], order=order, sample=sample, prompt_text=text,
                                output=output, verdict=verdict.choice, parse_reason=verdict.reason,
@@ -76,15 +83,18 @@ def handle(payload: dict, ctx: Context) -> None:
                 s.flush()
                 records.append({"judgment_id": row.id, "pair_id": p["pair_id"], "order": order, "sample": sample,
                                 "image_key": p["image_key"], "prompt_text": text, "output": output,
-                                "verdict": verdict.choice, "correct": row.correct,
-                                "question_type": p["question_type"], "errors": p.get("errors", [])})
+                                "verdict": verdict.choice, "parse_reason": verdict.reason, "correct": row.correct,
+                                "question_type": p["question_type"], "errors": p.get("errors", []),
+                                "method": p.get("method"), "source": p.get("source"),
+                                "prompt_id": p.get("prompt_id"),
+                                "holdout": bool(p.get("holdout") or (p.get("meta") or {}).get("holdout"))})
         put_jsonl(ctx.store, out_key, records)
         seconds = time.perf_counter() - start
         shards.finish(s, STAGE, task, out_key, len(pairs), len(records), seconds)
     m.items_out.labels(STAGE).inc(len(records))
     m.shards.labels(STAGE, "done").inc()
     m.shard_seconds.labels(STAGE).observe(seconds)
-    log.info("reasoner: run %s iter %s shard %s: %s pairs -> %s judgments, %s correct (%.1fs)",
+    log.info("reasoner: run %s iter %s shard %s: %s pairs -> %s judgments, %s correct, unparseable %s (%.1fs)",
              task.run_id, task.iteration, task.index, len(pairs), len(records),
-             sum(r["correct"] for r in records), seconds)
+             sum(r["correct"] for r in records), dict(failures), seconds)
     loop.on_reasoned(ctx, task, out_key)

@@ -1,29 +1,47 @@
 """Synthesizer: a shard of prompts in, a shard of preference pairs out.
 
-In:    ShardTask; input_key = prompts JSONL {prompt_id, image_key, instruction, kind, question_type, options}
-Does:  closed-ended prompts: N sampled answers, majority (>= threshold) = preferred,
-       a random different sampled answer = rejected.
-       open-ended prompts: the model's answer = preferred, a copy with injected errors = rejected.
-Out:   pairs JSONL runs/<run>/iter<k>/pairs/<i>.jsonl; rows in `pairs`; set-aside rows with reasons.
+In:    ShardTask; input_key = prompts JSONL {prompt_id, source_id, image_key, instruction, kind, question_type,
+       options}; gold answers and sources are read from the `prompts` rows.
+Does:  1. duplicates (same image bytes + normalised instruction, `source.dedup`) are set aside as "duplicate";
+       options are read from the instruction text ("A. cat\\nB. dog") when the source gave none.
+       2. "auto" prompts are classed open/closed (classify.py): a strong answer-format cue decides,
+       otherwise N sampled answers do (short and agreeing -> closed; the samples are reused as votes).
+       The decision and its reason go to Prompt.kind / Prompt.kind_reason.
+       3. closed: N samples (synth.n_samples, temperature, top_k, top_p), answers normalised, the
+       majority (>= synth.majority_threshold) is preferred and a random different sample rejected
+       (synth.closed_labels = "gold": the source's gold answer is preferred instead, the ablation).
+       No majority / a tie / no alternative: set aside, the reason counted.
+       4. open: the greedy response is preferred; the rejected one gets injected errors
+       (inject.py, synth.injection = model | rule | both): the model rewrites its response with a
+       detail-alteration or style-mimic prompt, the candidate is checked (changed? length within
+       the bound? still an edit?), and a rejected alteration falls back to the rule perturber.
+Out:   pairs JSONL runs/<run>/iter<k>/pairs/<i>.jsonl; rows in `pairs` (method, errors, meta with
+       every decision: votes, label source, injection variant, attempts and why they failed);
+       set-aside rows with reasons.
 Next:  loop.on_synthesized -> reasoner.
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import Counter
 
 from sqlalchemy import select
 
+from selfjudge.services.filter.policy import is_holdout
 from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Checkpoint, Pair, Prompt
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.backend import ChatRequest, SamplingParams
 from selfjudge.shared.sources.scenes import perturb
 from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
 
-from .classify import classify
-from .voting import majority_vote
+from .classify import classify_cues, decide, extract_options, needs_samples
+from .inject import alteration_prompt, check_alteration
+from .voting import gold_vote, majority_vote, normalize_answer
 
 STAGE = "synthesizer"
 log = logging.getLogger(__name__)
@@ -35,6 +53,34 @@ def writer_checkpoint(ctx: Context, task: ShardTask) -> int:
         return task.judge_checkpoint_id
     with ctx.sessions() as s:
         return s.scalar(select(Checkpoint.id).where(Checkpoint.run_id == task.run_id, Checkpoint.iteration == 0))
+
+
+def normalize_instruction(text: str) -> str:
+    return re.sub(r"\s+", " ", (text or "").replace("<image>", " ")).strip().strip(" .?!").lower()
+
+
+def find_duplicates(ctx: Context, task: ShardTask, prompts: list[dict], scope: str) -> dict[int, str]:
+    """{prompt_id: source_id of the first copy} for prompts whose image (sha256 of its bytes) and
+    normalised instruction were already drawn earlier (a lower prompt id) in this iteration
+    ("iteration") or this run ("run"). Decided from the database, so shards agree without talking."""
+    if scope == "off" or not prompts:
+        return {}
+    ids = {p["prompt_id"] for p in prompts}
+    with ctx.sessions() as s:
+        mine = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_(ids)))}
+        query = select(Prompt.id, Prompt.image_id, Prompt.instruction, Prompt.source_id).where(
+            Prompt.run_id == task.run_id, Prompt.image_id.in_({r.image_id for r in mine.values()}))
+        if scope == "iteration":
+            query = query.where(Prompt.iteration == task.iteration)
+        first: dict[tuple[str, str], tuple[int, str]] = {}
+        for pid, image_id, instruction, source_id in sorted(s.execute(query).all()):
+            first.setdefault((image_id, normalize_instruction(instruction)), (pid, source_id))
+    dups = {}
+    for pid, row in mine.items():
+        first_id, first_source = first[(row.image_id, normalize_instruction(row.instruction))]
+        if first_id != pid:
+            dups[pid] = first_source
+    return dups
 
 
 def handle(payload: dict, ctx: Context) -> None:
@@ -56,73 +102,194 @@ def handle(payload: dict, ctx: Context) -> None:
         except ValueError as exc:
             aside.append((p["source_id"], "bad_image", str(exc)))
     m.items_in.labels(STAGE).inc(len(prompts) + len(aside))
+    n_in = len(prompts) + len(aside)
+
+    dups = find_duplicates(ctx, task, prompts, ctx.settings.source.dedup)
+    for p in prompts:
+        if p["prompt_id"] in dups:
+            aside.append((p["source_id"], "duplicate", f"same image and instruction as {dups[p['prompt_id']]}"))
+    prompts = [p for p in prompts if p["prompt_id"] not in dups]
+    with ctx.sessions() as s:
+        rows = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_([p["prompt_id"] for p in prompts])))}
+    for p in prompts:
+        row = rows[p["prompt_id"]]
+        p["gold"], p["source"] = row.gold, row.source
+        p["options_from"] = "source" if p.get("options") else None
+        if not p.get("options"):
+            p["options"] = extract_options(p["instruction"])
+            p["options_from"] = "instruction" if p["options"] else None
+        p["holdout"] = is_holdout(p["source_id"], ctx.settings.filter.selection_holdout)
 
     writer_id = writer_checkpoint(ctx, task)
     backend = ctx.models.backend(writer_id)
+    seed = rng.randrange(2**31)
+    closed_params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                   max_new_tokens=cfg.max_new_tokens, seed=seed)
+
+    # --- open or closed: source-given kinds stand; "auto" prompts by cues, then by samples
+    sampled, probe = [], []
     for p in prompts:
-        if p["kind"] not in ("open", "closed"):    # "auto": decide from the instruction's cues
-            p["kind"], p["kind_reason"] = classify(p["instruction"], p.get("options"))
+        p["source_kind"] = p["kind"] if p["kind"] in ("open", "closed") else None
+        if p["source_kind"] and cfg.trust_source_kind:
+            p["kind_reason"] = f"given by the source ({p['source']})"
+            if p["kind"] == "closed":
+                sampled.append(p)
+            continue
+        p["cue"] = classify_cues(p["instruction"], p["options"])
+        if needs_samples(cfg.classify, p["cue"]):
+            sampled.append(p)
+            probe.append(p)
+        else:
+            p["kind"], p["kind_reason"] = decide(cfg.classify, p["cue"], None)
+            if p["kind"] == "closed":
+                sampled.append(p)
+    samples = dict(zip((p["prompt_id"] for p in sampled),
+                       (g.texts for g in _generate(ctx, backend, sampled, closed_params, "closed"))))
+    for p in probe:
+        p["kind"], p["kind_reason"] = decide(cfg.classify, p.pop("cue"), samples[p["prompt_id"]], p["options"],
+                                             cfg.classify_max_words, cfg.classify_min_agreement)
+    for p in prompts:
+        p.pop("cue", None)
+        if p["source_kind"] and not cfg.trust_source_kind:     # how the classifier compares with the source
+            p["kind_reason"] += f"; the source says {p['source_kind']}"
     closed = [p for p in prompts if p["kind"] == "closed"]
     opened = [p for p in prompts if p["kind"] != "closed"]
-    seed = rng.randrange(2**31)
-    closed_gens = _generate(ctx, backend, closed, SamplingParams(
-        n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-        max_new_tokens=cfg.max_new_tokens, seed=seed), "closed")
-    open_gens = _generate(ctx, backend, opened, SamplingParams(
-        n=1, temperature=0.0, max_new_tokens=cfg.open_max_new_tokens, seed=seed), "open")
 
     pairs: list[dict] = []
-    for p, gen in zip(closed, closed_gens):
-        vote = majority_vote(gen.texts, cfg.majority_threshold, rng, options=p.get("options"))
-        if vote.reason != "ok":
-            aside.append((p["source_id"], f"closed_{vote.reason}", f"top answer {vote.count}/{vote.total}"))
-            continue
-        pairs.append(dict(p, preferred=vote.majority.strip(), rejected=vote.rejected.strip(),
-                          method="majority_vote", errors=[], vote_count=vote.count, n_samples=vote.total))
-    for p, gen in zip(opened, open_gens):
-        original = gen.texts[0].strip()
-        if not original:
-            aside.append((p["source_id"], "open_empty_response", ""))
-            continue
-        rejected, errors = perturb(original, rng)
-        if not errors or rejected == original:
-            aside.append((p["source_id"], "open_perturb_no_change", original[:80]))
-            continue
-        pairs.append(dict(p, preferred=original, rejected=rejected, method="rule_perturb", errors=errors,
-                          vote_count=None, n_samples=1))
+    for p in closed:
+        pair = _closed_pair(p, samples[p["prompt_id"]], cfg, rng, aside)
+        if pair:
+            pairs.append(pair)
 
+    open_gens = _generate(ctx, backend, opened, SamplingParams(
+        n=1, temperature=0.0, max_new_tokens=cfg.open_max_new_tokens, seed=seed), "open")
+    pairs.extend(_open_pairs(ctx, backend, opened, open_gens, cfg, rng, aside, seed))
+
+    failpoint("synthesizer.before_commit")   # fault tests: die after the work, before recording it
     with ctx.sessions.begin() as s:
-        for p in prompts:
-            if "kind_reason" in p:      # record the open/closed decision and why
-                row = s.get(Prompt, p["prompt_id"])
-                row.kind, row.kind_reason = p["kind"], p["kind_reason"]
+        for p in prompts:          # record the open/closed decision and why
+            row = s.get(Prompt, p["prompt_id"])
+            row.kind, row.kind_reason = p["kind"], p["kind_reason"][:200]
         for p in pairs:
+            p["meta"]["holdout"] = p["holdout"]
             row = Pair(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
                        prompt_id=p["prompt_id"], preferred=p["preferred"], rejected=p["rejected"],
                        method=p["method"], errors=p["errors"], vote_count=p["vote_count"],
-                       n_samples=p["n_samples"], checkpoint_id=writer_id, meta=p.get("meta"))
+                       n_samples=p["n_samples"], checkpoint_id=writer_id, meta=p["meta"])
             s.add(row)
             s.flush()
             p["pair_id"] = row.id
-            p.pop("image")
+            for key in ("image", "gold", "options_from", "source_kind"):
+                p.pop(key, None)
         for record_id, code, detail in aside:
             shards.set_aside(s, task, STAGE, record_id, f"{code}: {detail}" if detail else code)
             m.items_rejected.labels(STAGE, code).inc()
         put_jsonl(ctx.store, out_key, pairs)
         seconds = time.perf_counter() - start
-        shards.finish(s, STAGE, task, out_key, len(prompts) + len(aside), len(pairs), seconds)
+        shards.finish(s, STAGE, task, out_key, n_in, len(pairs), seconds)
     m.items_out.labels(STAGE).inc(len(pairs))
     m.shards.labels(STAGE, "done").inc()
     m.shard_seconds.labels(STAGE).observe(seconds)
-    log.info("synthesizer: run %s iter %s shard %s: %s prompts -> %s pairs, %s set aside (%.1fs)",
-             task.run_id, task.iteration, task.index, len(prompts), len(pairs), len(aside), seconds)
+    reasons = Counter(code for _, code, _ in aside)
+    methods = Counter(p["method"] for p in pairs)
+    log.info("synthesizer: run %s iter %s shard %s: %s prompts (%s closed, %s open) -> %s pairs %s, "
+             "%s set aside %s (%.1fs)", task.run_id, task.iteration, task.index, n_in, len(closed), len(opened),
+             len(pairs), dict(methods), len(aside), dict(reasons), seconds)
     loop.on_synthesized(ctx, task, out_key)
 
 
+def _closed_pair(p: dict, texts: list[str], cfg, rng, aside: list) -> dict | None:  # noqa: ANN001
+    options = p["options"]
+    majority = majority_vote(texts, cfg.majority_threshold, rng, options=options)
+    gold_norm = normalize_answer(p["gold"], options) if p.get("gold") else None
+    meta = {"label_source": cfg.closed_labels, "votes": dict(list(majority.counts.items())[:12]),
+            "threshold": cfg.majority_threshold, "options": options, "options_from": p["options_from"],
+            "majority_reason": majority.reason,
+            "majority_normalised": normalize_answer(majority.majority, options) if majority.majority else None}
+    if gold_norm is not None and majority.majority:
+        meta["gold_agrees"] = meta["majority_normalised"] == gold_norm    # analysis only, never a label
+    vote = majority if cfg.closed_labels == "majority" else gold_vote(texts, p.get("gold"), rng, options)
+    if vote.reason != "ok":
+        detail = f"top answer {vote.count}/{vote.total}" if cfg.closed_labels == "majority" else \
+            f"{vote.count}/{vote.total} samples agree with the gold answer"
+        aside.append((p["source_id"], f"closed_{vote.reason}", detail))
+        return None
+    meta["rejected_normalised"] = normalize_answer(vote.rejected, options)
+    return dict(p, preferred=vote.majority.strip(), rejected=vote.rejected.strip(),
+                method="majority_vote" if cfg.closed_labels == "majority" else "gold_label",
+                errors=["wrong_answer"], vote_count=vote.count, n_samples=vote.total, meta=meta)
+
+
+def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng, aside: list,  # noqa: ANN001
+                seed: int) -> list[dict]:
+    todo = []
+    for p, gen in zip(opened, gens):
+        original = gen.texts[0].strip()
+        if not original:
+            aside.append((p["source_id"], "open_empty_response", ""))
+            continue
+        use_model = cfg.injection == "model" or (cfg.injection == "both" and rng.random() < cfg.model_share)
+        variant = "style_mimic" if rng.random() < cfg.style_mimic_share else "detail"
+        p.update(original=original, requested="model" if use_model else "rule", variant=variant)
+        todo.append(p)
+
+    # model alteration, batched: one request per prompt, synth.alter_samples candidates each
+    to_model = [p for p in todo if p["requested"] == "model"]
+    requests = [ChatRequest(text=alteration_prompt(p["variant"], p["instruction"], p["original"],
+                                                   n_errors=rng.randint(1, 2)),
+                            images=[p["image"]], key=str(p["prompt_id"])) for p in to_model]
+    alter_gens = _generate_requests(ctx, backend, requests, SamplingParams(
+        n=cfg.alter_samples, temperature=cfg.alter_temperature, top_p=cfg.alter_top_p,
+        max_new_tokens=cfg.alter_max_new_tokens, seed=seed + 1), "alteration")
+    candidates = {p["prompt_id"]: (req.text, g.texts) for p, req, g in zip(to_model, requests, alter_gens)}
+
+    pairs = []
+    for p in todo:
+        original, meta = p.pop("original"), {"injection_requested": p["requested"]}
+        variant, requested = p.pop("variant"), p.pop("requested")
+        result = None
+        if requested == "model":
+            prompt_text, texts = candidates[p["prompt_id"]]
+            bound = cfg.max_length_ratio if variant == "style_mimic" else cfg.detail_max_length_ratio
+            overlap = cfg.min_word_overlap if variant == "style_mimic" else cfg.detail_min_word_overlap
+            checks = [check_alteration(original, t, bound, overlap) for t in texts]
+            meta.update(variant=variant, alteration_prompt=prompt_text[:2000], max_length_ratio=bound,
+                        min_word_overlap=overlap, attempts=[c.summary() for c in checks])
+            good = next((c for c in checks if c.ok), None)
+            if good is not None:
+                result = (good.text, good.errors, f"model_{variant}", good)
+            elif not cfg.fallback_to_rule:
+                aside.append((p["source_id"], "open_alteration_rejected",
+                              ",".join(sorted({c.reason for c in checks}))))
+                continue
+            else:
+                meta["fallback"] = "rule"
+        if result is None:      # the rule perturber: asked for, or the fallback
+            rejected, kinds = perturb(original, rng, max_edits=cfg.rule_max_edits)
+            check = check_alteration(original, rejected, cfg.detail_max_length_ratio)
+            meta["rule"] = check.summary()
+            if not kinds or not check.ok:
+                code = "open_perturb_no_change" if not kinds else f"open_perturb_{check.reason}"
+                aside.append((p["source_id"], code, original[:80]))
+                continue
+            result = (check.text, kinds, "rule_perturb", check)
+        rejected, errors, method, check = result
+        meta.update(injection="model" if method.startswith("model") else "rule", length_ratio=round(
+            check.length_ratio, 3), word_overlap=round(check.overlap, 3), changes=[list(c) for c in check.changes[:8]])
+        pairs.append(dict(p, preferred=original, rejected=rejected, method=method, errors=errors,
+                          vote_count=None, n_samples=1, meta=meta))
+    return pairs
+
+
 def _generate(ctx: Context, backend, prompts: list[dict], params: SamplingParams, what: str) -> list:  # noqa: ANN001
-    if not prompts:
-        return []
     requests = [ChatRequest(text=p["instruction"], images=[p["image"]], key=str(p["prompt_id"])) for p in prompts]
+    return _generate_requests(ctx, backend, requests, params, what)
+
+
+def _generate_requests(ctx: Context, backend, requests: list[ChatRequest], params: SamplingParams,  # noqa: ANN001
+                       what: str) -> list:
+    if not requests:
+        return []
     start = time.perf_counter()
     gens = backend.generate(requests, params, progress=lambda done, total: log.info(
         "synthesizer: %s prompts %s/%s", what, done, total))

@@ -7,8 +7,10 @@ with `lora_merge=False`, a PEFT adapter folder) plus `selfjudge_training.json`. 
   the text layers' names, so the target is a regex anchored on `language_model|text_model`);
 - answer-only loss: labels are -100 except the answer and the token that closes the assistant
   turn, and the LM head runs only at those positions;
-- length-grouped micro-batches, gradient accumulation with a token-weighted mean over the whole
-  optimizer step, gradient clipping at 1.0, warmup + cosine/linear/constant schedule;
+- random optimizer steps of batch_size * grad_accum * world examples, each cut into length-sorted
+  micro-batches under a padded-token budget (little padding, same gradient); the loss is a
+  token-weighted mean over the whole step; gradient clipping at 1.0, warmup + cosine/linear/
+  constant schedule, fused AdamW;
 - bf16 autocast over fp32 master weights on CUDA (`precision="auto"`);
 - data parallel over several processes (`distributed="ddp"|"fsdp"`, launched by torchrun, see
   `distributed.py`): the global batch is `batch_size * grad_accum * world_size`, every rank cuts
@@ -31,6 +33,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -78,8 +81,8 @@ class SFTExample:
 class TrainConfig:
     lr: float = 1e-5
     epochs: int = 5
-    batch_size: int = 4  # examples per micro-batch, per process
-    grad_accum: int = 1  # micro-batches per optimizer step, per process
+    batch_size: int = 4  # examples per micro-batch (on average), per process
+    grad_accum: int = 1  # micro-batches per optimizer step (on average), per process
     max_length: int = 1024
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -98,6 +101,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     distributed: str = "none"  # none | ddp | fsdp (several processes: see distributed.py)
     nproc: int = 1  # processes per trainer worker when distributed != none
+    # padded tokens per micro-batch: 0 = auto (batch_size x median example length), -1 = exactly
+    # batch_size examples per micro-batch. An optimizer step always has batch_size * grad_accum * world examples.
+    micro_batch_tokens: int = 0
+    length_grouping: bool = False  # steps of similar-length examples (the older plan; see step_plan)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -219,18 +226,59 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
+def micro_budget(lengths: list[int], cfg: TrainConfig) -> int:
+    """Padded tokens allowed per micro-batch: 0 = none (micro-batches of exactly batch_size)."""
+    if cfg.micro_batch_tokens < 0:
+        return 0
+    if cfg.micro_batch_tokens > 0:
+        return cfg.micro_batch_tokens
+    return cfg.batch_size * sorted(lengths)[len(lengths) // 2]  # auto: batch_size median-length examples
+
+
+def split_step(step: list[int], lengths: list[int], batch_size: int, budget: int) -> list[list[int]]:
+    """Cut one optimizer step's examples into micro-batches, longest first.
+
+    Without a budget: batch_size examples each. With one: as many examples as fit in `budget`
+    padded tokens (always at least one), so short examples share a micro-batch and long ones do
+    not pad short ones. The step's gradient does not depend on the cut (the loss is a token mean
+    over the whole step); only the padding does.
+    """
+    order = sorted(step, key=lambda i: (-lengths[i], i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        full = (len(cur) + 1) * lengths[cur[0]] > budget if budget and cur else len(cur) == batch_size
+        if cur and full:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + [cur]
+
+
 def step_plan(lengths: list[int], cfg: TrainConfig, world: int = 1) -> list[list[list[int]]]:
     """Optimizer steps of all epochs, each a list of micro-batches (lists of example indices).
 
-    Depends only on the data lengths, the seed, batch_size and grad_accum * world, so every rank
-    (and a resumed run) cuts the same plan.
+    Default: each epoch shuffles the examples and takes batch_size * grad_accum * world of them
+    per optimizer step (random batches, as a random sampler gives), then cuts each step into
+    length-sorted micro-batches (`split_step`). With cfg.length_grouping, micro-batches of
+    similar lengths are formed across the epoch first (least padding, but each step then sees
+    only short or only long examples, which slows down learning on mixed data).
+    Depends only on the data lengths, the seed and the config, so every rank (and a resumed run)
+    cuts the same plan, and N processes cut the plan of 1 process with N times the accumulation.
     """
     rng = random.Random(cfg.seed)
-    per_step = cfg.grad_accum * world
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    budget = micro_budget(lengths, cfg)
     steps = []
     for _ in range(cfg.epochs):
-        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
-        steps += [batches[g : g + per_step] for g in range(0, len(batches), per_step)]
+        if cfg.length_grouping:
+            batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+            n = cfg.grad_accum * world
+            steps += [batches[g : g + n] for g in range(0, len(batches), n)]
+            continue
+        idx = list(range(len(lengths)))
+        rng.shuffle(idx)
+        steps += [split_step(idx[g : g + per_step], lengths, cfg.batch_size, budget) for g in range(0, len(idx), per_step)]
     return steps
 
 
@@ -260,9 +308,13 @@ class AnswerLoss(torch.nn.Module):
     def __init__(self, model: Any):
         super().__init__()
         self.model = model
+        self.touch: list[str] = []  # FSDP: parameters every micro-batch must give a gradient to
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return answer_loss_sum(self.model, batch)
+        loss = answer_loss_sum(self.model, batch)
+        if self.touch:  # 0 * w: a text-only micro-batch still "uses" the vision tower, as its peers do
+            loss = loss + 0.0 * sum(self.get_parameter(n).reshape(-1)[0].float() for n in self.touch)
+        return loss
 
 
 # --- loading and writing checkpoints --------------------------------------------------------
@@ -298,7 +350,8 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
         base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True)
         if cfg.method == "lora":
             return PeftModel.from_pretrained(base, model_path, is_trainable=True)
-        return PeftModel.from_pretrained(base, model_path).merge_and_unload()
+        merged = PeftModel.from_pretrained(base, model_path).merge_and_unload()
+        return merged.requires_grad_(True)  # PEFT froze the base weights
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
     if cfg.method == "lora":
         from peft import get_peft_model
@@ -322,7 +375,7 @@ def export(model: Any, processor: Any, out_dir: str | Path, cfg: TrainConfig, me
     model = model.to(DTYPES[cfg.dtype])
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    info = dict(meta or {})
+    info = meta if meta is not None else {}  # filled in place: the caller sees format / base_model
     info |= {"format": "peft_adapter" if lora else "full", "method": cfg.method}
     if lora:
         info["base_model"] = adapter_base(out)
@@ -405,11 +458,21 @@ class Runtime:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32) if self.autocast_dtype else MixedPrecisionPolicy()
-        blocks = set(getattr(core_model(module.model), "_no_split_modules", None) or [])
-        for sub in module.modules():  # decoder layers and vision blocks, then the rest at the root
-            if type(sub).__name__ in blocks:
-                fully_shard(sub, mp_policy=mp)
+        # Every rank must run the same collectives in the same order. The text decoder layers run
+        # for every batch: one FSDP unit each. Vision blocks (and Mllama's cross-attention layers)
+        # are skipped by a text-only batch, so they stay in the root unit, gathered on every forward,
+        # and each micro-batch touches their weights (AnswerLoss.touch) so every rank reduces the
+        # same gradients.
+        units = [
+            sub
+            for name, sub in module.named_modules()
+            if re.search(r"(language_model|text_model)\.layers\.\d+$", name) and "Cross" not in type(sub).__name__
+        ]
+        for sub in units:
+            fully_shard(sub, mp_policy=mp)
         fully_shard(module, mp_policy=mp)
+        in_units = {id(p) for sub in units for p in sub.parameters()}
+        module.touch = [n for n, p in module.named_parameters() if p.requires_grad and id(p) not in in_units]
         return module
 
     @contextlib.contextmanager
@@ -425,6 +488,22 @@ class Runtime:
         else:
             wrapped.set_requires_gradient_sync(False)
             yield
+
+    def drop_unused_grads(self, wrapped: torch.nn.Module) -> None:
+        """FSDP: touched weights no micro-batch of any rank used have all-zero gradients; make them
+        None, as they are in one process, so AdamW skips them (a zero gradient would still move
+        them by their momentum)."""
+        names = getattr(wrapped, "touch", None)
+        if not names or self.world == 1:
+            return
+        params = [wrapped.get_parameter(n) for n in names]
+        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]
+        used = torch.stack([g.abs().sum() > 0 if g is not None and g.numel() else torch.tensor(False) for g in local])
+        used = used.to(torch.int32).to(self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(used)  # used on some rank's shard
+        for p, u in zip(params, used.tolist()):
+            if not u:
+                p.grad = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None or self.mode == "fsdp" and self.world > 1:  # FSDP casts params itself
@@ -570,7 +649,10 @@ def _optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimiz
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    # fused (one kernel for all tensors, CPU and CUDA) unless the weights are FSDP DTensors: foreach then
+    sharded = any(hasattr(p, "to_local") for p in decay + no_decay)
+    fused = {"foreach": True} if sharded else {"fused": True}
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **fused)
 
 
 def _encode_all(processor: Any, examples: list[SFTExample], max_length: int) -> list[dict[str, torch.Tensor]]:
@@ -651,6 +733,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
                 # DDP/FSDP average gradients over ranks: scale by world so the step sees sum / n_tok
                 (loss_sum * (weight * rt.world / n_tok)).backward()
             local += weight * loss_sum.item() / n_tok
+        rt.drop_unused_grads(wrapped)
         torch.nn.utils.clip_grad_norm_(wrapped.parameters(), MAX_GRAD_NORM)
         opt.step()
         sched.step()

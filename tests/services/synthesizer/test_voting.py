@@ -97,3 +97,69 @@ def test_option_letter_and_option_text_are_one_vote():
     assert normalize_answer(vote.rejected, options) in {"a", "d"}
     # without options the same samples do not agree
     assert majority_vote(samples, 5, random.Random(3)).reason == "no_majority"
+
+
+# ---- extended normalisation: units, maths, yes/no, fractions, option letter vs text
+
+@pytest.mark.parametrize("text,expected", [
+    ("5 cm", "5"),
+    ("5cm", "5"),
+    ("five centimeters", "5"),
+    ("50 percent", "50"),
+    ("$\\boxed{3}$", "3"),
+    ("\\boxed{\\text{B}}", "b"),
+    ("$\\frac{1}{2}$", "0.5"),
+    ("1/2", "0.5"),
+    ("0.50", "0.5"),
+    ("two hundred", "200"),
+    ("a hundred apples", "100"),
+    ("$1,000", "1000"),
+    ("Yes, there is a cat.", "yes"),
+    ("yes it is", "yes"),
+    ("Yep", "yes"),
+    ("No.", "no"),
+    ("Nope, there isn't", "no"),
+    ("left/right", "left right"),
+])
+def test_normalize_units_maths_yes_no(text, expected):
+    assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("B: square", "b"),
+    ("(B) square", "b"),
+    ("The answer is B. square", "b"),
+    ("b square", "b"),
+    ("B circle", "b circle"),      # a letter with another option's text is not a clean vote
+    ("There are 3.", "d"),          # option text "3"
+    ("\\boxed{C}", "c"),
+])
+def test_option_letter_with_its_text(text, expected):
+    assert normalize_answer(text, OPTIONS) == expected
+
+
+def test_threshold_boundary_and_histogram():
+    rng = random.Random(0)
+    five = ["3"] * 5 + ["4"] * 4 + ["2"] * 4 + ["1"] * 3
+    vote = majority_vote(five, 5, rng)
+    assert vote.reason == "ok" and vote.count == 5 and vote.total == 16
+    assert vote.counts == {"3": 5, "4": 4, "2": 4, "1": 3}
+    four = ["3"] * 4 + ["4"] * 3 + ["2"] * 3 + ["1"] * 3 + ["5"] * 3
+    assert majority_vote(four, 5, rng).reason == "no_majority"
+    assert majority_vote(four, 4, rng).reason == "ok"
+
+
+def test_gold_vote():
+    from selfjudge.services.synthesizer.voting import gold_vote
+
+    rng = random.Random(0)
+    samples = ["three", "3", "4", "4", "4", "4", "4"]
+    vote = gold_vote(samples, "3", rng)       # the gold answer wins even in a minority
+    assert (vote.majority, vote.count, vote.reason) == ("3", 2, "ok")
+    assert normalize_answer(vote.rejected) == "4"
+    assert gold_vote(samples, None, rng).reason == "no_gold"
+    assert gold_vote(["3", "three"], "3", rng).reason == "no_alternative"
+    assert gold_vote(["", " "], "3", rng).reason == "empty"
+    options = ["circle", "square"]
+    vote = gold_vote(["square", "B", "A"], "B", rng, options=options)
+    assert vote.reason == "ok" and vote.count == 2 and normalize_answer(vote.rejected, options) == "a"

@@ -50,6 +50,6 @@ def test_chat_template_renders_image_placeholders(tiny_qwen: Path) -> None:
     assert n_image_tokens == 16 and enc["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 
-def test_other_archs_not_implemented(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError):
-        build_tiny("mllama", tmp_path, ["a b c"])
+def test_unknown_arch_not_implemented(tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match="idefics3"):
+        build_tiny("llava_next", tmp_path, ["a b c"])

@@ -1,0 +1,67 @@
+"""Shared bench fixtures: a tiny Qwen2.5-VL built offline, judge-style SFT data, judge prompts.
+
+All comparisons in one `make bench` run use the same model folder and the same data/prompts.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/run.py` from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from selfjudge.shared.models import vision_compat  # noqa: E402
+
+vision_compat.ensure_torchvision()
+
+
+@dataclass
+class Result:
+    name: str
+    ratio: float  # ours / baseline, higher is better
+    target: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.ratio >= self.target
+
+    def line(self) -> str:
+        return f"{self.name}: {self.ratio:.2f}x (target {self.target:g}x)"
+
+
+def build_model(folder: Path, arch: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """The tiny offline model (random init, the project's tokenizer corpus); built once per folder."""
+    from selfjudge.shared.models.tiny import build_tiny
+    from selfjudge.shared.sources.scenes import tokenizer_corpus
+
+    if not (folder / "config.json").exists():
+        build_tiny(arch, folder, tokenizer_corpus(), seed=seed)
+    return folder
+
+
+def sft_examples(n: int, seed: int = 0) -> list:
+    """What the trainer sees: scene QA (short answers) and judge traces (long prompt, long answer), 1:1."""
+    from selfjudge.basemodel import format_examples
+    from selfjudge.shared.models.training import SFTExample
+    from selfjudge.shared.sources.scenes import pretraining_corpus
+
+    corpus = pretraining_corpus(seed, n)
+    qa = [SFTExample(text=q, images=[img], answer=a) for img, q, a in corpus[: n // 2]]
+    judge = format_examples(corpus, random.Random(seed), n - len(qa))
+    return qa + judge
+
+
+def chat_requests(n: int, seed: int = 1) -> list:
+    """Judge prompts with an image each (as the reasoner/evaluator send them)."""
+    from selfjudge.shared.judge import JUDGE_SYSTEM
+    from selfjudge.shared.models.backend import ChatRequest
+
+    return [
+        ChatRequest(text=ex.text, images=ex.images, system=JUDGE_SYSTEM if i % 2 else None, key=str(i))
+        for i, ex in enumerate(sft_examples(n, seed))
+    ]

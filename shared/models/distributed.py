@@ -1,0 +1,183 @@
+"""Run `sft` on several processes (DDP or FSDP) of one trainer worker, through torchrun.
+
+`train(model_path, examples, out_dir, cfg, ...)` is what the trainer service calls: with
+`cfg.distributed == "none"` or `cfg.nproc <= 1` it is `sft` in this process; otherwise it writes
+the examples (images as PNG, lossless) and the config into a spec folder, starts
+
+    python -m torch.distributed.run --standalone --nproc-per-node N -m selfjudge.shared.models.distributed SPEC
+
+and relays rank 0's per-step progress (a JSON-lines file) to `progress` while it runs. Each rank
+calls `sft` with the same arguments; `sft` joins the process group (gloo on CPU, NCCL on CUDA),
+wraps the model in DDP or FSDP2 and takes its share of every optimizer step's micro-batches, so
+the global batch is `batch_size * grad_accum * nproc`. Rank 0 writes the output folder and the
+result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from . import vision_compat
+
+vision_compat.ensure_torchvision()
+
+from PIL import Image  # noqa: E402
+
+from .training import SFTExample, TrainConfig, TrainResult, sft  # noqa: E402
+
+log = logging.getLogger(__name__)
+ENTRY = "selfjudge.shared.models.distributed"
+
+
+def train(
+    model_path: str,
+    examples: list[SFTExample],
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    progress: Callable[[int, int, float], None] | None = None,
+    resume_from: str | Path | None = None,
+    spec_dir: str | Path | None = None,
+) -> TrainResult:
+    """`sft` here, or on cfg.nproc processes when cfg.distributed is "ddp" or "fsdp"."""
+    if cfg.distributed == "none" or cfg.nproc <= 1:
+        return sft(model_path, examples, out_dir, cfg, progress=progress, resume_from=resume_from)
+    return launch(model_path, examples, out_dir, cfg, progress=progress, resume_from=resume_from, spec_dir=spec_dir)
+
+
+def write_spec(
+    folder: Path, model_path: str, examples: list[SFTExample], out_dir: str | Path, cfg: TrainConfig,
+    resume_from: str | Path | None,
+) -> Path:  # fmt: skip
+    """examples.jsonl + images/N.png (each distinct image object once) + spec.json."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    names: dict[int, str] = {}
+    with open(folder / "examples.jsonl", "w") as f:
+        for ex in examples:
+            refs = []
+            for im in ex.images:
+                if id(im) not in names:
+                    names[id(im)] = f"{len(names)}.png"
+                    im.save(folder / "images" / names[id(im)], format="PNG")
+                refs.append(names[id(im)])
+            f.write(json.dumps({"text": ex.text, "answer": ex.answer, "system": ex.system, "images": refs}) + "\n")
+    spec = {
+        "model_path": str(model_path),
+        "out_dir": str(Path(out_dir).resolve()),
+        "resume_from": str(Path(resume_from).resolve()) if resume_from is not None else None,
+        "config": asdict(cfg),
+        "progress": str(folder / "progress.jsonl"),
+        "result": str(folder / "result.json"),
+    }
+    (folder / "spec.json").write_text(json.dumps(spec))
+    return folder / "spec.json"
+
+
+def read_examples(folder: Path) -> list[SFTExample]:
+    cache: dict[str, Image.Image] = {}
+    out = []
+    for line in (folder / "examples.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        for name in r["images"]:
+            if name not in cache:
+                with Image.open(folder / "images" / name) as im:
+                    cache[name] = im.copy()
+        out.append(SFTExample(text=r["text"], images=[cache[n] for n in r["images"]], answer=r["answer"], system=r["system"]))
+    return out
+
+
+def launch(
+    model_path: str,
+    examples: list[SFTExample],
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    progress: Callable[[int, int, float], None] | None = None,
+    resume_from: str | Path | None = None,
+    spec_dir: str | Path | None = None,
+    timeout: float | None = None,
+) -> TrainResult:
+    with tempfile.TemporaryDirectory(prefix="sft-spec-", dir=spec_dir) as tmp:
+        folder = Path(tmp)
+        spec = write_spec(folder, model_path, examples, out_dir, cfg, resume_from)
+        env = dict(os.environ)
+        if not cfg.device.startswith("cuda"):  # CPU ranks share the cores instead of each taking all
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.nproc}",
+               "-m", ENTRY, str(spec)]  # fmt: skip
+        log.info("training on %s processes (%s): %s", cfg.nproc, cfg.distributed, " ".join(cmd))
+        logfile = folder / "torchrun.log"
+        with open(logfile, "w") as lf:
+            proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
+            relay = _ProgressRelay(folder / "progress.jsonl", progress)
+            start = time.monotonic()
+            try:
+                while proc.poll() is None:
+                    relay.poll()
+                    if timeout is not None and time.monotonic() - start > timeout:
+                        raise TimeoutError(f"distributed training ran past {timeout}s")
+                    time.sleep(0.2)
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            relay.poll()
+        if proc.returncode != 0 or not (folder / "result.json").exists():
+            tail = logfile.read_text()[-4000:]
+            raise RuntimeError(f"distributed training failed (exit {proc.returncode}):\n{tail}")
+        return TrainResult(**json.loads((folder / "result.json").read_text()))
+
+
+class _ProgressRelay:
+    def __init__(self, path: Path, progress: Callable[[int, int, float], None] | None):
+        self.path, self.progress, self.offset = path, progress, 0
+
+    def poll(self) -> None:
+        if self.progress is None or not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind("\n") + 1  # whole lines only
+        self.offset += len(chunk[:end].encode())
+        for line in chunk[:end].splitlines():
+            step, total, loss = json.loads(line)
+            self.progress(step, total, loss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun entry point: every rank trains; rank 0 reports progress and the result."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(name)s: %(message)s")
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text())
+    cfg = TrainConfig(**spec["config"])
+    examples = read_examples(spec_path.parent)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    progress = None
+    if rank0:
+        out = open(spec["progress"], "a", buffering=1)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            out.write(json.dumps([step, total, loss]) + "\n")
+
+    result = sft(spec["model_path"], examples, spec["out_dir"], cfg, progress=progress, resume_from=spec["resume_from"])
+    if rank0:
+        tmp = Path(spec["result"] + ".tmp")
+        tmp.write_text(json.dumps(asdict(result), default=str))
+        tmp.rename(spec["result"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
