@@ -25,10 +25,11 @@ class Result:
     ratio: float  # ours / baseline, higher is better
     target: float
     detail: str = ""
+    extra_ok: bool = True  # a side condition (e.g. same final loss) held
 
     @property
     def ok(self) -> bool:
-        return self.ratio >= self.target
+        return self.ratio >= self.target and self.extra_ok
 
     def line(self) -> str:
         return f"{self.name}: {self.ratio:.2f}x (target {self.target:g}x)"

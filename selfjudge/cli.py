@@ -175,7 +175,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 raise self.retry(exc=exc, countdown=min(2 ** retries, 60)) from exc
             send_dead_letter(app, args.stage, payload, f"{type(exc).__name__}: {exc}")
 
-    app.worker_main(["worker", "-Q", args.stage, "-P", "solo", "-c", "1", "--without-gossip", "--without-mingle",
+    # solo: the task runs in the main process (one per GPU, no fork). The trainer uses one
+    # thread instead, so its message is acked on receipt (the solo pool acks only afterwards).
+    pool = "threads" if args.stage == "trainer" else "solo"
+    app.worker_main(["worker", "-Q", args.stage, "-P", pool, "-c", "1", "--without-gossip", "--without-mingle",
                      "-n", f"{args.stage}-{os.getpid()}@%h", "--loglevel", args.loglevel])
     return 0
 

@@ -87,7 +87,7 @@ def handle(payload: dict, ctx: Context) -> None:
 # --- plan ---------------------------------------------------------------------------------------
 
 def plan_key(run_id: int, iteration: int) -> str:
-    return f"runs/{run_id}/iter{iteration}/eval/plan.json"
+    return f"runs/{run_id}/eval/plans/iter{iteration}.json"
 
 
 def _specs(ctx: Context, task: EvalPlan) -> list[dict]:
@@ -387,10 +387,12 @@ def _write_items(ctx: Context, task: EvalShard, results: dict[str, list[dict]]) 
 # --- finish -------------------------------------------------------------------------------------
 
 def result_rows(s, run_id: int, iteration: int, benchmark: str) -> list[dict]:  # noqa: ANN001
-    return [{"item_id": r.item_id, "category": r.category, "order": r.order, "sample": r.sample,
-             "verdict": r.verdict, "correct": r.correct}
-            for r in s.scalars(select(EvalResult).where(EvalResult.run_id == run_id, EvalResult.iteration == iteration,
-                                                         EvalResult.benchmark == benchmark))]
+    """The scoring columns only (not the outputs) of one benchmark's rows."""
+    cols = (EvalResult.item_id, EvalResult.category, EvalResult.order, EvalResult.sample, EvalResult.verdict,
+            EvalResult.correct)
+    return [dict(zip(("item_id", "category", "order", "sample", "verdict", "correct"), r))
+            for r in s.execute(select(*cols).where(EvalResult.run_id == run_id, EvalResult.iteration == iteration,
+                                                   EvalResult.benchmark == benchmark).order_by(EvalResult.id))]
 
 
 def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int) -> None:

@@ -224,7 +224,8 @@ def test_training_longer_than_consumer_timeout_runs_once(cluster_factory, distri
 
     set_timeout(2000)
     try:
-        cluster = cluster_factory("it-longtrain", iterations=1, start=False)
+        cluster = cluster_factory("it-longtrain", iterations=1, start=False,
+                                  SELFJUDGE__RUN__TRAIN_LEASE_SECONDS="600")   # the sleep renews no lease
         for stage in STAGES:
             cluster.start_worker(stage, **({"SELFJUDGE_FAILPOINTS": "trainer.start=sleep:70"}
                                            if stage == "trainer" else {}))
