@@ -39,5 +39,9 @@ vllm: install
 test: install tools vllm services
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
+# One line per comparison, `<name>: <ratio>x (target <t>x)` (bench/run.py); BENCH_ARGS="-v" adds details.
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf .selfjudge

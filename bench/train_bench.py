@@ -71,6 +71,7 @@ def step_order(model: Path, data: list, batch: int, lr: float) -> list[int]:
 
 def run_hf_trainer(model: Path, data: list, out: Path, batch: int, lr: float) -> float:
     from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from selfjudge.shared.models.training import collate, encode_example
 
@@ -87,13 +88,14 @@ def run_hf_trainer(model: Path, data: list, out: Path, batch: int, lr: float) ->
         train_sampling_strategy="sequential",  # `data` comes in sft's step order
     )  # fmt: skip
     trainer = Trainer(model=net, args=args, train_dataset=enc, data_collator=lambda feats: collate(feats, pad))
+    trainer.remove_callback(PrinterCallback)  # its end-of-training print would break the one-line-per-result output
     trainer.train()
     trainer.save_model(str(out))
     proc.save_pretrained(out)
     return time.perf_counter() - t0
 
 
-def compare(work: Path, n_examples: int = 64, batch: int = 4, lr: float = 1e-3, repeats: int = 2) -> list[Result]:
+def compare(work: Path, n_examples: int = 64, batch: int = 4, lr: float = 1e-3, repeats: int = 3) -> list[Result]:
     model = build_model(work / "model")
     data = sft_examples(n_examples)
     ordered = [data[i] for i in step_order(model, data, batch, lr)]

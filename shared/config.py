@@ -161,6 +161,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     distributed: Literal["none", "ddp", "fsdp"] = "none"   # ddp/fsdp: nproc processes via torchrun
     nproc: int = Field(1, ge=1)      # processes (GPUs) per trainer worker
+    # padded tokens per micro-batch (length-sorted within each random optimizer step):
+    # 0 = auto (batch_size x median example length), -1 = exactly batch_size examples each
+    micro_batch_tokens: int = Field(0, ge=-1)
 
 
 class BenchmarkConfig(Section):

@@ -519,10 +519,15 @@ class Runtime:
 
 
 def fingerprint(model_path: str, cfg: TrainConfig, examples: list[SFTExample], world: int) -> str:
-    """Identity of a training run: a resume checkpoint is used only by the run that wrote it."""
+    """Identity of a training run: a resume checkpoint is used only by the run that wrote it.
+
+    The process count may change (same global batch: the plan is the same), the sharding may
+    not (FSDP saves its optimizer state by parameter name, the others by position).
+    """
     h = hashlib.sha256()
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("device", "save_every", "nproc", "distributed")}
     keep["global_accum"] = cfg.grad_accum * world
+    keep["fsdp"] = cfg.distributed == "fsdp" and world > 1
     h.update(json.dumps([str(model_path), keep], sort_keys=True, default=str).encode())
     seen: dict[int, str] = {}
     for ex in examples:
@@ -587,7 +592,7 @@ class Checkpointer:
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             weights = {k: v for k, v in get_model_state_dict(model, options=opts).items() if k in names}
             optim = get_optimizer_state_dict(wrapped, opt, options=opts)
-        else:
+        elif rt.main:  # DDP ranks hold the same weights: rank 0 writes them
             weights = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in names}
             optim = opt.state_dict()
         step = state["step"]

@@ -41,6 +41,8 @@ KNOWN_RABBITMQ_METRICS = {
     "rabbitmq_queue_messages", "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked",
     "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queues",
     "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_consumers",
+    "rabbitmq_global_messages_delivered_consume_manual_ack_total", "rabbitmq_global_messages_acknowledged_total",
+    "rabbitmq_global_messages_redelivered_total",
     "rabbitmq_queue_messages_published_total", "rabbitmq_queue_messages_delivered_ack_total",
     "rabbitmq_queue_messages_acked_total", "rabbitmq_queue_messages_redelivered_total",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select
 
 from selfjudge import cli
@@ -11,6 +12,9 @@ from selfjudge.services.evaluator import scoring
 from selfjudge.services.evaluator.protocols import correct_letter, make_protocol
 from selfjudge.shared.config import load_settings
 from selfjudge.shared.db import EvalResult, EvalSummary, make_sessionmaker
+
+# the first test to ask for the session's tiny_base builds it (minutes on a busy 2-core machine)
+pytestmark = pytest.mark.timeout(1800)
 
 
 def run_eval(capsys, *args: str) -> dict:

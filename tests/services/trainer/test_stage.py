@@ -1,0 +1,111 @@
+"""The trainer stage: `train:` config mapping, and a training task killed mid-way that resumes when
+redelivered (embedded mode: SQLite, local store, in-process bus)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from selfjudge.services.trainer import stage
+from selfjudge.shared import loop
+from selfjudge.shared.config import load_settings
+from selfjudge.shared.context import make_context
+from selfjudge.shared.db import Checkpoint, Iteration, Run, Shard, migrate
+from selfjudge.shared.queue import LocalBus
+from selfjudge.shared.store import get_dir, put_image, put_jsonl
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_train_config_maps_every_key() -> None:
+    settings = load_settings(overrides={
+        "run": {"seed": 10},
+        "model": {"device": "cpu", "dtype": "bfloat16"},
+        "train": {"lr": 2e-5, "epochs": 3, "batch_size": 8, "grad_accum": 2, "method": "lora", "lora_r": 8,
+                  "lora_alpha": 16, "lora_dropout": 0.1, "lora_merge": False, "save_every": 7,
+                  "distributed": "ddp", "nproc": 2, "lr_scheduler": "linear", "precision": "bf16-mixed",
+                  "gradient_checkpointing": True, "weight_decay": 0.01, "micro_batch_tokens": -1},
+    })  # fmt: skip
+    cfg = stage.train_config(settings, iteration=2)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.seed) == (2e-5, 3, 8, 2, 12)
+    assert (cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_merge) == ("lora", 8, 16, 0.1, False)
+    assert (cfg.save_every, cfg.distributed, cfg.nproc, cfg.lr_scheduler) == (7, "ddp", 2, "linear")
+    assert (cfg.precision, cfg.gradient_checkpointing, cfg.weight_decay) == ("bf16-mixed", True, 0.01)
+    assert (cfg.dtype, cfg.device, cfg.micro_batch_tokens) == ("bfloat16", "cpu", -1)
+    default = stage.train_config(load_settings(), iteration=1)
+    assert (default.lr, default.epochs, default.method, default.distributed) == (1e-5, 5, "full", "none")
+
+
+def _png(colour: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (112, 112), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: Path, monkeypatch) -> None:
+    settings = load_settings(overrides={
+        "run": {"work_dir": str(tmp_path / "work"), "train_lease_seconds": 0.001},
+        "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "max_length": 512, "save_every": 1},
+    })  # fmt: skip
+    migrate(settings.database_url())
+    bus = LocalBus()
+    ctx = make_context(settings, "trainer", bus)
+    with ctx.sessions.begin() as s:
+        run = Run(name="t", config={}, iterations=1)
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    base_id = loop.register_checkpoint(ctx, run_id, 0, str(tiny_qwen))
+    records = []
+    for i, colour in enumerate(["red", "green", "blue", "red", "green", "blue"]):
+        _, key = put_image(ctx.store, _png(colour))
+        records.append({"prompt_text": f"Which response is right about the {colour} circle? ({i})", "image_key": key,
+                        "answer": f"The {colour} circle is right. [[{'AB'[i % 2]}]]"})  # fmt: skip
+    put_jsonl(ctx.store, f"runs/{run_id}/iter1/examples/0.jsonl", records)
+    with ctx.sessions.begin() as s:
+        s.add(Iteration(run_id=run_id, number=1, judge_checkpoint_id=base_id, n_shards=1))
+        s.add(Shard(run_id=run_id, iteration=1, stage="filter", index=0, state="done", input_key="x",
+                    output_key=f"runs/{run_id}/iter1/examples/0.jsonl"))  # fmt: skip
+    task = {"run_id": run_id, "iteration": 1, "judge_checkpoint_id": base_id}
+    out_dir, resume_dir = stage.work_dirs(settings, run_id, 1)
+
+    real_train = stage.train
+
+    def dies_after_step_2(*args, progress=None, **kw):  # noqa: ANN002, ANN003, ANN202
+        def relay(step: int, total: int, loss: float) -> None:
+            progress(step, total, loss)
+            if step == 2:
+                raise Crash("worker killed mid-training")
+
+        return real_train(*args, progress=relay, **kw)
+
+    monkeypatch.setattr(stage, "train", dies_after_step_2)
+    with pytest.raises(Crash):
+        stage.handle(task, ctx)
+    assert [p.name for p in resume_dir.iterdir()] == ["step-000002"]  # 6 examples / 2 = 3 steps; saved at 2
+    assert not bus.pending
+
+    monkeypatch.setattr(stage, "train", real_train)
+    # the dead worker's training lease: released here (SQLite returns naive datetimes, which
+    # shards.claim_training cannot compare with its aware utcnow() when the lease is still "running")
+    with ctx.sessions.begin() as s:
+        s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.stage == "trainer")).state = "failed"
+    stage.handle(task, ctx)  # the redelivered message
+    with ctx.sessions() as s:
+        it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == 1))
+        ckpt = s.get(Checkpoint, it.output_checkpoint_id)
+    assert ckpt.parent_id == base_id and ckpt.uri.startswith("store:")
+    assert ckpt.meta["resumed_from_step"] == 2 and ckpt.meta["steps"] == 3 and ckpt.meta["format"] == "full"
+    assert ckpt.meta["examples"] == 6 and ckpt.meta["config"]["save_every"] == 1
+    assert not resume_dir.exists() and not out_dir.exists()
+    assert [stage_ for stage_, _ in bus.pending] == ["evaluator"]
+    stored = get_dir(ctx.store, ckpt.uri.split(":", 1)[1], tmp_path / "fetched")
+    meta = json.loads((stored / "selfjudge_training.json").read_text())
+    assert meta["resumed_from_step"] == 2 and meta["steps"] == 3 and (stored / "model.safetensors").exists()

@@ -1,0 +1,46 @@
+"""Smoke checks of the bench code: the GPU bench's code paths on CPU with the tiny model, and the
+`make bench` runner's one-line-per-comparison output (a stub comparison; the real ones take minutes)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+
+
+def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--tiny", "--peak-tflops", "0.5",
+           "--work", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("gpu_bench")]
+    assert len(lines) == 3, run.stdout
+    assert re.search(r"gpu_bench generate: \d+ tok/s", lines[1])
+    assert re.search(r"gpu_bench train: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% of 0.5 TFLOPS", lines[2])
+
+
+def test_gpu_bench_refuses_cuda_without_a_gpu() -> None:
+    run = subprocess.run([sys.executable, str(BENCH / "gpu_bench.py")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "no CUDA device" in run.stderr
+
+
+def test_bench_runner_prints_one_line_per_comparison(tmp_path: Path) -> None:
+    (tmp_path / "stub_bench.py").write_text(
+        "from common import Result\n"
+        "def compare(work):\n"
+        "    return [Result('stub_a', 1.5, 1.2, 'x'), Result('stub_b', 0.5, 1.0, 'y')]\n"
+    )
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r}); sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import run\n"
+        "run.COMPARISONS = {'stub': 'stub_bench'}\n"
+        "sys.exit(run.main(sys.argv[1:]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["stub_a: 1.50x (target 1.2x)", "stub_b: 0.50x (target 1x)"]
+    strict = subprocess.run([sys.executable, "-c", code, "--strict"], capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 1
