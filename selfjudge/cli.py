@@ -41,6 +41,13 @@ def resolve_base_model(settings: Settings) -> str:
     return str(folder)
 
 
+def apply_cpu_threads(settings: Settings) -> None:
+    if settings.model.cpu_threads:
+        import torch
+
+        torch.set_num_threads(settings.model.cpu_threads)
+
+
 def cmd_build_model(args: argparse.Namespace) -> int:
     from selfjudge.basemodel import build_base_model
 
@@ -83,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     start = time.perf_counter()
     preflight(settings, need_broker=not settings.embedded)
+    apply_cpu_threads(settings)
     migrate(settings.database_url())
     sessions = make_sessionmaker(settings.database_url())
     store = open_store(settings.store, settings.run.work_dir)
@@ -148,6 +156,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if settings.embedded:
         raise ConfigError("a worker needs broker.url (SELFJUDGE__BROKER__URL); embedded mode runs in `selfjudge run`")
     preflight(settings, need_broker=True)
+    apply_cpu_threads(settings)
     app = make_celery(settings)
     declare_dead_letters(app)
     metrics = Metrics()

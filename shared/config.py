@@ -56,6 +56,7 @@ class ModelConfig(Section):
     dtype: str = "float32"
     batch_size: int = 8
     trust_remote_code: bool = False
+    cpu_threads: int = Field(0, ge=0)   # torch CPU threads per process (0 = torch's default); 1 when many workers share few cores
     tiny_pretrain_steps: int = 300   # steps of scene captioning/QA for the tiny base model
     # backend "openai": OpenAI-compatible servers (e.g. `vllm serve`), requests spread round-robin
     endpoints: list[str] = []        # base URLs, http://host:8000[/v1]; env: comma-separated

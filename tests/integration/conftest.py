@@ -35,6 +35,7 @@ def loop_env(name: str, postgres_url: str, rabbit_url: str, s3: dict, base: Path
         "SELFJUDGE__SYNTH__MAX_NEW_TOKENS": "12", "SELFJUDGE__SYNTH__OPEN_MAX_NEW_TOKENS": "32",
         "SELFJUDGE__REASON__TEMPERATURE": "1.0", "SELFJUDGE__REASON__MAX_NEW_TOKENS": "96",
         "SELFJUDGE__EVAL__MAX_NEW_TOKENS": "96",
+        "SELFJUDGE__MODEL__CPU_THREADS": "1",        # six processes share two cores: no OpenMP oversubscription
         "SELFJUDGE__RUN__TRAIN_LEASE_SECONDS": "15",      # a killed trainer's work is re-sent soon
         "SELFJUDGE__TRAIN__EPOCHS": "1", "SELFJUDGE__TRAIN__LR": "1e-4", "SELFJUDGE__TRAIN__MAX_LENGTH": "512",
     })
