@@ -72,7 +72,9 @@ def build_qwen_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Qwen2
     base = Qwen2Tokenizer()  # the real Qwen2 pipeline (regex split + byte-level), empty vocab
     scaffold = ["system", "user", "assistant", "You are a helpful assistant."] * 50  # chat template text
     n_regular = vocab_size - len(QWEN_SPECIAL_TOKENS)
-    trained = base.train_new_from_iterator(list(corpus) + scaffold, vocab_size=n_regular + 1)  # +1: <|endoftext|>
+    trained = base.train_new_from_iterator(  # +1: <|endoftext|>
+        list(corpus) + scaffold, vocab_size=n_regular + 1, show_progress=False
+    )
     bpe = json.loads(trained.backend_tokenizer.to_str())["model"]
     regular = sorted((i, t) for t, i in bpe["vocab"].items() if t not in QWEN_SPECIAL_TOKENS)
     vocab = {t: new_id for new_id, (_, t) in enumerate(regular)}

@@ -386,6 +386,19 @@ def export(model: Any, processor: Any, out_dir: str | Path, cfg: TrainConfig, me
 # --- processes, devices, precision ----------------------------------------------------------
 
 
+def resolve_precision(precision: str, device_type: str, dtype: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of the weights being trained, autocast dtype or None)."""
+    if precision == "auto":
+        precision = "bf16-mixed" if device_type == "cuda" else "checkpoint"
+    if precision == "bf16-mixed":  # fp32 master weights and optimizer state, bf16 matmuls
+        return torch.float32, torch.bfloat16
+    if precision == "bf16":  # everything bf16: half the memory, but lr ~1e-5 updates mostly round away
+        return torch.bfloat16, None
+    if precision == "fp32":
+        return torch.float32, None
+    return DTYPES[dtype], None  # auto off CUDA: the configured checkpoint dtype, as before
+
+
 @dataclass
 class Runtime:
     """Where this process trains: rank/world (1 process unless launched by torchrun), device, dtypes."""
@@ -418,17 +431,7 @@ class Runtime:
             torch.cuda.set_device(rt.device)
         else:
             rt.device = torch.device(cfg.device)
-        precision = cfg.precision
-        if precision == "auto":
-            precision = "bf16-mixed" if rt.device.type == "cuda" else ""
-        if precision == "bf16-mixed":  # fp32 master weights and optimizer, bf16 matmuls
-            rt.weight_dtype, rt.autocast_dtype = torch.float32, torch.bfloat16
-        elif precision == "bf16":  # everything bf16: half the memory, but lr ~1e-5 updates round away
-            rt.weight_dtype = torch.bfloat16
-        elif precision == "fp32":
-            rt.weight_dtype = torch.float32
-        else:  # auto on CPU: the checkpoint dtype, as configured
-            rt.weight_dtype = DTYPES[cfg.dtype]
+        rt.weight_dtype, rt.autocast_dtype = resolve_precision(cfg.precision, rt.device.type, cfg.dtype)
         return rt
 
     @property
@@ -457,7 +460,9 @@ class Runtime:
             return DDP(module, device_ids=ids, find_unused_parameters=True)
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32) if self.autocast_dtype else MixedPrecisionPolicy()
+        # fp32 shards gathered as fp32; bf16 compute comes from autocast, as without FSDP (bf16
+        # gathers would halve the traffic, but cast every module input: left for when it is measured)
+        mp = MixedPrecisionPolicy()
         # Every rank must run the same collectives in the same order. The text decoder layers run
         # for every batch: one FSDP unit each. Vision blocks (and Mllama's cross-attention layers)
         # are skipped by a text-only batch, so they stay in the root unit, gathered on every forward,
@@ -506,7 +511,7 @@ class Runtime:
                 p.grad = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None or self.mode == "fsdp" and self.world > 1:  # FSDP casts params itself
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
