@@ -104,6 +104,8 @@ def launch(
     spec_dir: str | Path | None = None,
     timeout: float | None = None,
 ) -> TrainResult:
+    if spec_dir is not None:
+        Path(spec_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sft-spec-", dir=spec_dir) as tmp:
         folder = Path(tmp)
         spec = write_spec(folder, model_path, examples, out_dir, cfg, resume_from)

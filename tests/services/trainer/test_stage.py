@@ -49,10 +49,11 @@ def _png(colour: str) -> bytes:
     return buf.getvalue()
 
 
-def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: Path, monkeypatch) -> None:
+def _setup(tiny_qwen: Path, tmp_path: Path, **train) -> tuple:  # noqa: ANN003
+    """An embedded context with a run, its base checkpoint and one done filter shard of 6 traces."""
     settings = load_settings(overrides={
         "run": {"work_dir": str(tmp_path / "work"), "train_lease_seconds": 0.001},
-        "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "max_length": 512, "save_every": 1},
+        "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "max_length": 512, "save_every": 1, **train},
     })  # fmt: skip
     migrate(settings.database_url())
     bus = LocalBus()
@@ -74,6 +75,18 @@ def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: 
         s.add(Shard(run_id=run_id, iteration=1, stage="filter", index=0, state="done", input_key="x",
                     output_key=f"runs/{run_id}/iter1/examples/0.jsonl"))  # fmt: skip
     task = {"run_id": run_id, "iteration": 1, "judge_checkpoint_id": base_id}
+    return settings, ctx, bus, task
+
+
+def _output(ctx, task: dict) -> Checkpoint:  # noqa: ANN001
+    with ctx.sessions() as s:
+        it = s.scalar(select(Iteration).where(Iteration.run_id == task["run_id"], Iteration.number == 1))
+        return s.get(Checkpoint, it.output_checkpoint_id)
+
+
+def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: Path, monkeypatch) -> None:
+    settings, ctx, bus, task = _setup(tiny_qwen, tmp_path)
+    run_id, base_id = task["run_id"], task["judge_checkpoint_id"]
     out_dir, resume_dir = stage.work_dirs(settings, run_id, 1)
 
     real_train = stage.train
@@ -98,9 +111,7 @@ def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: 
     with ctx.sessions.begin() as s:
         s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.stage == "trainer")).state = "failed"
     stage.handle(task, ctx)  # the redelivered message
-    with ctx.sessions() as s:
-        it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == 1))
-        ckpt = s.get(Checkpoint, it.output_checkpoint_id)
+    ckpt = _output(ctx, task)
     assert ckpt.parent_id == base_id and ckpt.uri.startswith("store:")
     assert ckpt.meta["resumed_from_step"] == 2 and ckpt.meta["steps"] == 3 and ckpt.meta["format"] == "full"
     assert ckpt.meta["examples"] == 6 and ckpt.meta["config"]["save_every"] == 1
@@ -109,3 +120,16 @@ def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: 
     stored = get_dir(ctx.store, ckpt.uri.split(":", 1)[1], tmp_path / "fetched")
     meta = json.loads((stored / "selfjudge_training.json").read_text())
     assert meta["resumed_from_step"] == 2 and meta["steps"] == 3 and (stored / "model.safetensors").exists()
+
+
+def test_two_process_lora_adapter_through_the_stage(tiny_qwen: Path, tmp_path: Path) -> None:
+    """train.distributed ddp x 2 (torchrun, gloo) and train.method lora with lora_merge false."""
+    _, ctx, bus, task = _setup(tiny_qwen, tmp_path, distributed="ddp", nproc=2, method="lora", lora_r=4,
+                               lora_merge=False)  # fmt: skip
+    stage.handle(task, ctx)
+    ckpt = _output(ctx, task)
+    assert ckpt.meta["world_size"] == 2 and ckpt.meta["steps"] == 2 and ckpt.meta["format"] == "peft_adapter"
+    assert ckpt.meta["base_model"] == ctx.models.local_path(task["judge_checkpoint_id"])
+    stored = get_dir(ctx.store, ckpt.uri.split(":", 1)[1], tmp_path / "fetched")
+    assert (stored / "adapter_config.json").exists() and not (stored / "model.safetensors").exists()
+    assert [stage_ for stage_, _ in bus.pending] == ["evaluator"]
