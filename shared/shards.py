@@ -5,7 +5,7 @@ redelivered after a crash either finds everything or nothing.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -78,6 +78,10 @@ def record_failure(sessions, stage: str, payload: dict, error: BaseException, fi
 # fresh. A redelivered or duplicate message finds the lease held and steps aside; a trainer that
 # died stops renewing, and `stale_trainings` lets any trainer worker send the work again.
 
+def _aware(moment):  # noqa: ANN001, ANN202 - SQLite hands back naive datetimes (stored as UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) -> bool:  # noqa: ANN001
     with sessions.begin() as s:
         row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
@@ -87,7 +91,7 @@ def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) 
                         input_key=f"trainer:iteration{iteration}", attempts=0)
             s.add(row)
         elif row.state == "done" or (row.state == "running" and row.updated_at is not None
-                                      and row.updated_at > utcnow() - timedelta(seconds=lease_seconds)):
+                                      and _aware(row.updated_at) > utcnow() - timedelta(seconds=lease_seconds)):
             return False
         row.state, row.attempts, row.updated_at = "running", (row.attempts or 0) + 1, utcnow()
         return True
