@@ -14,7 +14,7 @@ from selfjudge.shared.config import load_settings
 from selfjudge.shared.db import EvalResult, EvalSummary, make_sessionmaker
 
 # the first test to ask for the session's tiny_base builds it (minutes on a busy 2-core machine)
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(3600)
 
 
 def run_eval(capsys, *args: str) -> dict:

@@ -17,7 +17,7 @@ from selfjudge.shared.db import EvalResult, EvalSummary, Run, make_sessionmaker
 CMD = [sys.executable, "-m", "selfjudge.cli"]
 
 # the first test to ask for the session's tiny_base builds it (minutes on a busy 2-core machine)
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(3600)
 
 
 @pytest.fixture(scope="module")
