@@ -51,7 +51,8 @@ def free_port_fixture():
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     name = f"selfjudge_test_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # no pool: a fault test restarts Postgres, which would leave a pooled connection dead for the drop
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as c:
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"

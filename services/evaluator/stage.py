@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from selfjudge.shared import loop
 from selfjudge.shared.context import Context
 from selfjudge.shared.db import Checkpoint, EvalResult, EvalSummary, Iteration, Run, SetAside, Shard
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.messages import EvalTask, Message
 from selfjudge.shared.models.backend import ChatRequest, SamplingParams
 from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
@@ -357,6 +358,7 @@ def run_shard(task: EvalShard, ctx: Context) -> None:
             images = {r["image_key"]: get_image(ctx.store, r["image_key"]) for r in part}
             results = judge_items(backend, protocol, part, images, metrics=m)
             _write_items(ctx, task, results)
+    failpoint("evaluator.before_commit")   # fault tests: die after the items, before the shard is recorded
     with ctx.sessions.begin() as s:
         row = _shard_row(s, task)
         row.state, row.items_in, row.items_out, row.error = "done", len(records), len(todo), None

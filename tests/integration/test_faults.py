@@ -172,16 +172,16 @@ def test_stop_everything_and_resume(cluster_factory, distributed_run):
         proc.wait(10)
     with sessions() as s:
         run = s.scalar(select(Run).where(Run.name == "it-resume"))
-        before = {(sh.stage, sh.index): (sh.attempts, sh.updated_at) for sh in s.scalars(select(Shard).where(
-            Shard.run_id == run.id, Shard.state == "done"))}
+        before = {(sh.iteration, sh.stage, sh.index): (sh.attempts, sh.updated_at) for sh in s.scalars(
+            select(Shard).where(Shard.run_id == run.id, Shard.state == "done"))}
         run_id = run.id
     cluster.start()
     cluster.wait(cluster.launch("--resume", str(run_id)))
     cluster.stop()
     assert_same_outcome(snapshot(sessions, "it-resume"), snapshot(sessions, "it-distributed"))
     with sessions() as s:
-        after = {(sh.stage, sh.index): (sh.attempts, sh.updated_at) for sh in s.scalars(select(Shard).where(
-            Shard.run_id == run_id))}
+        after = {(sh.iteration, sh.stage, sh.index): (sh.attempts, sh.updated_at) for sh in s.scalars(
+            select(Shard).where(Shard.run_id == run_id))}
     for key, value in before.items():
         assert after[key] == value, f"finished shard {key} was redone"
 

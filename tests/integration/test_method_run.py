@@ -145,14 +145,15 @@ def test_lineage_of_a_kept_example(method_run):
         assert unpaired == set(aside) and all(reason.split(":")[0] for reason in aside.values())
 
 
-def test_export_is_a_hugging_face_dataset(method_run, tiny_base):
+def test_export_is_a_hugging_face_dataset(method_run, tiny_base, tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL.Image import Image as PILImage
     from transformers import AutoProcessor
 
     files = method_run["export"]["parquet"]
-    traces = datasets.load_dataset("parquet", data_files=files["traces"], split="train")
-    pairs = datasets.load_dataset("parquet", data_files=files["pairs"], split="train")
+    cache = str(tmp_path / "hf-cache")     # never a cached dataset from an earlier run at the same path
+    traces = datasets.load_dataset("parquet", data_files=files["traces"], split="train", cache_dir=cache)
+    pairs = datasets.load_dataset("parquet", data_files=files["pairs"], split="train", cache_dir=cache)
     r = _row(method_run["status"], 1)
     assert len(traces) == r["training_examples"] and len(pairs) == r["pairs"]
     assert isinstance(traces[0]["images"][0], PILImage) and isinstance(pairs[0]["images"][0], PILImage)
@@ -178,9 +179,11 @@ def test_export_is_a_hugging_face_dataset(method_run, tiny_base):
     # the dataset card names both subsets; jsonl also loads
     card = (method_run["work"] / "export-parquet" / "README.md").read_text()
     assert "config_name: traces" in card and "config_name: pairs" in card
-    by_card = datasets.load_dataset(str(method_run["work"] / "export-parquet"), "traces", split="train")
+    by_card = datasets.load_dataset(str(method_run["work"] / "export-parquet"), "traces", split="train",
+                                    cache_dir=cache)
     assert len(by_card) == len(traces)
-    jsonl = datasets.load_dataset("json", data_files=method_run["export"]["jsonl"]["traces"], split="train")
+    jsonl = datasets.load_dataset("json", data_files=method_run["export"]["jsonl"]["traces"], split="train",
+                                  cache_dir=cache)
     assert len(jsonl) == len(traces) and (method_run["work"] / "export-jsonl" / jsonl[0]["images"][0]).is_file()
 
 
