@@ -1,6 +1,8 @@
 """What `selfjudge status` shows: per iteration, how much flowed through each stage."""
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -26,9 +28,15 @@ def run_status(s: Session, run_id: int | None = None) -> dict:
         shards = {f"{stage}:{state}": n for stage, state, n in s.execute(
             select(Shard.stage, Shard.state, func.count()).where(Shard.run_id == run.id, Shard.iteration == k)
             .group_by(Shard.stage, Shard.state))}
-        aside = {reason.split(":")[0]: n for reason, n in s.execute(
-            select(SetAside.reason, func.count()).where(SetAside.run_id == run.id, SetAside.iteration == k)
-            .group_by(SetAside.reason))}
+        aside: dict[str, int] = {}
+        aside_by_stage: dict[str, dict[str, int]] = {}
+        for stage, reason, n in s.execute(
+                select(SetAside.stage, SetAside.reason, func.count()).where(
+                    SetAside.run_id == run.id, SetAside.iteration == k).group_by(SetAside.stage, SetAside.reason)):
+            kind = reason_kind(reason)
+            aside[kind] = aside.get(kind, 0) + n
+            by_kind = aside_by_stage.setdefault(stage, {})
+            by_kind[kind] = by_kind.get(kind, 0) + n
         kept_pairs = s.scalar(select(func.count(func.distinct(TrainingExample.pair_id))).where(
             TrainingExample.run_id == run.id, TrainingExample.iteration == k)) or 0
         rows.append({
@@ -50,13 +58,24 @@ def run_status(s: Session, run_id: int | None = None) -> dict:
             "failures": [{"stage": sh.stage, "shard": sh.index, "attempts": sh.attempts, "state": sh.state,
                           "error": sh.error} for sh in s.scalars(select(Shard).where(
                               Shard.run_id == run.id, Shard.iteration == k, Shard.error.is_not(None)))],
-            "set_aside": aside,
+            "set_aside": aside,                    # reason kind -> records, all stages
+            "set_aside_by_stage": aside_by_stage,  # stage -> reason kind -> records
             **_data_reports(s, run.id, k),
         })
     return {"run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations,
                     "created_at": run.created_at.isoformat() if run.created_at else None,
                     "finished_at": run.finished_at.isoformat() if run.finished_at else None},
             "iterations": rows}
+
+
+_NAMES = re.compile(r"""\s*'[^']*[/\\][^']*'|\s+in\s+\S+\s*\(id\s.*?\)""")
+
+
+def reason_kind(reason: str) -> str:
+    """What a set-aside reason is counted under: the reason up to its first ':', without the
+    file or record it names ("corrupt image '/data/a.png': OSError: ..." -> "corrupt image";
+    "no_majority: 2 of 8" -> "no_majority"), so one kind of bad input is one count."""
+    return _NAMES.sub("", reason).split(":")[0].strip() or reason[:80]
 
 
 def _data_reports(s: Session, run_id: int, k: int) -> dict:
@@ -82,9 +101,10 @@ def format_table(status: dict) -> str:
         for f in r.get("failures", []):
             lines.append(f"  iteration {r['iteration']} {f['stage']} shard {f['shard']} {f['state']} after "
                          f"{f['attempts']} attempt(s): {(f['error'] or '')[:160]}")
-        if r.get("set_aside"):
-            lines.append(f"  iteration {r['iteration']} set aside: " +
-                         ", ".join(f"{reason} {n}" for reason, n in sorted(r["set_aside"].items())))
+        by_stage = r.get("set_aside_by_stage") or ({"all": r["set_aside"]} if r.get("set_aside") else {})
+        for stage, kinds in sorted(by_stage.items()):
+            lines.append(f"  iteration {r['iteration']} set aside by {stage} ({sum(kinds.values())}): " +
+                         ", ".join(f"{reason} {n}" for reason, n in sorted(kinds.items())))
     if status.get("queues"):
         lines.append("  queues: " + ", ".join(f"{stage} {q['messages']} waiting/{q['consumers']} workers"
                                               for stage, q in status["queues"].items()))

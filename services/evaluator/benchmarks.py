@@ -216,10 +216,11 @@ def vl_source(item_id: str, image_path: str | None) -> str:
     return vl_source_from_id(item_id)
 
 
-def _vl_record(rec: dict, image: bytes | None, where: str) -> BenchItem | Excluded:
+def _vl_record(rec: dict, image: bytes | None, where: str, label: str) -> BenchItem | Excluded:
+    """`label` names a record without an id: "data.jsonl:<line>" or "<file>.parquet[<row>]"."""
     rid = str(rec.get("id") or "")
     if not rid:
-        return Excluded("(no id)", "record has no id")
+        return Excluded(label, "record has no id")
     responses, ranking, query = rec.get("response"), rec.get("human_ranking"), rec.get("query")
     if not isinstance(query, str):
         return Excluded(rid, "query is not a string")
@@ -254,7 +255,7 @@ def _iter_vl_jsonl(loc: Location, name: str, images: Location) -> Iterator[Bench
             yield Excluded(str(rec.get("id") or f"{name}:{n}"), "record has no image_path")
             continue
         data, where = _read_image(images, path)
-        yield _vl_record(rec, data, where)
+        yield _vl_record(rec, data, where, f"{name}:{n}")
 
 
 def _iter_vl_parquet(loc: Location, names: list[str]) -> Iterator[BenchItem | Excluded]:
@@ -262,14 +263,16 @@ def _iter_vl_parquet(loc: Location, names: list[str]) -> Iterator[BenchItem | Ex
 
     for name in names:
         source = loc.join(name) if loc.s3 is None else io.BytesIO(loc.read(name))
+        row = 0
         for batch in pq.ParquetFile(source).iter_batches(batch_size=64):
             for rec in batch.to_pylist():
+                row += 1
                 image = rec.get("image")
                 data = image.get("bytes") if isinstance(image, dict) else image if isinstance(image, bytes) else None
                 where = f"in {name} (id {rec.get('id')!r})"
                 if data is None and isinstance(image, dict) and image.get("path"):   # a path, no bytes
                     data, where = _read_image(loc, image["path"])
-                yield _vl_record(rec, data, where)
+                yield _vl_record(rec, data, where, f"{name}[{row - 1}]")
 
 
 def iter_vl_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[BenchItem | Excluded]:  # noqa: ANN001
@@ -345,7 +348,8 @@ def iter_mm_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[
 def iter_benchmark(benchmark: str, uri: str, images: str = "", store_cfg=None,  # noqa: ANN001
                    limit: int = 0) -> Iterator[BenchItem | Excluded]:
     """Every record of the file, in order, as a BenchItem or an Excluded; duplicate ids are renamed
-    "<id>#2", ... unless the record repeats an earlier one exactly (then it is Excluded)."""
+    "<id>#2", ... unless the record repeats an earlier one exactly (then it is Excluded). Excluded
+    ids are unique too (a second bad record under one id is "<id>#2"), so each is reported."""
     if benchmark == VL_REWARDBENCH:
         records = iter_vl_rewardbench(uri, images, store_cfg)
     elif benchmark == MM_REWARDBENCH:
@@ -353,6 +357,7 @@ def iter_benchmark(benchmark: str, uri: str, images: str = "", store_cfg=None,  
     else:
         raise ValueError(f"unknown benchmark {benchmark!r}")
     seen: dict[str, tuple] = {}
+    excluded: dict[str, int] = {}
     for n, rec in enumerate(records):
         if limit and n >= limit:
             return
@@ -360,12 +365,16 @@ def iter_benchmark(benchmark: str, uri: str, images: str = "", store_cfg=None,  
             content = (rec.query, rec.responses, rec.better)
             if rec.item_id in seen:
                 if content in seen[rec.item_id]:
-                    yield Excluded(rec.item_id, "duplicate of an earlier record")
-                    continue
-                seen[rec.item_id] += (content,)
-                rec.item_id = f"{rec.item_id}#{len(seen[rec.item_id])}"
+                    rec = Excluded(rec.item_id, "duplicate of an earlier record")
+                else:
+                    seen[rec.item_id] += (content,)
+                    rec.item_id = f"{rec.item_id}#{len(seen[rec.item_id])}"
             else:
                 seen[rec.item_id] = (content,)
+        if isinstance(rec, Excluded):
+            excluded[rec.record_id] = excluded.get(rec.record_id, 0) + 1
+            if excluded[rec.record_id] > 1:
+                rec.record_id = f"{rec.record_id}#{excluded[rec.record_id]}"
         yield rec
 
 

@@ -1,9 +1,11 @@
 """User images as prompt sources: a JSONL manifest or a plain folder.
 
 Neither source ever raises on bad input. A bad record (malformed line, missing, empty,
-corrupt or truncated image, decompression bomb, empty instruction, duplicate id) is
-appended to `source.rejected` as (record_id, reason) and skipped. `rejected` is reset at
-the start of each `items()` call.
+corrupt or truncated image, decompression bomb, empty instruction, text with a NUL or an
+unpaired surrogate, duplicate id) is appended to `source.rejected` as (record_id, reason) and
+skipped. Record ids in `rejected` are unique (a second bad record with an id already reported
+is reported as "<id> (<file>:<line>)"). `rejected` is reset at the start of each `items()` call.
+A UTF-8 byte-order mark at the start of the manifest is ignored.
 
 `items(n, split, offset)` counts *records* (JSONL lines / files), not yielded items, so
 shards [offset, offset + n) can be read without loading the images before them; a shard
@@ -89,6 +91,15 @@ class JsonlSource:
             self.rejected.append((str(self.path), "manifest file not found"))
             return
         seen: set[str] = set()
+        reported: set[str] = set()
+
+        def reject(record_id: str, reason: str, lineno: int) -> None:
+            record_id = _printable(record_id)
+            if record_id in reported:     # two bad records with one id: both must be reported
+                record_id = f"{record_id} ({self.path.name}:{lineno + 1})"
+            reported.add(record_id)
+            self.rejected.append((record_id, reason))
+
         lines = self.path.read_bytes().splitlines()
         stop = len(lines) if n is None else min(len(lines), offset + n)
         for lineno in range(offset, stop):
@@ -97,26 +108,26 @@ class JsonlSource:
             if not raw.strip():
                 continue
             try:
-                rec = json.loads(raw.decode("utf-8"))
+                rec = json.loads(raw.decode("utf-8-sig" if lineno == 0 else "utf-8"))
             except UnicodeDecodeError:
-                self.rejected.append((record_id, "line is not valid UTF-8"))
+                reject(record_id, "line is not valid UTF-8", lineno)
                 continue
             except json.JSONDecodeError as e:
-                self.rejected.append((record_id, f"malformed JSON: {e}"))
+                reject(record_id, f"malformed JSON: {e}", lineno)
                 continue
             if not isinstance(rec, dict):
-                self.rejected.append((record_id, "line is not a JSON object"))
+                reject(record_id, "line is not a JSON object", lineno)
                 continue
             if rec.get("id") is not None:
                 record_id = str(rec["id"])
             reason = self._check(rec, record_id, seen)
             if reason:
-                self.rejected.append((record_id, reason))
+                reject(record_id, reason, lineno)
                 continue
             image_path = Path(rec["image"]) if Path(rec["image"]).is_absolute() else self.path.parent / rec["image"]
             image = load_image(image_path)
             if isinstance(image, str):
-                self.rejected.append((record_id, image))
+                reject(record_id, image, lineno)
                 continue
             seen.add(record_id)
             yield SourceItem(
@@ -146,7 +157,30 @@ class JsonlSource:
         options = rec.get("options")
         if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
             return "'options' must be a list of strings"
+        for name in ("id", "image", "instruction", "gold", "options"):   # the database cannot store these
+            values = rec.get(name) if isinstance(rec.get(name), list) else [rec.get(name)]
+            for value in values:
+                problem = _bad_text(value) if isinstance(value, str) else None
+                if problem:
+                    return f"'{name}' holds {problem}"
         return None
+
+
+def _bad_text(text: str) -> str | None:
+    """Why text cannot be stored (Postgres refuses NUL; no UTF-8 database takes an unpaired
+    surrogate such as a JSON "\\ud800"), or None."""
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "an unpaired surrogate (not valid Unicode)"
+    return None
+
+
+def _printable(text: str) -> str:
+    """A record id that can be stored and shown: NUL and unpaired surrogates escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 class FolderSource:
