@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # makes it import on CPU torch). Qwen2-VL image processors need it.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install tools vllm demo status test services bench clean
+.PHONY: install tools vllm demo replicate status test services bench clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: install
 	$(BIN)/selfjudge run --config configs/demo.yaml
+
+# The method in miniature (CPU, no downloads): base model, 3 iterations with majority-vote and with
+# gold labels, a held-out accuracy table and plot in .selfjudge/replicate/. REPLICATE_ARGS for more.
+replicate: install
+	$(BIN)/selfjudge replicate --out .selfjudge/replicate $(REPLICATE_ARGS)
 
 status: install
 	$(BIN)/selfjudge status --config configs/demo.yaml

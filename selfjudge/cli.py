@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from selfjudge.shared.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("selfjudge")
@@ -367,6 +369,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from selfjudge.replicate import replicate
+
+    overrides: dict = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    replicate(Path(args.out), args.iterations, tuple(args.arms), args.base_steps, overrides)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selfjudge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -436,6 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", nargs=2, metavar="RUN[:ITER]",
                    help="instead: a paired comparison (McNemar, bootstrap) of two evaluated checkpoints, as JSON")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("replicate", help="the method in miniature: base model, loop, held-out table and plot")
+    p.add_argument("--out", default=".selfjudge/replicate", help="output folder (base model, runs, plot, JSON)")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--arms", nargs="+", choices=["majority", "gold"], default=["majority", "gold"],
+                   help="closed-ended labels: majority vote (the paper) and/or gold answers (the ablation)")
+    p.add_argument("--base-steps", type=int, default=300, help="base model pretraining steps")
+    p.add_argument("--set", action="append", metavar="section.key=value", help="override one loop setting")
+    p.set_defaults(fn=cmd_replicate)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     common(p)

@@ -1,0 +1,197 @@
+"""`selfjudge replicate`: the method in miniature, on CPU, from one command.
+
+1. Build the tiny base VLM (scene captioning/QA plus a verdict-format lesson whose verdicts are
+   random: no preference information) - `selfjudge.basemodel`.
+2. Run the ordinary loop, unchanged, in embedded mode for `iterations` iterations - once with
+   majority-vote labels on closed-ended prompts (the paper) and once with the generator's gold
+   answers instead (the paper's ablation), from the same base model and seed.
+3. Read every held-out judgment back (pairs built from the generator's ground truth, never trained
+   on) and print a table per arm and iteration: accuracy with a bootstrap 95% interval, by question
+   type and error type, both-order accuracy, position bias, kept training examples. A plot of
+   held-out accuracy per iteration and the numbers as JSON go next to it.
+
+    selfjudge replicate --out .selfjudge/replicate [--iterations 3] [--arms majority gold]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+# The loop's settings for the miniature (the rest are the defaults). Every value is one a user
+# could put in a config file; nothing here is special to the replication.
+LOOP = {
+    "run": {"prompts_per_iteration": 384, "shard_size": 64, "heldout_pairs": 180, "seed": 0},
+    "model": {"batch_size": 16},
+    "synth": {"n_samples": 8, "majority_threshold": 4, "max_new_tokens": 16, "open_max_new_tokens": 64,
+              "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 64},
+    "reason": {"temperature": 1.0, "samples_per_order": 2, "max_new_tokens": 64},
+    "filter": {"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2},
+    "train": {"lr": 1.0e-4, "epochs": 3, "batch_size": 8, "max_length": 512},
+    "eval": {"max_new_tokens": 64},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def arm_config(out: Path, arm: str, base: Path, iterations: int, overrides: dict | None = None) -> Path:
+    cfg = _merge(LOOP, overrides or {})
+    cfg = _merge(cfg, {"run": {"name": f"replicate-{arm}", "iterations": iterations, "work_dir": str(out / arm)},
+                       "model": {"base": str(base)}, "synth": {"closed_labels": arm}})
+    path = out / f"{arm}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_arm(config: Path, logfile: Path) -> float:
+    """The loop as a user runs it (`selfjudge run`), its log in `logfile`; returns its seconds."""
+    start = time.perf_counter()
+    with logfile.open("w") as f:
+        proc = subprocess.run([sys.executable, "-m", "selfjudge.cli", "run", "--config", str(config)],
+                              stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the loop with {config} failed; its log: {logfile}")
+    return time.perf_counter() - start
+
+
+def arm_results(work: Path) -> list[dict]:
+    """Per iteration: held-out accuracy (+CI) overall, by question type and by error type,
+    both-order accuracy, position bias, kept examples; read from the run's database and store."""
+    from sqlalchemy import func, select
+
+    from selfjudge.services.evaluator.scoring import bootstrap_ci, both_orders
+    from selfjudge.shared.db import EvalResult, EvalSummary, Run, TrainingExample, make_sessionmaker
+
+    sessions = make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")
+    rows = []
+    with sessions() as s:
+        run = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
+        heldout = {r["item_id"]: r for r in map(json.loads, (work / "store" / "runs" / str(run.id) / "heldout"
+                                                             / "pairs.jsonl").read_text().splitlines())}
+        iterations = sorted(set(s.scalars(select(EvalSummary.iteration).where(EvalSummary.run_id == run.id))))
+        for k in iterations:
+            results = [{"item_id": r.item_id, "category": r.category, "order": r.order, "verdict": r.verdict,
+                        "correct": r.correct}
+                       for r in s.scalars(select(EvalResult).where(EvalResult.run_id == run.id, EvalResult.iteration == k,
+                                                                   EvalResult.benchmark == "heldout"))]
+            summary = {(e.category, e.metric): e.value for e in s.scalars(select(EvalSummary).where(
+                EvalSummary.run_id == run.id, EvalSummary.iteration == k, EvalSummary.benchmark == "heldout"))}
+            per_item = both_orders(results)
+
+            def acc(members: list[dict]) -> dict:
+                right, judged = [m["right"] for m in members], [m["judged"] for m in members]
+                ci = bootstrap_ci(right, judged)
+                return {"accuracy": sum(right) / max(sum(judged), 1), "ci": ci, "items": len(members)}
+
+            groups: dict[str, dict[str, list]] = {"question_type": defaultdict(list), "error_type": defaultdict(list)}
+            for item_id, m in per_item.items():
+                groups["question_type"][m["category"]].append(m)
+                error = heldout[item_id]["error_type"]
+                groups["error_type"]["wrong answer" if error == m["category"] else error].append(m)
+            kept = s.scalar(select(func.count()).select_from(TrainingExample).where(
+                TrainingExample.run_id == run.id, TrainingExample.iteration == k)) if k > 0 else None
+            rows.append({
+                "iteration": k, **acc(list(per_item.values())),
+                "both_orders": summary.get(("overall", "both_orders")),
+                "position_bias": summary.get(("overall", "position_bias")),
+                "kept_examples": kept,
+                "by_question_type": {c: acc(v) for c, v in sorted(groups["question_type"].items())},
+                "by_error_type": {c: acc(v) for c, v in sorted(groups["error_type"].items())},
+            })
+    return rows
+
+
+def format_table(arm: str, rows: list[dict]) -> str:
+    def pct(x: float | None) -> str:
+        return "  -  " if x is None else f"{100 * x:5.1f}"
+
+    types = list(rows[0]["by_question_type"]) if rows else []
+    head = f"{'arm':9} {'iter':>4} {'held-out acc [95% CI]':>23} {'both':>6} {'bias':>6} {'kept':>5}  " + \
+        " ".join(f"{t[:8]:>8}" for t in types)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ci = r["ci"] or (float("nan"), float("nan"))
+        lines.append(f"{arm:9} {r['iteration']:>4} {pct(r['accuracy']):>7} [{pct(ci[0])}, {pct(ci[1])}]"
+                     f" {pct(r['both_orders']):>6} {pct(r['position_bias']):>6} {r['kept_examples'] or '-':>5}  "
+                     + " ".join(f"{pct(r['by_question_type'][t]['accuracy']):>8}" for t in types))
+    errors = list(rows[-1]["by_error_type"]) if rows else []
+    lines.append(f"{'':9} by error type (held-out accuracy per iteration): " + "; ".join(
+        f"{e}: " + " ".join(pct(r["by_error_type"].get(e, {}).get("accuracy")) for r in rows) for e in errors))
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, rows in results.items():
+        xs = [r["iteration"] for r in rows]
+        ys = [100 * r["accuracy"] for r in rows]
+        lo = [100 * (r["ci"] or (r["accuracy"],) * 2)[0] for r in rows]
+        hi = [100 * (r["ci"] or (r["accuracy"],) * 2)[1] for r in rows]
+        axes[0].plot(xs, ys, marker="o", label=f"{arm} labels")
+        axes[0].fill_between(xs, lo, hi, alpha=0.2)
+    axes[0].axhline(50, color="grey", lw=0.8, ls="--")
+    axes[0].set(xlabel="iteration (0 = base judge)", ylabel="held-out judge accuracy (%)",
+                title="held-out pairs (generator labels), 95% CI")
+    axes[0].legend()
+    first = next(iter(results.values()))
+    for qtype in first[0]["by_question_type"] if first else []:
+        axes[1].plot([r["iteration"] for r in first], [100 * r["by_question_type"][qtype]["accuracy"] for r in first],
+                     marker=".", label=qtype)
+    axes[1].axhline(50, color="grey", lw=0.8, ls="--")
+    axes[1].set(xlabel="iteration", ylabel="accuracy (%)", title=f"{next(iter(results))} labels, by question type")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(sorted({r["iteration"] for rows in results.values() for r in rows}))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 300,
+              overrides: dict | None = None) -> dict:
+    from selfjudge.basemodel import build_base_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    base = out / "base"
+    if not (base / "config.json").exists():
+        log.info("replicate: building the base model (%s steps)", base_steps)
+        build_base_model(base, seed=0, pretrain_steps=base_steps)
+    timings = {"base_model": time.perf_counter() - start}
+    results = {}
+    for arm in arms:
+        if (out / arm).exists():
+            import shutil
+            shutil.rmtree(out / arm)
+        log.info("replicate: %s labels, %s iterations (log: %s)", arm, iterations, out / f"{arm}.log")
+        timings[arm] = run_arm(arm_config(out, arm, base, iterations, overrides), out / f"{arm}.log")
+        results[arm] = arm_results(out / arm)
+        print(format_table(arm, results[arm]), flush=True)
+    timings["total"] = time.perf_counter() - start
+    figure = plot(results, out / "heldout_accuracy.png")
+    summary = {"results": results, "seconds": timings, "figure": str(figure),
+               "gain": {arm: max(r["accuracy"] for r in rows) - rows[0]["accuracy"] for arm, rows in results.items()}}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    for arm, gain in summary["gain"].items():
+        print(f"{arm}: held-out accuracy, best iteration vs iteration 0: {100 * gain:+.1f} points", flush=True)
+    print(f"time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; figure: {figure}", flush=True)
+    return summary
