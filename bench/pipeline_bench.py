@@ -129,8 +129,8 @@ def replay(calls: list, work: Path) -> float:
     return time.perf_counter() - t0
 
 
-def overhead(work: Path, prompts: int) -> Result:
-    base = base_model(work)
+def overhead(work: Path, prompts: int, base: Path | None = None) -> Result:
+    base = base or base_model(work)
     config = write_config(work, base, prompts)
     with Recorder() as rec:
         pipeline = run_pipeline(config)

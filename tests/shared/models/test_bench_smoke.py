@@ -44,3 +44,32 @@ def test_bench_runner_prints_one_line_per_comparison(tmp_path: Path) -> None:
     assert out.stdout.splitlines() == ["stub_a: 1.50x (target 1.2x)", "stub_b: 0.50x (target 1x)"]
     strict = subprocess.run([sys.executable, "-c", code, "--strict"], capture_output=True, text=True, timeout=120)
     assert strict.returncode == 1
+
+
+def test_vllm_bench_compares_on_the_same_engine(tmp_path: Path) -> None:
+    """The vLLM line of `make bench` on a few prompts: both sides make the same tokens."""
+    from .conftest import require_vllm
+
+    require_vllm()
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+            "from pathlib import Path\nimport vllm_bench\n"
+            f"r, = vllm_bench.compare(Path({str(tmp_path)!r}), n_requests=4, max_new_tokens=8, rounds=1)\n"
+            "print(r.line()); print(r.detail); print('same tokens', r.extra_ok)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"^vllm backend vs plain LLM.generate \(tok/s\): [\d.]+x \(target 0.95x\)$", out.stdout, re.M)
+    assert "same tokens True" in out.stdout
+
+
+def test_pipeline_overhead_replays_the_same_model_calls(tmp_path: Path, tiny_base: Path) -> None:
+    """The overhead line: an embedded iteration is recorded, then its model calls are replayed."""
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+            "from pathlib import Path\nimport pipeline_bench\n"
+            f"r = pipeline_bench.overhead(Path({str(tmp_path)!r}), 16, base=Path({str(tiny_base)!r}))\n"
+            "print(r.line()); print(r.detail)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line, detail = out.stdout.strip().splitlines()[-2:]
+    assert re.fullmatch(r"pipeline vs direct model calls \(1 - overhead\): [\d.]+x \(target 0.95x\)", line)
+    calls = re.search(r"the same (\d+) generate \+ (\d+) train calls", detail)
+    assert calls and int(calls.group(1)) >= 4 and int(calls.group(2)) <= 1, detail
