@@ -33,10 +33,10 @@ LOOP = {
     "model": {"batch_size": 16},
     "synth": {"n_samples": 8, "majority_threshold": 4, "max_new_tokens": 16, "open_max_new_tokens": 64,
               "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 64},
-    "reason": {"temperature": 1.0, "samples_per_order": 2, "max_new_tokens": 64},
+    "reason": {"temperature": 1.0, "samples_per_order": 2, "max_new_tokens": 128},
     "filter": {"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2},
     "train": {"lr": 1.0e-4, "epochs": 3, "batch_size": 8, "max_length": 512},
-    "eval": {"max_new_tokens": 64},
+    "eval": {"max_new_tokens": 128},
 }
 
 

@@ -15,6 +15,8 @@ from .messages import ShardTask
 
 
 def shard_row(s: Session, stage: str, task: ShardTask) -> Shard:
+    """The shard's row, created `pending` on first sight. `task`: any message with run_id,
+    iteration, index and input_key (a ShardTask, or the evaluator's EvalShard)."""
     row = s.scalar(select(Shard).where(Shard.run_id == task.run_id, Shard.iteration == task.iteration,
                                        Shard.stage == stage, Shard.index == task.index))
     if row is None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from selfjudge.shared import loop
+from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
 from selfjudge.shared.db import Checkpoint, EvalResult, EvalSummary, Iteration, Run, SetAside, Shard
 from selfjudge.shared.failpoints import failpoint
@@ -265,17 +265,6 @@ def _benchmark_manifest(ctx: Context, run_id: int, spec: dict) -> dict:
 
 # --- shards -------------------------------------------------------------------------------------
 
-def _shard_row(s, task: EvalShard) -> Shard:  # noqa: ANN001
-    row = s.scalar(select(Shard).where(Shard.run_id == task.run_id, Shard.iteration == task.iteration,
-                                       Shard.stage == STAGE, Shard.index == task.index))
-    if row is None:
-        row = Shard(run_id=task.run_id, iteration=task.iteration, stage=STAGE, index=task.index,
-                    input_key=task.input_key, state="pending", attempts=0)
-        s.add(row)
-        s.flush()
-    return row
-
-
 def judge_items(backend, protocol: Protocol, records: list[dict], images: dict, metrics=None,  # noqa: ANN001
                 progress=None) -> dict[str, list[dict]]:  # noqa: ANN001
     """Every judgment of these items under the protocol: item_id -> rows {benchmark, item_id, category,
@@ -333,7 +322,7 @@ def judge_items(backend, protocol: Protocol, records: list[dict], images: dict, 
 def run_shard(task: EvalShard, ctx: Context) -> None:
     start, m = time.perf_counter(), ctx.metrics
     with ctx.sessions.begin() as s:
-        row = _shard_row(s, task)
+        row = shards.shard_row(s, STAGE, task)
         if row.state == "done":
             done = True
         else:
@@ -360,7 +349,7 @@ def run_shard(task: EvalShard, ctx: Context) -> None:
             _write_items(ctx, task, results)
     failpoint("evaluator.before_commit")   # fault tests: die after the items, before the shard is recorded
     with ctx.sessions.begin() as s:
-        row = _shard_row(s, task)
+        row = shards.shard_row(s, STAGE, task)
         row.state, row.items_in, row.items_out, row.error = "done", len(records), len(todo), None
         row.seconds, row.output_key = time.perf_counter() - start, None
     m.items_out.labels(STAGE).inc(len(todo))
