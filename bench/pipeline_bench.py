@@ -12,7 +12,7 @@ scaling   The same iteration at 1x, 4x and 16x prompts, each in a fresh process:
           per-prompt time at 16x, so >= 1 is linear or better) and the peak memory of the process
           (which hosts every stage) should stay flat (ratio = peak RSS at 1x / peak RSS at 16x).
 
-    python bench/pipeline_bench.py [--prompts 128] [--scales 1 4 16]
+    python bench/pipeline_bench.py [--prompts 512] [--scales 1 4 16]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def scaling(work: Path, prompts: int, scales: list[int]) -> list[Result]:
     ]
 
 
-def compare(work: Path, prompts: int = 128, scales: list[int] | None = None) -> list[Result]:
+def compare(work: Path, prompts: int = 512, scales: list[int] | None = None) -> list[Result]:
     return [overhead(work, prompts), *scaling(work, 32, scales or [1, 4, 16])]
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     import logging
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=128, help="prompts in the overhead iteration")
+    ap.add_argument("--prompts", type=int, default=512, help="prompts in the overhead iteration")
     ap.add_argument("--scales", type=int, nargs="*", default=[1, 4, 16])
     ap.add_argument("--scaled-run", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
