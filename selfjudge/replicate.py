@@ -100,7 +100,8 @@ def arm_results(work: Path) -> list[dict]:
             for item_id, m in per_item.items():
                 groups["question_type"][m["category"]].append(m)
                 error = heldout[item_id]["error_type"]
-                groups["error_type"]["wrong answer" if error == m["category"] else error].append(m)
+                kind = "wrong answer" if error == m["category"] else "+".join(sorted(error.split("+")))
+                groups["error_type"][kind].append(m)
             kept = s.scalar(select(func.count()).select_from(TrainingExample).where(
                 TrainingExample.run_id == run.id, TrainingExample.iteration == k)) if k > 0 else None
             rows.append({
