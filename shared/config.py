@@ -77,6 +77,7 @@ class SourceConfig(Section):
     # them (searched recursively, e.g. a local copy of lmms-lab/LLaVA-OneVision-Data) or a glob
     path: str = ""
     image_size: int = 112
+    max_objects: int = Field(5, ge=2, le=8)   # scenes: objects per image (1..max_objects); 2+ for position questions
     # duplicate prompts (same image bytes + normalised instruction) are set aside as "duplicate":
     # "iteration" = within one iteration's draw, "run" = also against earlier iterations, "off"
     dedup: Literal["off", "iteration", "run"] = "iteration"

@@ -333,13 +333,13 @@ def _scene_hash(scene: Scene) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def scene_for(seed: int, split: str, index: int) -> tuple[Scene, random.Random]:
+def scene_for(seed: int, split: str, index: int, max_objects: int = 5) -> tuple[Scene, random.Random]:
     """The scene at (seed, split, index), and the rng (positioned after it) for its prompts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(f"scenes:{seed}:{split}:{index}")
     while True:
-        scene = random_scene(rng)
+        scene = random_scene(rng, max_objects)
         if _scene_hash(scene) % len(SPLITS) == SPLITS.index(split):
             return scene, rng
 
@@ -356,15 +356,16 @@ def _wrong_answer(p: Prompt, rng: random.Random) -> str:
 
 
 class ScenesSource:
-    def __init__(self, seed: int, image_size: int = 112) -> None:
+    def __init__(self, seed: int, image_size: int = 112, max_objects: int = 5) -> None:
         self.seed = seed
         self.image_size = image_size
+        self.max_objects = max_objects
 
     def items(self, n: int, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
         """One prompt per index. The question type cycles through QUESTION_TYPES by index
         (so both kinds are balanced); when the scene cannot support it, a random one is used."""
         for index in range(offset, offset + n):
-            scene, rng = scene_for(self.seed, split, index)
+            scene, rng = scene_for(self.seed, split, index, self.max_objects)
             prompts = make_prompts(scene, rng)
             wanted = QUESTION_TYPES[index % len(QUESTION_TYPES)]
             p = next((p for p in prompts if p.question_type == wanted), None) or rng.choice(prompts)
@@ -384,14 +385,16 @@ class ScenesSource:
             )
 
 
-def heldout_pairs(seed: int, n: int, image_size: int = 112) -> list[HeldoutPair]:
+def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5) -> list[HeldoutPair]:
     """Labelled pairs from the heldout split, question types round-robin (balanced).
     Closed: gold vs a wrong answer. Open: gold text vs perturb(gold text)."""
+    if max_objects < 2:
+        raise ValueError("held-out pairs need max_objects >= 2 (position questions compare two objects)")
     pairs: list[HeldoutPair] = []
     index = 0
     while len(pairs) < n:
         qtype = QUESTION_TYPES[len(pairs) % len(QUESTION_TYPES)]
-        scene, rng = scene_for(seed, "heldout", index)
+        scene, rng = scene_for(seed, "heldout", index, max_objects)
         index += 1
         p = next((p for p in make_prompts(scene, rng) if p.question_type == qtype), None)
         if p is None:
@@ -410,13 +413,14 @@ def heldout_pairs(seed: int, n: int, image_size: int = 112) -> list[HeldoutPair]
     return pairs
 
 
-def pretraining_corpus(seed: int, n: int, image_size: int = 112) -> list[tuple[Image.Image, str, str]]:
+def pretraining_corpus(seed: int, n: int, image_size: int = 112,
+                       max_objects: int = 5) -> list[tuple[Image.Image, str, str]]:
     """(image, instruction, gold answer) for teaching a tiny base model; every prompt of each
     "pretrain" scene (the image object is shared between a scene's prompts)."""
     out: list[tuple[Image.Image, str, str]] = []
     index = 0
     while len(out) < n:
-        scene, rng = scene_for(seed, "pretrain", index)
+        scene, rng = scene_for(seed, "pretrain", index, max_objects)
         index += 1
         image = render(scene, image_size)
         out.extend((image, p.instruction, p.gold) for p in make_prompts(scene, rng))

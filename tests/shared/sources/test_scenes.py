@@ -230,3 +230,18 @@ def test_pretraining_and_tokenizer_corpus():
     for needle in ["[[A]]", "[[B]]", "Answer 1 is better", "Answer 2 is better", "Overall Judgment", "Response A",
                    "colour", "left", "right", "above", "below", *COLOURS, *SHAPES, *NUMBER_WORDS, *"0123456789"]:
         assert needle in text, needle
+
+
+def test_max_objects_bounds_every_scene_and_leaves_the_default_world_unchanged():
+    from selfjudge.shared.sources.scenes import ScenesSource, heldout_pairs, scene_for
+
+    for i in range(30):
+        assert len(scene_for(0, "train", i, max_objects=1)[0].objects) == 1
+        assert scene_for(0, "train", i)[0] == scene_for(0, "train", i, max_objects=5)[0]
+    items = list(ScenesSource(0, max_objects=2).items(12))
+    assert all(1 <= len(it.meta["objects"]) <= 2 for it in items)
+    pairs = heldout_pairs(0, 12, max_objects=2)
+    assert len(pairs) == 12 and {p.question_type for p in pairs} == {"count", "colour", "choice", "position",
+                                                                     "describe", "list"}
+    with pytest.raises(ValueError, match="max_objects >= 2"):
+        heldout_pairs(0, 6, max_objects=1)
