@@ -218,7 +218,7 @@ class FolderSource:
             return
         files = self._files()
         for path in files[offset:None if n is None else offset + n]:
-            rel = path.relative_to(self.folder).as_posix()
+            rel = _printable(path.relative_to(self.folder).as_posix())   # a non-UTF-8 file name, escaped
             image = load_image(path)
             if isinstance(image, str):
                 self.rejected.append((rel, image))
@@ -233,5 +233,5 @@ class FolderSource:
                     gold=None,
                     options=None,
                     source="folder",
-                    meta={"path": str(path)},
+                    meta={"path": _printable(str(path))},
                 )

@@ -135,3 +135,20 @@ def test_folder_source(tmp_path):
     assert list(FolderSource(tmp_path / "imgs").items(n=1))[0].instruction == "Describe the image."
     missing = FolderSource(tmp_path / "none")
     assert list(missing) == [] and missing.rejected
+
+
+def test_folder_file_name_that_is_not_utf8_is_kept_under_an_escaped_id(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from selfjudge.shared.sources.files import FolderSource
+
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.png")
+    os.rename(tmp_path / "ok.png", os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))   # Latin-1 bytes
+    items = list(FolderSource(tmp_path).items())
+    assert len(items) == 1
+    item = items[0]
+    item.prompt_id.encode("utf-8")                        # storable: no lone surrogate left
+    item.meta["path"].encode("utf-8")
+    assert item.prompt_id == "folder:caf\\udce9.png:0" and item.image.size == (16, 16)
