@@ -10,14 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from selfjudge.shared.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("selfjudge")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _overrides(args: argparse.Namespace) -> dict:
+    """`--set section.key=value` options as nested dicts (values as given; the config coerces them)."""
     overrides: dict = {}
     for item in getattr(args, "set", None) or []:
         key, _, value = item.partition("=")
@@ -26,7 +25,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return load_settings(args.config, overrides=overrides)
+    return overrides
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, overrides=_overrides(args))
 
 
 def resolve_base_model(settings: Settings) -> str:
@@ -372,13 +375,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_replicate(args: argparse.Namespace) -> int:
     from selfjudge.replicate import replicate
 
-    overrides: dict = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        if not name:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    overrides = _overrides(args)
+    load_settings(None, overrides=overrides)     # a bad --set fails here, with the config's own message
     replicate(Path(args.out), args.iterations, tuple(args.arms), args.base_steps, overrides)
     return 0
 

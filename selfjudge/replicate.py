@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from selfjudge.shared.config import deep_merge
+
 log = logging.getLogger(__name__)
 
 # The loop's settings for the miniature (the rest are the defaults). Every value is one a user
@@ -40,16 +42,9 @@ LOOP = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for k, v in over.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 def arm_config(out: Path, arm: str, base: Path, iterations: int, overrides: dict | None = None) -> Path:
-    cfg = _merge(LOOP, overrides or {})
-    cfg = _merge(cfg, {"run": {"name": f"replicate-{arm}", "iterations": iterations, "work_dir": str(out / arm)},
+    cfg = deep_merge(LOOP, overrides or {})
+    cfg = deep_merge(cfg, {"run": {"name": f"replicate-{arm}", "iterations": iterations, "work_dir": str(out / arm)},
                        "model": {"base": str(base)}, "synth": {"closed_labels": arm}})
     path = out / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -73,14 +68,17 @@ def arm_results(work: Path) -> list[dict]:
     from sqlalchemy import func, select
 
     from selfjudge.services.evaluator.scoring import bootstrap_ci, both_orders
+    from selfjudge.shared.config import StoreConfig
     from selfjudge.shared.db import EvalResult, EvalSummary, Run, TrainingExample, make_sessionmaker
+    from selfjudge.shared.loop import heldout_key
+    from selfjudge.shared.store import get_jsonl, open_store
 
     sessions = make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")
+    store = open_store(StoreConfig(), str(work))     # the embedded run's local store
     rows = []
     with sessions() as s:
         run = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
-        heldout = {r["item_id"]: r for r in map(json.loads, (work / "store" / "runs" / str(run.id) / "heldout"
-                                                             / "pairs.jsonl").read_text().splitlines())}
+        heldout = {r["item_id"]: r for r in get_jsonl(store, heldout_key(run.id))}
         iterations = sorted(set(s.scalars(select(EvalSummary.iteration).where(EvalSummary.run_id == run.id))))
         for k in iterations:
             results = [{"item_id": r.item_id, "category": r.category, "order": r.order, "verdict": r.verdict,
@@ -91,26 +89,32 @@ def arm_results(work: Path) -> list[dict]:
                 EvalSummary.run_id == run.id, EvalSummary.iteration == k, EvalSummary.benchmark == "heldout"))}
             per_item = both_orders(results)
 
-            def acc(members: list[dict]) -> dict:
-                right, judged = [m["right"] for m in members], [m["judged"] for m in members]
-                ci = bootstrap_ci(right, judged)
-                return {"accuracy": sum(right) / max(sum(judged), 1), "ci": ci, "items": len(members)}
+            def stored(category: str, items: int) -> dict:
+                """Accuracy and CI as the evaluator scored and stored them."""
+                ci = (summary.get((category, "accuracy_ci_low")), summary.get((category, "accuracy_ci_high")))
+                return {"accuracy": summary[(category, "accuracy")], "ci": None if None in ci else ci, "items": items}
 
-            groups: dict[str, dict[str, list]] = {"question_type": defaultdict(list), "error_type": defaultdict(list)}
+            def scored(members: list[dict]) -> dict:
+                """The same measure for a group the evaluator does not store (error types)."""
+                right, judged = [m["right"] for m in members], [m["judged"] for m in members]
+                return {"accuracy": sum(right) / max(sum(judged), 1), "ci": bootstrap_ci(right, judged),
+                        "items": len(members)}
+
+            by_type: dict[str, int] = defaultdict(int)
+            by_error: dict[str, list] = defaultdict(list)
             for item_id, m in per_item.items():
-                groups["question_type"][m["category"]].append(m)
+                by_type[m["category"]] += 1
                 error = heldout[item_id]["error_type"]
-                kind = "wrong answer" if error == m["category"] else "+".join(sorted(error.split("+")))
-                groups["error_type"][kind].append(m)
+                by_error["wrong answer" if error == m["category"] else "+".join(sorted(error.split("+")))].append(m)
             kept = s.scalar(select(func.count()).select_from(TrainingExample).where(
                 TrainingExample.run_id == run.id, TrainingExample.iteration == k)) if k > 0 else None
             rows.append({
-                "iteration": k, **acc(list(per_item.values())),
+                "iteration": k, **stored("overall", len(per_item)),
                 "both_orders": summary.get(("overall", "both_orders")),
                 "position_bias": summary.get(("overall", "position_bias")),
                 "kept_examples": kept,
-                "by_question_type": {c: acc(v) for c, v in sorted(groups["question_type"].items())},
-                "by_error_type": {c: acc(v) for c, v in sorted(groups["error_type"].items())},
+                "by_question_type": {c: stored(c, n) for c, n in sorted(by_type.items())},
+                "by_error_type": {c: scored(v) for c, v in sorted(by_error.items())},
             })
     return rows
 
