@@ -198,5 +198,5 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     for arm, gain in summary["gain"].items():
         print(f"{arm}: held-out accuracy, best iteration vs iteration 0: {100 * gain:+.1f} points", flush=True)
-    print(f"time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; figure: {figure}", flush=True)
+    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; figure: {figure}", flush=True)
     return summary

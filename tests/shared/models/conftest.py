@@ -14,6 +14,42 @@ SHAPES = ["circle", "square", "triangle", "star"]
 RELATIONS = ["left of", "right of", "above", "below"]
 
 
+def requests() -> list:
+    """The backends' shared request set: mixed image counts (0, 1, 2), prompt lengths and one
+    system turn, so batches need grouping and padding."""
+    from PIL import Image
+
+    from selfjudge.shared.models.backend import ChatRequest
+
+    return [
+        ChatRequest(
+            text=f"Is the {c} circle above the square? " * (1 + i % 2),
+            images=[Image.new("RGB", (112, 112), c)] * (i % 3),
+            system="You judge shapes." if i == 4 else None,
+            key=f"r{i}",
+        )
+        for i, c in enumerate(COLOURS)
+    ]
+
+
+def check_n_samples(backend) -> None:  # noqa: ANN001 - any GenerationBackend
+    """The n-samples contract every backend keeps: n texts and counts per request, samples that
+    differ, the same samples for the same seed, and n copies of one greedy completion."""
+    from selfjudge.shared.models.backend import SamplingParams
+
+    reqs = requests()[:3]
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, seed=7)
+    out = backend.generate(reqs, params)
+    assert [g.key for g in out] == [r.key for r in reqs]
+    for g in out:
+        assert len(g.texts) == 3 and len(g.token_counts) == 3
+        assert all(1 <= c <= 8 for c in g.token_counts)
+    assert len(set(out[0].texts)) > 1  # samples differ
+    assert backend.generate(reqs, params) == out  # same seed, same samples
+    greedy = backend.generate(reqs[:1], SamplingParams(n=2, max_new_tokens=8))[0]
+    assert len(greedy.texts) == 2 and greedy.texts[0] == greedy.texts[1]
+
+
 def shape_corpus() -> list[str]:
     """A few hundred short sentences about shapes and colours, plus judge-style verdicts."""
     out = []

@@ -6,35 +6,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from selfjudge.shared.models.backend import (
-    ChatRequest,
     GenerationBackend,
     SamplingParams,
     TransformersBackend,
     load_backend,
 )
 
-COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
+from .conftest import check_n_samples, requests
 
 
 @pytest.fixture(scope="module")
 def backend(tiny_qwen: Path) -> TransformersBackend:
     return TransformersBackend(str(tiny_qwen), model_id="tiny", batch_size=4)
-
-
-def requests() -> list[ChatRequest]:
-    """Mixed image counts (0, 1, 2) and prompt lengths, so batches need grouping and padding."""
-    return [
-        ChatRequest(
-            text=f"Is the {c} circle above the square? " * (1 + i % 2),
-            images=[Image.new("RGB", (112, 112), c)] * (i % 3),
-            system="You judge shapes." if i == 4 else None,
-            key=f"r{i}",
-        )
-        for i, c in enumerate(COLOURS)
-    ]
 
 
 def test_load_backend(tiny_qwen: Path) -> None:
@@ -82,17 +67,7 @@ def test_count_stops_at_first_stop_token(backend: TransformersBackend) -> None:
 
 
 def test_sampling_n(backend: TransformersBackend) -> None:
-    reqs = requests()[:3]
-    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, seed=7)
-    out = backend.generate(reqs, params)
-    assert [g.key for g in out] == [r.key for r in reqs]
-    for g in out:
-        assert len(g.texts) == 3 and len(g.token_counts) == 3
-        assert all(1 <= c <= 8 for c in g.token_counts)
-    assert len(set(out[0].texts)) > 1  # samples differ
-    assert backend.generate(reqs, params) == out  # same seed, same samples
-    greedy = backend.generate(reqs[:1], SamplingParams(n=2, max_new_tokens=8))[0]
-    assert len(greedy.texts) == 2 and greedy.texts[0] == greedy.texts[1]
+    check_n_samples(backend)
 
 
 def test_checkpoint_sampling_defaults_are_ignored(tiny_qwen: Path, backend: TransformersBackend, tmp_path: Path) -> None:

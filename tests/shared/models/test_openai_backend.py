@@ -25,6 +25,8 @@ from PIL import Image
 from selfjudge.shared.models.backend import ChatRequest, GenerationBackend, SamplingParams, TransformersBackend, load_backend
 from selfjudge.shared.models.openai_backend import OpenAIBackend, OpenAIBackendError
 
+from .conftest import requests
+
 KEY = "sk-from-env-1234"
 
 
@@ -243,21 +245,6 @@ def test_load_backend_openai(stubs) -> None:
 
 
 # --- against vLLM's own OpenAI-compatible server --------------------------------------------------
-
-COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
-
-
-def requests() -> list[ChatRequest]:
-    return [
-        ChatRequest(
-            text=f"Is the {c} circle above the square? " * (1 + i % 2),
-            images=[Image.new("RGB", (112, 112), c)] * (i % 3),
-            system="You judge shapes." if i == 4 else None,
-            key=f"r{i}",
-        )
-        for i, c in enumerate(COLOURS)
-    ]
-
 
 def test_vllm_server_greedy_matches_transformers(
     request: pytest.FixtureRequest, tiny_qwen: Path, monkeypatch: pytest.MonkeyPatch

@@ -14,20 +14,7 @@ from selfjudge.shared.models import backend as backend_mod
 from selfjudge.shared.models import vllm_backend
 from selfjudge.shared.models.backend import ChatRequest, GenerationBackend, SamplingParams, TransformersBackend
 
-COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
-
-
-def requests() -> list[ChatRequest]:
-    """Mixed image counts (0, 1, 2), prompt lengths and a system turn (as test_backend.py)."""
-    return [
-        ChatRequest(
-            text=f"Is the {c} circle above the square? " * (1 + i % 2),
-            images=[Image.new("RGB", (112, 112), c)] * (i % 3),
-            system="You judge shapes." if i == 4 else None,
-            key=f"r{i}",
-        )
-        for i, c in enumerate(COLOURS)
-    ]
+from .conftest import check_n_samples, requests
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +66,7 @@ def test_greedy_matches_transformers_token_for_token(vllm_tiny, hf: Transformers
 
 
 def test_n_samples(vllm_tiny) -> None:
-    reqs = requests()[:3]
-    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, seed=7)
-    out = vllm_tiny.generate(reqs, params)
-    assert [g.key for g in out] == [r.key for r in reqs]
-    for g in out:
-        assert len(g.texts) == 3 and len(g.token_counts) == 3
-        assert all(1 <= c <= 8 for c in g.token_counts)
-    assert len(set(out[0].texts)) > 1  # samples differ
-    assert vllm_tiny.generate(reqs, params) == out  # same seed, same samples
-    greedy = vllm_tiny.generate(reqs[:1], SamplingParams(n=2, max_new_tokens=8))[0]
-    assert len(greedy.texts) == 2 and greedy.texts[0] == greedy.texts[1]
+    check_n_samples(vllm_tiny)
 
 
 def test_engine_leaves_this_process_alone(vllm_tiny) -> None:
