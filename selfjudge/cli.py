@@ -155,7 +155,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from selfjudge.shared.context import make_context
     from selfjudge.shared.messages import task_name
     from selfjudge.shared.metrics import Metrics
-    from selfjudge.shared.queue import CeleryBus, declare_dead_letters, make_celery, send_dead_letter
+    from celery.exceptions import Reject
+
+    from selfjudge.shared.queue import CeleryBus, declare_dead_letters, is_outage, make_celery, send_dead_letter
 
     settings = _settings(args)
     if settings.embedded:
@@ -168,26 +170,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics.serve(settings.metrics.port, settings.metrics.addr)
     ctx = make_context(settings, args.stage, CeleryBus(app), metrics=metrics)
     module = importlib.import_module(f"selfjudge.services.{args.stage}.stage")
-    max_retries = settings.run.max_retries
     if args.stage == "trainer":
         watch_trainings(ctx)
 
     # Training can outlast RabbitMQ's consumer_timeout: the trainer acks on receipt and holds a
     # database lease instead (shared/shards.py); every other stage acks after recording its shard.
-    @app.task(name=task_name(args.stage), bind=True, max_retries=max_retries, acks_late=args.stage != "trainer")
-    def handle(self, payload: dict) -> None:  # noqa: ANN001
-        """Run the stage; on error retry with backoff, then dead-letter the message for good."""
+    @app.task(name=task_name(args.stage), bind=True, max_retries=None, acks_late=args.stage != "trainer")
+    def handle(self, payload: dict, failures: int = 0, outage_since: float | None = None) -> None:  # noqa: ANN001
+        """Run the stage. A server outage (database, store, broker down) is waited out with backoff;
+        any other error is retried `run.max_retries` times, then the message is dead-lettered."""
         try:
             module.handle(payload, ctx)
-        except Exception as exc:
-            retries = self.request.retries
-            final = retries >= max_retries
-            metrics.errors.labels(args.stage, type(exc).__name__).inc()
-            log.exception("%s failed (attempt %s of %s)", args.stage, retries + 1, max_retries + 1)
-            shards.record_failure(ctx.sessions, args.stage, payload, exc, final=final, attempt=retries + 1)
-            if not final:
-                raise self.retry(exc=exc, countdown=min(2 ** retries, 60)) from exc
-            send_dead_letter(app, args.stage, payload, f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - every error is either retried or dead-lettered below
+            error = exc
+        metrics.errors.labels(args.stage, type(error).__name__).inc()
+        if is_outage(error):
+            since = outage_since or time.time()
+            if time.time() - since < settings.run.outage_seconds:
+                wait = min(2 ** min(self.request.retries, 5), 30)
+                log.warning("%s: a server is unreachable (%s: %s); trying again in %ss, for up to %.0fs",
+                            args.stage, type(error).__name__, str(error)[:200], wait, settings.run.outage_seconds)
+                retry_or_requeue(self, error, wait, failures=failures, outage_since=since)
+        final = failures >= settings.run.max_retries
+        log.error("%s failed (attempt %s of %s)", args.stage, failures + 1, settings.run.max_retries + 1,
+                  exc_info=error)
+        try:
+            shards.record_failure(ctx.sessions, args.stage, payload, error, final=final, attempt=failures + 1)
+        except Exception:  # noqa: BLE001 - the database may be what failed; the retry must still go out
+            log.exception("%s: could not record the failure", args.stage)
+        if not final:
+            retry_or_requeue(self, error, min(2 ** failures, 60), failures=failures + 1, outage_since=None)
+        send_dead_letter(app, args.stage, payload, f"{type(error).__name__}: {error}")
+
+    def retry_or_requeue(task, error: Exception, countdown: float, **kwargs) -> None:  # noqa: ANN001
+        """Schedule the retry. If even that cannot be published (the broker is down too), hand the
+        message back to the broker instead of dropping it, as Celery would by default."""
+        try:
+            raise task.retry(exc=error, countdown=countdown, kwargs=kwargs)
+        except Reject as reject:
+            log.warning("%s: the retry could not be published (%s); returning the message to its queue",
+                        args.stage, reject.reason)
+            raise Reject(reject.reason, requeue=True) from error
 
     # solo: the task runs in the main process (one per GPU, no fork). The trainer uses one
     # thread instead, so its message is acked on receipt (the solo pool acks only afterwards).

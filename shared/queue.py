@@ -49,11 +49,45 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,     # a restarted broker is waited for, not fatal
         task_publish_retry=True,
+        # Publisher confirms: a publish returns only once the broker has the message, so a message
+        # sent while the broker shuts down raises (and is sent again) instead of vanishing.
+        broker_transport_options={"confirm_publish": True},
         task_publish_retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0,
                                    "interval_max": 5.0},
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) says a server could not be reached: the database, the
+    store or the broker is down or restarting. Such a task is waited out, not counted as failed."""
+    import amqp.exceptions
+    import httpx
+    import kombu.exceptions
+    import psycopg
+    import sqlalchemy.exc
+    import urllib3.exceptions
+    from minio.error import S3Error, ServerError
+
+    from .store import PERMANENT_S3_CODES
+
+    outage_types = (ConnectionError, TimeoutError, psycopg.OperationalError, sqlalchemy.exc.OperationalError,
+                    sqlalchemy.exc.DisconnectionError, urllib3.exceptions.HTTPError, ServerError,
+                    kombu.exceptions.OperationalError, amqp.exceptions.ConnectionError,
+                    amqp.exceptions.RecoverableConnectionError,
+                    httpx.TransportError)           # an OpenAI-compatible endpoint down or restarting
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, outage_types):
+            return True
+        if isinstance(exc, S3Error) and exc.code not in PERMANENT_S3_CODES:    # 5xx: SlowDown, InternalError...
+            return True
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+    return False
 
 
 def declare_dead_letters(app: Celery) -> None:

@@ -77,14 +77,14 @@ PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidAcces
 class S3Store:
     """S3 via the minio client; transient failures are retried with backoff."""
 
-    def __init__(self, cfg: StoreConfig, retries: int = 6):
+    def __init__(self, cfg: StoreConfig, retries: int | None = None):
         from minio import Minio
 
         self.client = Minio(cfg.endpoint, access_key=cfg.access_key or None, secret_key=cfg.secret_key or None,
                             secure=cfg.secure, region=cfg.region)
         self.bucket = cfg.bucket
         self.endpoint = cfg.endpoint
-        self.retries = retries
+        self.retries = cfg.retries if retries is None else retries
         self._call(self._ensure_bucket)
 
     def _ensure_bucket(self) -> None:

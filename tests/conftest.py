@@ -104,6 +104,7 @@ class S3Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)      # its ports are free before a restart binds them again
 
     def __getitem__(self, key: str):  # noqa: ANN204 - behaves like the StoreConfig fields dict
         return self.config[key]

@@ -64,6 +64,21 @@ def handle(payload: dict, ctx: Context) -> None:
     if not shards.claim_training(ctx.sessions, task.run_id, task.iteration, ctx.settings.run.train_lease_seconds):
         log.info("trainer: run %s iter %s is being trained elsewhere (lease held)", task.run_id, task.iteration)
         return
+    try:
+        ckpt_id = train_claimed(task, ctx)
+    except BaseException:
+        # give the lease back so the retry trains now (if the database is down too, the lease runs out)
+        try:
+            shards.release_training(ctx.sessions, task.run_id, task.iteration, "pending")
+        except Exception:  # noqa: BLE001
+            log.exception("trainer: could not release the lease of run %s iter %s", task.run_id, task.iteration)
+        raise
+    loop.on_trained(ctx, task, ckpt_id)
+
+
+def train_claimed(task: TrainTask, ctx: Context) -> int:
+    """Train the judge on iteration k's kept traces (this worker holds the lease); returns the new
+    checkpoint's id (the old judge's when nothing was kept)."""
     failpoint("trainer.start")   # fault tests: a training that outlasts the broker's consumer_timeout
     with ctx.sessions() as s:
         keys = s.scalars(select(Shard.output_key).where(
@@ -76,8 +91,7 @@ def handle(payload: dict, ctx: Context) -> None:
         log.warning("trainer: run %s iter %s has no kept traces; the judge stays as it was",
                     task.run_id, task.iteration)
         shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
-        loop.on_trained(ctx, task, task.judge_checkpoint_id)
-        return
+        return task.judge_checkpoint_id
 
     images = {}
     examples = []
@@ -126,4 +140,4 @@ def handle(payload: dict, ctx: Context) -> None:
     m.shard_seconds.labels(STAGE).observe(time.perf_counter() - start)
     log.info("trainer: run %s iter %s: %s examples, %s steps, loss %.3f -> %.3f, checkpoint %s",
              task.run_id, task.iteration, len(examples), result.steps, result.losses[0], result.losses[-1], ckpt_id)
-    loop.on_trained(ctx, task, ckpt_id)
+    return ckpt_id

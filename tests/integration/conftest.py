@@ -133,19 +133,40 @@ class Cluster:
         err.close()
         return proc
 
-    def wait(self, launcher: subprocess.Popen, timeout: float = 1600, during=None) -> None:  # noqa: ANN001
-        """Supervise the workers until the launcher exits; `during(elapsed)` runs each tick (fault injection)."""
+    def wait(self, launcher: subprocess.Popen, timeout: float = 600, during=None) -> None:  # noqa: ANN001
+        """Supervise the workers until the launcher exits; `during(elapsed)` runs each tick (fault injection).
+
+        `timeout` stays below pytest-timeout's, so a stuck run fails here with the workers' logs and the
+        shards' states instead of a bare stack dump."""
         start = time.monotonic()
         while launcher.poll() is None:
             if time.monotonic() - start > timeout:
                 launcher.kill()
-                break
+                launcher.wait(10)
+                pytest.fail(f"the run was not done after {timeout:.0f}s; shards: {self.shard_states()}\n{self.logs()}")
             self.supervise()
             if during is not None:
                 during(time.monotonic() - start)
             time.sleep(0.2)
         if launcher.returncode != 0:
             pytest.fail(f"launcher exited {launcher.returncode}:\n{self.logs()}")
+
+    def shard_states(self) -> dict:
+        """(iteration, stage, index) -> (state, attempts) of this cluster's run, for failure messages."""
+        from sqlalchemy import select
+
+        from selfjudge.shared.db import Run, Shard, make_sessionmaker
+
+        try:
+            with make_sessionmaker(self.env["SELFJUDGE__DATABASE__URL"])() as s:
+                return {(sh.iteration, sh.stage, sh.index): (sh.state, sh.attempts) for sh in s.scalars(
+                    select(Shard).join(Run, Run.id == Shard.run_id).where(
+                        Run.name == self.env["SELFJUDGE__RUN__NAME"]))}
+        except Exception as exc:  # noqa: BLE001 - only for a failure message
+            return {"unreadable": str(exc)[:200]}
+
+    def log_texts(self) -> list[str]:
+        return [path.read_text(errors="replace") for path in sorted(self.root.glob("*.log"))]
 
     def logs(self) -> str:
         parts = []
@@ -168,8 +189,10 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_factory, free_port):
-    """make(name, **env) -> a started Cluster running run `name` on the shared servers."""
-    clusters = []
+    """make(name, **env) -> a started Cluster running run `name` on the shared servers.
+
+    `make.clusters` lists every cluster made; `stop_clusters` stops each test's own at its end."""
+    clusters: list[Cluster] = []
 
     def make(name: str, iterations: int = 2, start: bool = True, prometheus: Prometheus | None = None,
              **extra: str) -> Cluster:
@@ -182,9 +205,35 @@ def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_fac
             cluster.start()
         return cluster
 
+    make.clusters = clusters
     yield make
     for cluster in clusters:
         cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def stop_clusters(request):  # noqa: ANN001, ANN201
+    """Workers of a test that failed midway must not live on: they share the queues with the next
+    test's workers and would take its messages. Stop them, and drop what they left queued."""
+    if "cluster_factory" not in request.fixturenames:
+        yield
+        return
+    make = request.getfixturevalue("cluster_factory")
+    before = len(make.clusters)
+    yield
+    mine = make.clusters[before:]
+    for cluster in mine:
+        cluster.stop()
+    if mine:
+        from kombu import Connection
+
+        with Connection(mine[0].env["SELFJUDGE__BROKER__URL"]) as conn:
+            for stage in STAGES:
+                try:
+                    conn.default_channel.queue_purge(stage)
+                except Exception:  # noqa: BLE001 - a queue never declared
+                    conn.close()
+                    conn.connect()
 
 
 @pytest.fixture(scope="session")

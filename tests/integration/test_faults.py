@@ -68,39 +68,59 @@ def test_sigkill_of_every_stage_mid_shard_loses_nothing(cluster_factory, distrib
 
 
 def test_broker_database_and_store_restarts_mid_run(cluster_factory, distributed_run, s3_server, postgres_url):
+    """RabbitMQ and Postgres restart; then the store stays down until the workers have waited
+    out its absence at least twice. With max_retries 1, two counted failures would dead-letter
+    the task: an outage must be waited out without using up the retries."""
     from selfjudge.shared.db import make_sessionmaker
 
     sessions = make_sessionmaker(postgres_url)
-    cluster = cluster_factory("it-restarts", iterations=1)
+    cluster = cluster_factory("it-restarts", iterations=1, SELFJUDGE__RUN__MAX_RETRIES="1",
+                              SELFJUDGE__STORE__RETRIES="1")   # the store's own retries give up sooner
     done: list[str] = []
+    store_down_at: list[float] = []
 
-    def progress(stage: str) -> int:
-        with sessions() as s:
-            return s.scalar(select(func.count()).select_from(Shard).join(Run, Run.id == Shard.run_id).where(
-                Run.name == "it-restarts", Shard.stage == stage, Shard.state == "done")) or 0
+    def progress(stage: str) -> int | None:
+        try:
+            with sessions() as s:
+                return s.scalar(select(func.count()).select_from(Shard).join(Run, Run.id == Shard.run_id).where(
+                    Run.name == "it-restarts", Shard.stage == stage, Shard.state == "done")) or 0
+        except Exception:  # noqa: BLE001 - the database itself may be restarting; ask again next tick
+            sessions.kw["bind"].dispose()
+            return None
+
+    def outages_waited() -> int:
+        return sum(text.count("a server is unreachable") for text in cluster.log_texts())
 
     def inject(elapsed: float) -> None:
-        try:
-            if "rabbitmq" not in done and progress("synthesizer") >= 1:
-                done.append("rabbitmq")
-                subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
-                subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=60)
-            elif "rabbitmq" in done and "postgres" not in done and progress("reasoner") >= 1:
-                done.append("postgres")
-                subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", "restart"],
-                               check=True, capture_output=True, timeout=60)
-            elif "postgres" in done and "s3" not in done and progress("filter") >= 1:
-                done.append("s3")
-                s3_server.stop()
-                time.sleep(3)          # the store is really gone for a while
-                s3_server.start()
-        except Exception:  # noqa: BLE001 - the database itself may be down right now; try next tick
-            sessions.kw["bind"].dispose()
+        if not done and (progress("synthesizer") or 0) >= 1:
+            done.append("rabbitmq")
+            subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+            subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+        elif done == ["rabbitmq"] and (progress("reasoner") or 0) >= 1:
+            done.append("postgres")
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", pg_version(), "main", "restart"],
+                           check=True, capture_output=True, timeout=120)
+        elif done == ["rabbitmq", "postgres"] and (progress("filter") or 0) >= 1:
+            done.append("s3 down")
+            s3_server.stop()
+            store_down_at.append(time.monotonic())
+        elif done[-1:] == ["s3 down"] and (outages_waited() >= 2 or time.monotonic() - store_down_at[0] > 240):
+            done.append("s3 up")
+            s3_server.start()
 
     cluster.wait(cluster.launch(), during=inject)
     cluster.stop()
-    assert done == ["rabbitmq", "postgres", "s3"]
+    assert done == ["rabbitmq", "postgres", "s3 down", "s3 up"]
+    assert outages_waited() >= 2, "no worker met the store's absence; the test proves nothing"
+    status = json.loads(subprocess.run([*CLI, "status", "--json", "--run", str(_run_id(sessions, "it-restarts"))],
+                                       env=cluster.env, capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert status["dead_letters"] == []
     assert_same_outcome(snapshot(sessions, "it-restarts"), snapshot(distributed_run["sessions"], "it-distributed"))
+
+
+def _run_id(sessions, name: str) -> int:  # noqa: ANN001
+    with sessions() as s:
+        return s.scalar(select(Run.id).where(Run.name == name))
 
 
 def pg_version() -> str:

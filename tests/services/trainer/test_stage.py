@@ -105,12 +105,11 @@ def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: 
     assert [p.name for p in resume_dir.iterdir()] == ["step-000002"]  # 6 examples / 2 = 3 steps; saved at 2
     assert not bus.pending
 
+    # the failed training gave its lease back, so the retried message trains at once
+    with ctx.sessions() as s:
+        assert s.scalar(select(Shard.state).where(Shard.run_id == run_id, Shard.stage == "trainer")) == "pending"
     monkeypatch.setattr(stage, "train", real_train)
-    # the dead worker's training lease: released here (SQLite returns naive datetimes, which
-    # shards.claim_training cannot compare with its aware utcnow() when the lease is still "running")
-    with ctx.sessions.begin() as s:
-        s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.stage == "trainer")).state = "failed"
-    stage.handle(task, ctx)  # the redelivered message
+    stage.handle(task, ctx)  # the retried message
     ckpt = _output(ctx, task)
     assert ckpt.parent_id == base_id and ckpt.uri.startswith("store:")
     assert ckpt.meta["resumed_from_step"] == 2 and ckpt.meta["steps"] == 3 and ckpt.meta["format"] == "full"
