@@ -33,7 +33,10 @@ def format_examples(corpus: list, rng: random.Random, n: int) -> list[SFTExample
 
 
 def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 300, arch: str = "qwen2_5_vl",
-                     image_size: int = 112, batch_size: int = 8, lr: float = 1e-3) -> Path:
+                     image_size: int = 112, batch_size: int = 8, lr: float = 1e-3, max_objects: int = 5,
+                     object_scale: float = 1.0) -> Path:
+    """Build the tiny base VLM and teach it the scenes world it will see (`max_objects`, `object_scale`:
+    the world's source settings)."""
     out_dir = Path(out_dir)
     raw = out_dir.with_name(out_dir.name + ".init")
     log.info("building a tiny %s from a config (offline)", arch)
@@ -42,7 +45,8 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
         raw.rename(out_dir)
         return out_dir
     rng = random.Random(seed)
-    corpus = pretraining_corpus(seed, max(64, pretrain_steps * batch_size // 2))
+    corpus = pretraining_corpus(seed, max(64, pretrain_steps * batch_size // 2), image_size=image_size,
+                                max_objects=max_objects, object_scale=object_scale)
     examples = [SFTExample(text=q, images=[img], answer=a) for img, q, a in corpus]
     examples += format_examples(corpus, rng, len(examples) // 4)
     epochs = max(1, round(pretrain_steps * batch_size / len(examples)))

@@ -39,10 +39,12 @@ def resolve_base_model(settings: Settings) -> str:
     from selfjudge.basemodel import build_base_model
 
     steps = settings.model.tiny_pretrain_steps
-    folder = Path(settings.run.work_dir).resolve() / "models" / f"tiny-seed{settings.run.seed}-steps{steps}"
+    src = settings.source
+    world = f"-size{src.image_size}-objects{src.max_objects}-scale{src.object_scale:g}"
+    folder = Path(settings.run.work_dir).resolve() / "models" / f"tiny-seed{settings.run.seed}-steps{steps}{world}"
     if not (folder / "config.json").exists():
-        build_base_model(folder, seed=settings.run.seed, pretrain_steps=steps,
-                         image_size=settings.source.image_size)
+        build_base_model(folder, seed=settings.run.seed, pretrain_steps=steps, image_size=settings.source.image_size,
+                         max_objects=settings.source.max_objects, object_scale=settings.source.object_scale)
     return str(folder)
 
 
@@ -401,7 +403,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     load_settings(None, overrides=overrides)     # a bad --set fails here, with the config's own message
-    replicate(Path(args.out), args.iterations, tuple(args.arms), args.base_steps, overrides)
+    replicate(Path(args.out), args.iterations, tuple(args.arms), args.base_steps, overrides,
+              base=Path(args.base) if args.base else None)
     return 0
 
 
@@ -481,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", choices=["majority", "gold"], default=["majority", "gold"],
                    help="closed-ended labels: majority vote (the paper) and/or gold answers (the ablation)")
     p.add_argument("--base-steps", type=int, default=300, help="base model pretraining steps")
+    p.add_argument("--base", help="an existing base model folder to use instead of building one")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override one loop setting")
     p.set_defaults(fn=cmd_replicate)
 

@@ -172,15 +172,22 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
 
 
 def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 300,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, base: Path | None = None) -> dict:
+    """Build the base model for the loop's world (kept under `out`, reused by a later call; or
+    use `base`), run each arm, print the tables, write the plot and results.json."""
     from selfjudge.basemodel import build_base_model
+    from selfjudge.shared.config import load_settings
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base = out / "base"
+    world = load_settings(None, overrides=deep_merge(LOOP, overrides or {})).source   # the base learns the loop's world
+    base = base or out / (f"base-steps{base_steps}-size{world.image_size}-objects{world.max_objects}"
+                          f"-scale{world.object_scale:g}")
     if not (base / "config.json").exists():
-        log.info("replicate: building the base model (%s steps)", base_steps)
-        build_base_model(base, seed=0, pretrain_steps=base_steps)
+        log.info("replicate: building the base model (%s steps, %s objects at most, object scale %s)", base_steps,
+                 world.max_objects, world.object_scale)
+        build_base_model(base, seed=0, pretrain_steps=base_steps, image_size=world.image_size,
+                         max_objects=world.max_objects, object_scale=world.object_scale)
     timings = {"base_model": time.perf_counter() - start}
     results = {}
     for arm in arms:

@@ -18,10 +18,31 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
+
+from selfjudge.shared.config import deep_merge
 
 PG_ADMIN_URL = os.environ.get("SELFJUDGE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 RABBIT_HOST = os.environ.get("SELFJUDGE_TEST_RABBIT", "guest:guest@127.0.0.1:5672")
 S3_KEY, S3_SECRET = "selfjudge-test", "selfjudge-test-secret"
+
+
+# The tiny loop every end-to-end test runs (embedded config files and the distributed cluster's
+# environment alike); each test merges over it only what it is about.
+TINY_LOOP = {
+    "run": {"iterations": 2, "prompts_per_iteration": 16, "shard_size": 8, "heldout_pairs": 8},
+    "synth": {"n_samples": 4, "majority_threshold": 2, "max_new_tokens": 12, "open_max_new_tokens": 32},
+    "reason": {"temperature": 1.0, "max_new_tokens": 96},
+    "eval": {"max_new_tokens": 96},
+    "train": {"epochs": 1, "lr": 1.0e-4, "max_length": 512},
+}
+
+
+def loop_config(path: Path, name: str, work: Path, base: Path, **sections: dict) -> Path:
+    """Write an embedded run's config file at `path`: TINY_LOOP with `sections` merged over it."""
+    cfg = deep_merge(TINY_LOOP, {"run": {"name": name, "work_dir": str(work)}, "model": {"base": str(base)}})
+    path.write_text(yaml.safe_dump(deep_merge(cfg, sections), sort_keys=False))
+    return path
 
 
 def free_port() -> int:

@@ -58,6 +58,7 @@ class Scene:
     width: int = 100
     height: int = 100
     background: str = "white"
+    scale: float = 1.0  # object size multiplier (RADIUS x scale); larger objects are easier to see
 
 
 @dataclass
@@ -96,20 +97,23 @@ class HeldoutPair:
 # ---------------------------------------------------------------- scenes and rendering
 
 
-def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, height: int = 100) -> Scene:
-    """1..max_objects objects whose bounding boxes are at least GAP apart."""
+def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, height: int = 100,
+                 scale: float = 1.0) -> Scene:
+    """1..max_objects objects whose bounding boxes are at least GAP apart (fewer when large ones
+    do not fit)."""
     objects: list[Obj] = []
     for _ in range(rng.randint(1, max_objects)):
         for _attempt in range(100):
             size = rng.choice(SIZES)
-            r = RADIUS[size]
+            r = round(RADIUS[size] * scale)
             x, y = rng.randint(r + 2, width - r - 2), rng.randint(r + 2, height - r - 2)
             if all(
-                abs(x - o.x) >= r + RADIUS[o.size] + GAP or abs(y - o.y) >= r + RADIUS[o.size] + GAP for o in objects
+                abs(x - o.x) >= r + round(RADIUS[o.size] * scale) + GAP
+                or abs(y - o.y) >= r + round(RADIUS[o.size] * scale) + GAP for o in objects
             ):
                 objects.append(Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y))
                 break
-    return Scene(tuple(objects), width, height, rng.choice(list(BACKGROUNDS)))
+    return Scene(tuple(objects), width, height, rng.choice(list(BACKGROUNDS)), scale)
 
 
 def render(scene: Scene, size: int = 112) -> Image.Image:
@@ -118,7 +122,7 @@ def render(scene: Scene, size: int = 112) -> Image.Image:
     draw = ImageDraw.Draw(img)
     sx, sy = size / scene.width, size / scene.height
     for o in scene.objects:
-        cx, cy, r = o.x * sx, o.y * sy, RADIUS[o.size] * min(sx, sy)
+        cx, cy, r = o.x * sx, o.y * sy, round(RADIUS[o.size] * scene.scale) * min(sx, sy)
         fill = COLOURS[o.colour]
         if o.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -333,13 +337,14 @@ def _scene_hash(scene: Scene) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def scene_for(seed: int, split: str, index: int, max_objects: int = 5) -> tuple[Scene, random.Random]:
+def scene_for(seed: int, split: str, index: int, max_objects: int = 5,
+              scale: float = 1.0) -> tuple[Scene, random.Random]:
     """The scene at (seed, split, index), and the rng (positioned after it) for its prompts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(f"scenes:{seed}:{split}:{index}")
     while True:
-        scene = random_scene(rng, max_objects)
+        scene = random_scene(rng, max_objects, scale=scale)
         if _scene_hash(scene) % len(SPLITS) == SPLITS.index(split):
             return scene, rng
 
@@ -356,16 +361,17 @@ def _wrong_answer(p: Prompt, rng: random.Random) -> str:
 
 
 class ScenesSource:
-    def __init__(self, seed: int, image_size: int = 112, max_objects: int = 5) -> None:
+    def __init__(self, seed: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0) -> None:
         self.seed = seed
         self.image_size = image_size
         self.max_objects = max_objects
+        self.object_scale = object_scale
 
     def items(self, n: int, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
         """One prompt per index. The question type cycles through QUESTION_TYPES by index
         (so both kinds are balanced); when the scene cannot support it, a random one is used."""
         for index in range(offset, offset + n):
-            scene, rng = scene_for(self.seed, split, index, self.max_objects)
+            scene, rng = scene_for(self.seed, split, index, self.max_objects, self.object_scale)
             prompts = make_prompts(scene, rng)
             wanted = QUESTION_TYPES[index % len(QUESTION_TYPES)]
             p = next((p for p in prompts if p.question_type == wanted), None) or rng.choice(prompts)
@@ -385,7 +391,8 @@ class ScenesSource:
             )
 
 
-def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5) -> list[HeldoutPair]:
+def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
+                  object_scale: float = 1.0) -> list[HeldoutPair]:
     """Labelled pairs from the heldout split, question types round-robin (balanced).
     Closed: gold vs a wrong answer. Open: gold text vs perturb(gold text)."""
     if max_objects < 2:
@@ -394,7 +401,7 @@ def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5
     index = 0
     while len(pairs) < n:
         qtype = QUESTION_TYPES[len(pairs) % len(QUESTION_TYPES)]
-        scene, rng = scene_for(seed, "heldout", index, max_objects)
+        scene, rng = scene_for(seed, "heldout", index, max_objects, object_scale)
         index += 1
         p = next((p for p in make_prompts(scene, rng) if p.question_type == qtype), None)
         if p is None:
@@ -413,14 +420,14 @@ def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5
     return pairs
 
 
-def pretraining_corpus(seed: int, n: int, image_size: int = 112,
-                       max_objects: int = 5) -> list[tuple[Image.Image, str, str]]:
+def pretraining_corpus(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
+                       object_scale: float = 1.0) -> list[tuple[Image.Image, str, str]]:
     """(image, instruction, gold answer) for teaching a tiny base model; every prompt of each
     "pretrain" scene (the image object is shared between a scene's prompts)."""
     out: list[tuple[Image.Image, str, str]] = []
     index = 0
     while len(out) < n:
-        scene, rng = scene_for(seed, "pretrain", index, max_objects)
+        scene, rng = scene_for(seed, "pretrain", index, max_objects, object_scale)
         index += 1
         image = render(scene, image_size)
         out.extend((image, p.instruction, p.gold) for p in make_prompts(scene, rng))

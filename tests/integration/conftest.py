@@ -15,29 +15,26 @@ import pytest
 
 from selfjudge.shared.messages import STAGES
 
+from ..conftest import TINY_LOOP
+
 CLI = [sys.executable, "-m", "selfjudge.cli"]
-PROMPTS, SHARD, HELDOUT = 16, 8, 8
 
 
 def loop_env(name: str, postgres_url: str, rabbit_url: str, s3: dict, base: Path, work_dir: Path,
              iterations: int = 2, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFJUDGE")}
+    env.update({f"SELFJUDGE__{section.upper()}__{key.upper()}": str(value)
+                for section, values in TINY_LOOP.items() for key, value in values.items()})
     env.update({
         "SELFJUDGE__RUN__NAME": name, "SELFJUDGE__RUN__ITERATIONS": str(iterations),
-        "SELFJUDGE__RUN__PROMPTS_PER_ITERATION": str(PROMPTS), "SELFJUDGE__RUN__SHARD_SIZE": str(SHARD),
-        "SELFJUDGE__RUN__HELDOUT_PAIRS": str(HELDOUT), "SELFJUDGE__RUN__WORK_DIR": str(work_dir),
+        "SELFJUDGE__RUN__WORK_DIR": str(work_dir),
         "SELFJUDGE__DATABASE__URL": postgres_url, "SELFJUDGE__BROKER__URL": rabbit_url,
         "SELFJUDGE__STORE__KIND": "s3", "SELFJUDGE__STORE__ENDPOINT": s3["endpoint"],
         "SELFJUDGE__STORE__BUCKET": s3["bucket"], "SELFJUDGE__STORE__ACCESS_KEY": s3["access_key"],
         "SELFJUDGE__STORE__SECRET_KEY": s3["secret_key"],
         "SELFJUDGE__MODEL__BASE": str(base),
-        "SELFJUDGE__SYNTH__N_SAMPLES": "4", "SELFJUDGE__SYNTH__MAJORITY_THRESHOLD": "2",
-        "SELFJUDGE__SYNTH__MAX_NEW_TOKENS": "12", "SELFJUDGE__SYNTH__OPEN_MAX_NEW_TOKENS": "32",
-        "SELFJUDGE__REASON__TEMPERATURE": "1.0", "SELFJUDGE__REASON__MAX_NEW_TOKENS": "96",
-        "SELFJUDGE__EVAL__MAX_NEW_TOKENS": "96",
         "SELFJUDGE__MODEL__CPU_THREADS": "1",        # six processes share two cores: no OpenMP oversubscription
         "SELFJUDGE__RUN__TRAIN_LEASE_SECONDS": "15",      # a killed trainer's work is re-sent soon
-        "SELFJUDGE__TRAIN__EPOCHS": "1", "SELFJUDGE__TRAIN__LR": "1e-4", "SELFJUDGE__TRAIN__MAX_LENGTH": "512",
     })
     env.update(extra)
     return env

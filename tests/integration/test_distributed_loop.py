@@ -8,7 +8,9 @@ from sqlalchemy import func, select
 from selfjudge.shared.db import (Checkpoint, EvalResult, EvalSummary, Image, Iteration, Judgment, Pair, Prompt,
                                  Run, Shard, TrainingExample)
 
-PROMPTS, SHARD = 16, 8      # as tests/integration/conftest.py configures every cluster run
+from ..conftest import TINY_LOOP
+
+PROMPTS, SHARD = TINY_LOOP["run"]["prompts_per_iteration"], TINY_LOOP["run"]["shard_size"]   # every cluster run's
 
 
 def test_run_completes_and_counts_add_up(distributed_run):

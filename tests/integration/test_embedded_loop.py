@@ -8,20 +8,13 @@ import sys
 
 import pytest
 
+from ..conftest import loop_config
+
 
 @pytest.fixture(scope="module")
 def embedded_run(tiny_base, tmp_path_factory):
     work = tmp_path_factory.mktemp("embedded")
-    config = work / "config.yaml"
-    config.write_text(f"""
-run: {{name: embedded-test, iterations: 2, prompts_per_iteration: 16, shard_size: 8, heldout_pairs: 8,
-      work_dir: "{work}"}}
-model: {{base: "{tiny_base}"}}
-synth: {{n_samples: 4, majority_threshold: 2, max_new_tokens: 12, open_max_new_tokens: 32}}
-reason: {{temperature: 1.0, max_new_tokens: 96}}
-eval: {{max_new_tokens: 96}}
-train: {{epochs: 1, lr: 1.0e-4, max_length: 512}}
-""")
+    config = loop_config(work / "config.yaml", "embedded-test", work, tiny_base)
     cmd = [sys.executable, "-m", "selfjudge.cli"]
     run = subprocess.run([*cmd, "run", "--config", str(config)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -6,20 +6,15 @@ import os
 import subprocess
 import sys
 
+from ..conftest import loop_config
+
 CLI = [sys.executable, "-m", "selfjudge.cli"]
 
 
 def test_failure_is_recorded_and_resume_finishes_without_redoing(tiny_base, tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"""
-run: {{name: embedded-resume, iterations: 1, prompts_per_iteration: 8, shard_size: 4, heldout_pairs: 4,
-      work_dir: "{tmp_path}"}}
-model: {{base: "{tiny_base}"}}
-synth: {{n_samples: 4, majority_threshold: 2, max_new_tokens: 12, open_max_new_tokens: 32}}
-reason: {{temperature: 1.0, max_new_tokens: 96}}
-eval: {{max_new_tokens: 48}}
-train: {{epochs: 1, lr: 1.0e-4, max_length: 512}}
-""")
+    config = loop_config(tmp_path / "config.yaml", "embedded-resume", tmp_path, tiny_base,
+                         run={"iterations": 1, "prompts_per_iteration": 8, "shard_size": 4, "heldout_pairs": 4},
+                         eval={"max_new_tokens": 48})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFJUDGE")}
     first = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=600,
                            env=dict(env, SELFJUDGE_FAILPOINTS="filter.before_commit=raise"))

@@ -15,26 +15,24 @@ from selfjudge.shared.db import Checkpoint, Image, Iteration, Judgment, Pair, Pr
 from selfjudge.shared.db import make_sessionmaker
 from selfjudge.shared.sources.scenes import QUESTION_TYPES
 
+from ..conftest import loop_config
+
 CLI = [sys.executable, "-m", "selfjudge.cli"]
 
 
 @pytest.fixture(scope="module")
 def method_run(tiny_base, tmp_path_factory):
     work = tmp_path_factory.mktemp("method")
-    config = work / "config.yaml"
     # one iteration; two samples per order with the "half of the samples" rule and a cap of two traces
     # per prompt, so the weak tiny judge still yields kept examples; both injection methods; a holdout.
-    config.write_text(f"""
-run: {{name: method-test, iterations: 1, prompts_per_iteration: 18, shard_size: 9, heldout_pairs: 4,
-      work_dir: "{work}"}}
-model: {{base: "{tiny_base}"}}
-synth: {{n_samples: 4, majority_threshold: 2, max_new_tokens: 8, open_max_new_tokens: 32, injection: both,
-        alter_samples: 1, alter_max_new_tokens: 48}}
-reason: {{temperature: 1.0, samples_per_order: 2, max_new_tokens: 80}}
-filter: {{require_all_samples: false, min_sample_agreement: 0.5, max_per_prompt: 2, selection_holdout: 0.2}}
-eval: {{max_new_tokens: 64}}
-train: {{epochs: 1, lr: 1.0e-4, max_length: 512}}
-""")
+    config = loop_config(
+        work / "config.yaml", "method-test", work, tiny_base,
+        run={"iterations": 1, "prompts_per_iteration": 18, "shard_size": 9, "heldout_pairs": 4},
+        synth={"max_new_tokens": 8, "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 48},
+        reason={"samples_per_order": 2, "max_new_tokens": 80},
+        filter={"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2,
+                "selection_holdout": 0.2},
+        eval={"max_new_tokens": 64})
     run = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
     status = subprocess.run([*CLI, "status", "--config", str(config), "--json"], capture_output=True, text=True,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,9 +12,8 @@ from selfjudge.shared.db import EvalSummary, make_sessionmaker
 
 def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base):
     out = tmp_path / "rep"
-    out.mkdir()
-    shutil.copytree(tiny_base, out / "base")        # the base is reused when present
     run = subprocess.run([sys.executable, "-m", "selfjudge.cli", "replicate", "--out", str(out), "--iterations", "1",
+                          "--base", str(tiny_base),
                           "--arms", "majority", "gold", "--set", "run.prompts_per_iteration=24",
                           "--set", "run.heldout_pairs=12", "--set", "run.shard_size=12",
                           "--set", "model.cpu_threads=1"],

@@ -14,6 +14,8 @@ from sqlalchemy import func, select
 from selfjudge.shared.config import load_settings
 from selfjudge.shared.db import EvalResult, EvalSummary, Run, make_sessionmaker
 
+from ...conftest import loop_config
+
 CMD = [sys.executable, "-m", "selfjudge.cli"]
 
 # the first test to ask for the session's tiny_base builds it (minutes on a busy 2-core machine)
@@ -25,20 +27,12 @@ def embedded(tiny_base, tmp_path_factory, gen):
     work = tmp_path_factory.mktemp("eval-embedded")
     vl = gen.write_vl_parquet(work / "vl.parquet", gen.vl_records({"RLAIF-V-14"})[1:4])   # 1 general, 2 hallucination
     mm = gen.write_mm(work / "mm", gen.mm_records({"visitbench_235"})[:3], corrupt={"mmmu-s_101"})
-    config = work / "config.yaml"
-    config.write_text(f"""
-run: {{name: eval-embedded, iterations: 2, prompts_per_iteration: 8, shard_size: 8, heldout_pairs: 4,
-      work_dir: "{work}"}}
-model: {{base: "{tiny_base}"}}
-synth: {{n_samples: 4, majority_threshold: 2, max_new_tokens: 12, open_max_new_tokens: 32}}
-reason: {{temperature: 1.0, max_new_tokens: 64}}
-train: {{epochs: 1, lr: 1.0e-4, max_length: 512}}
-eval:
-  max_new_tokens: 48
-  benchmarks:
-    - {{name: vl-rewardbench, path: "{vl}", k: 1, max_new_tokens: 40, parser: selfjudge}}
-    - {{name: mm-rewardbench, path: "{mm}", max_new_tokens: 40}}
-""")
+    config = loop_config(
+        work / "config.yaml", "eval-embedded", work, tiny_base,
+        run={"prompts_per_iteration": 8, "heldout_pairs": 4}, reason={"max_new_tokens": 64},
+        eval={"max_new_tokens": 48, "benchmarks": [
+            {"name": "vl-rewardbench", "path": str(vl), "k": 1, "max_new_tokens": 40, "parser": "selfjudge"},
+            {"name": "mm-rewardbench", "path": str(mm), "max_new_tokens": 40}]})
     run = subprocess.run([*CMD, "run", "--config", str(config)], capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stderr[-4000:]
     report = subprocess.run([*CMD, "report", "--config", str(config), "--run", "1", "--out", str(work / "report")],
