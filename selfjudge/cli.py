@@ -43,8 +43,8 @@ def resolve_base_model(settings: Settings) -> str:
     world = f"-size{src.image_size}-objects{src.max_objects}-scale{src.object_scale:g}"
     folder = Path(settings.run.work_dir).resolve() / "models" / f"tiny-seed{settings.run.seed}-steps{steps}{world}"
     if not (folder / "config.json").exists():
-        build_base_model(folder, seed=settings.run.seed, pretrain_steps=steps, image_size=settings.source.image_size,
-                         max_objects=settings.source.max_objects, object_scale=settings.source.object_scale)
+        build_base_model(folder, seed=settings.run.seed, pretrain_steps=steps, image_size=src.image_size,
+                         max_objects=src.max_objects, object_scale=src.object_scale)
     return str(folder)
 
 
@@ -179,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # database lease instead (shared/shards.py); every other stage acks after recording its shard.
     @app.task(name=task_name(args.stage), bind=True, max_retries=None, acks_late=args.stage != "trainer")
     def handle(self, payload: dict, failures: int = 0, outage_since: float | None = None) -> None:  # noqa: ANN001
-        """Run the stage. A server outage (database, store, broker down) is waited out with backoff;
+        """Run the stage. A server outage (database, store, broker, endpoint down) is waited out with backoff;
         any other error is retried `run.max_retries` times, then the message is dead-lettered."""
         try:
             module.handle(payload, ctx)

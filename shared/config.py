@@ -27,8 +27,8 @@ class RunConfig(Section):
     heldout_pairs: int = Field(48, ge=0)    # generator-labelled pairs, never trained on
     work_dir: str = ".selfjudge"            # local caches (checkpoint downloads, embedded store/db)
     max_retries: int = Field(3, ge=0)       # a failing task is retried with backoff, then dead-lettered
-    # An unreachable database, store or broker is an outage, not a failure of the task: it is
-    # retried (backoff up to 30 s) for this long without using up max_retries.
+    # An unreachable database, store, broker or OpenAI-compatible endpoint is an outage, not a failure
+    # of the task: it is retried (backoff up to 30 s) for this long without using up max_retries.
     outage_seconds: float = Field(1800, ge=0)
     train_lease_seconds: float = Field(600, gt=0)   # a trainer silent this long is presumed dead; training re-sent
 

@@ -97,6 +97,11 @@ class HeldoutPair:
 # ---------------------------------------------------------------- scenes and rendering
 
 
+def object_radius(size: str, scale: float = 1.0) -> int:
+    """Half-extent of an object of `size` in scene units, at object scale `scale`."""
+    return round(RADIUS[size] * scale)
+
+
 def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, height: int = 100,
                  scale: float = 1.0) -> Scene:
     """1..max_objects objects whose bounding boxes are at least GAP apart (fewer when large ones
@@ -105,11 +110,11 @@ def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, hei
     for _ in range(rng.randint(1, max_objects)):
         for _attempt in range(100):
             size = rng.choice(SIZES)
-            r = round(RADIUS[size] * scale)
+            r = object_radius(size, scale)
             x, y = rng.randint(r + 2, width - r - 2), rng.randint(r + 2, height - r - 2)
             if all(
-                abs(x - o.x) >= r + round(RADIUS[o.size] * scale) + GAP
-                or abs(y - o.y) >= r + round(RADIUS[o.size] * scale) + GAP for o in objects
+                abs(x - o.x) >= r + object_radius(o.size, scale) + GAP
+                or abs(y - o.y) >= r + object_radius(o.size, scale) + GAP for o in objects
             ):
                 objects.append(Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y))
                 break
@@ -122,7 +127,7 @@ def render(scene: Scene, size: int = 112) -> Image.Image:
     draw = ImageDraw.Draw(img)
     sx, sy = size / scene.width, size / scene.height
     for o in scene.objects:
-        cx, cy, r = o.x * sx, o.y * sy, round(RADIUS[o.size] * scene.scale) * min(sx, sy)
+        cx, cy, r = o.x * sx, o.y * sy, object_radius(o.size, scene.scale) * min(sx, sy)
         fill = COLOURS[o.colour]
         if o.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)

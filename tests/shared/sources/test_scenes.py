@@ -248,7 +248,7 @@ def test_max_objects_bounds_every_scene_and_leaves_the_default_world_unchanged()
 
 
 def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
-    from selfjudge.shared.sources.scenes import RADIUS
+    from selfjudge.shared.sources.scenes import object_radius
 
     def painted(scene: Scene) -> int:       # pixels that are not background
         img = render(scene, 112)
@@ -263,7 +263,7 @@ def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
         twin = Scene(plain.objects, background=plain.background, scale=2.0)
         assert 3.0 < painted(twin) / painted(plain) < 5.0
         for o in big.objects:
-            r = round(RADIUS[o.size] * 2.0)
+            r = object_radius(o.size, 2.0)
             assert r + 2 <= o.x <= 100 - r - 2 and r + 2 <= o.y <= 100 - r - 2      # inside the image
             centre = (int(o.x * 112 / 100), int(o.y * 112 / 100))
             assert render(big, 112).getpixel(centre) == COLOURS[o.colour]
@@ -271,7 +271,7 @@ def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
         scene, _ = scene_for(0, "train", i, max_objects=3, scale=1.8)
         for j, a in enumerate(scene.objects):
             for b in scene.objects[j + 1:]:
-                ra, rb = (round(RADIUS[o.size] * 1.8) for o in (a, b))
+                ra, rb = (object_radius(o.size, 1.8) for o in (a, b))
                 assert abs(a.x - b.x) >= ra + rb or abs(a.y - b.y) >= ra + rb
     items = list(ScenesSource(0, object_scale=2.0, max_objects=2).items(6))
     assert all(it.image.size == (112, 112) for it in items)
