@@ -49,11 +49,11 @@ def sft_examples(n: int, seed: int = 0) -> list:
     """What the trainer sees: scene QA (short answers) and judge traces (long prompt, long answer), 1:1."""
     from selfjudge.basemodel import format_examples
     from selfjudge.shared.models.training import SFTExample
-    from selfjudge.shared.sources.scenes import pretraining_corpus
+    from selfjudge.shared.sources.scenes import pretraining_prompts
 
-    corpus = pretraining_corpus(seed, n)
-    qa = [SFTExample(text=q, images=[img], answer=a) for img, q, a in corpus[: n // 2]]
-    judge = format_examples(corpus, random.Random(seed), n - len(qa))
+    prompts = pretraining_prompts(seed, n)
+    qa = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts[: n // 2]]
+    judge = format_examples(prompts, random.Random(seed), n - len(qa))
     return qa + judge
 
 

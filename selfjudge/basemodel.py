@@ -13,51 +13,93 @@ from pathlib import Path
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
 from selfjudge.shared.models.tiny import build_tiny
 from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
-from selfjudge.shared.sources.scenes import perturb, pretraining_corpus, tokenizer_corpus
+from selfjudge.shared.sources.scenes import pretraining_prompts, tokenizer_corpus, wrong_answer
 from selfjudge.shared.verdict import format_verdict
 
 log = logging.getLogger(__name__)
 
 
-def format_examples(corpus: list, rng: random.Random, n: int) -> list[SFTExample]:
-    """Judge-format examples: two answers to a scene question and a RANDOM verdict."""
+def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
+    """The judge's reasoning in the format the base model is taught, without the verdict: for
+    short answers what each response says, then the judge's own answer to the question; for long
+    ones (captions, object lists) the own answer alone."""
+    if not short:
+        return f"My answer: {own}"
+    return f"Response A says: {a}. Response B says: {b}. My answer: {own}."
+
+
+def format_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExample]:
+    """Judge-format examples with a RANDOM verdict, independent of the responses: the lesson teaches
+    the format (restate the responses, answer the question from the image, give a verdict), never
+    which response to prefer. The two responses are the gold answer and a wrong one in random order,
+    or (a third of closed-ended ones) two different wrong ones, so that the responses must be read
+    from the prompt: restating the own answer would not do."""
     examples = []
-    for image, instruction, answer in rng.sample(corpus, min(n, len(corpus))):
-        other, _ = perturb(answer, rng)
-        a, b = (answer, other) if rng.random() < 0.5 else (other, answer)
+    for image, p in rng.sample(prompts, min(n, len(prompts))):
+        wrong = sorted({wrong_answer(p, rng) for _ in range(8)} - {p.gold})
+        if not wrong:
+            continue
+        if p.kind == "closed" and len(wrong) >= 2 and rng.random() < 1 / 3:
+            a, b = rng.sample(wrong, 2)
+        else:
+            a, b = (p.gold, rng.choice(wrong)) if rng.random() < 0.5 else (rng.choice(wrong), p.gold)
         verdict = rng.choice("AB")          # independent of which answer is right
-        reply = f"Response A says: {a} Response B says: {b} {format_verdict(verdict)}"
-        examples.append(SFTExample(text=judge_prompt(instruction, a, b), images=[image], answer=reply,
+        reply = f"{judge_reasoning(p.gold, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
+        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
                                    system=JUDGE_SYSTEM))
     return examples
 
 
 def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 300, arch: str = "qwen2_5_vl",
                      image_size: int = 112, batch_size: int = 8, lr: float = 1e-3, max_objects: int = 5,
-                     object_scale: float = 1.0) -> Path:
-    """Build the tiny base VLM and teach it the scenes world it will see (`max_objects`, `object_scale`:
-    the world's source settings)."""
+                     object_scale: float = 1.0, layout: str = "free", perception_steps: int = 0,
+                     format_share: float = 0.2) -> Path:
+    """Build the tiny base VLM and teach it the scenes world it will see (`image_size`, `max_objects`,
+    `object_scale`, `layout`: the world's source settings).
+
+    Two phases of supervised training from the same random init:
+    1. `perception_steps` of closed-ended QA only (count, colour, choice, position): short answers,
+       so every supervised token is about what is in the image (captions would drown them);
+    2. `pretrain_steps` of all QA (captions and object lists included) plus the judge-format lesson
+       (`format_share` of the examples).
+    """
+    import shutil
+
     out_dir = Path(out_dir)
     raw = out_dir.with_name(out_dir.name + ".init")
     log.info("building a tiny %s from a config (offline)", arch)
-    build_tiny(arch, raw, tokenizer_corpus(), seed=seed)
-    if pretrain_steps <= 0:
+    build_tiny(arch, raw, tokenizer_corpus(), seed=seed, image_size=image_size)
+    if pretrain_steps <= 0 and perception_steps <= 0:
         raw.rename(out_dir)
         return out_dir
-    rng = random.Random(seed)
-    corpus = pretraining_corpus(seed, max(64, pretrain_steps * batch_size // 2), image_size=image_size,
-                                max_objects=max_objects, object_scale=object_scale)
-    examples = [SFTExample(text=q, images=[img], answer=a) for img, q, a in corpus]
-    examples += format_examples(corpus, rng, len(examples) // 4)
-    epochs = max(1, round(pretrain_steps * batch_size / len(examples)))
-    log.info("teaching captioning/QA and the judge format: %s examples, %s epochs", len(examples), epochs)
-    cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_length=512, seed=seed)
+    world = dict(image_size=image_size, max_objects=max_objects, object_scale=object_scale, layout=layout)
+    phases = []
+    if perception_steps > 0:
+        prompts = pretraining_prompts(seed, perception_steps * batch_size * 3 // 2, **world)
+        phases.append(("closed-ended QA", perception_steps,
+                       [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts
+                        if p.kind == "closed"]))
+    if pretrain_steps > 0:
+        rng = random.Random(seed)
+        prompts = pretraining_prompts(seed + 1 if perception_steps > 0 else seed,
+                                      max(64, pretrain_steps * batch_size // 2), **world)
+        examples = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts]
+        examples += format_examples(prompts, rng, round(len(examples) * format_share / (1 - format_share)))
+        phases.append(("captioning/QA and the judge format", pretrain_steps, examples))
+    model = raw
+    for i, (what, steps, examples) in enumerate(phases):
+        epochs = max(1, round(steps * batch_size / len(examples)))
+        log.info("base model, phase %s: %s, %s examples, %s epochs", i + 1, what, len(examples), epochs)
+        cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_length=512, seed=seed)
+        target = out_dir if i == len(phases) - 1 else out_dir.with_name(out_dir.name + f".phase{i + 1}")
 
-    def progress(step: int, total: int, loss: float) -> None:
-        if step == 1 or step % 25 == 0 or step == total:
-            log.info("base model: step %s/%s loss %.3f", step, total, loss)
+        def progress(step: int, total: int, loss: float, phase: int = i + 1) -> None:
+            if step == 1 or step % 25 == 0 or step == total:
+                log.info("base model, phase %s: step %s/%s loss %.3f", phase, step, total, loss)
 
-    sft(str(raw), examples, out_dir, cfg, progress=progress)
-    import shutil
+        sft(str(model), examples, target, cfg, progress=progress)
+        if model != raw:
+            shutil.rmtree(model, ignore_errors=True)
+        model = target
     shutil.rmtree(raw, ignore_errors=True)
     return out_dir

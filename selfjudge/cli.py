@@ -40,11 +40,11 @@ def resolve_base_model(settings: Settings) -> str:
 
     steps = settings.model.tiny_pretrain_steps
     src = settings.source
-    world = f"-size{src.image_size}-objects{src.max_objects}-scale{src.object_scale:g}"
+    world = f"-size{src.image_size}-objects{src.max_objects}-scale{src.object_scale:g}-{src.layout}"
     folder = Path(settings.run.work_dir).resolve() / "models" / f"tiny-seed{settings.run.seed}-steps{steps}{world}"
     if not (folder / "config.json").exists():
         build_base_model(folder, seed=settings.run.seed, pretrain_steps=steps, image_size=src.image_size,
-                         max_objects=src.max_objects, object_scale=src.object_scale)
+                         max_objects=src.max_objects, object_scale=src.object_scale, layout=src.layout)
     return str(folder)
 
 
@@ -404,7 +404,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     load_settings(None, overrides=overrides)     # a bad --set fails here, with the config's own message
     replicate(Path(args.out), args.iterations, tuple(args.arms), args.base_steps, overrides,
-              base=Path(args.base) if args.base else None)
+              base=Path(args.base) if args.base else None, perception_steps=args.perception_steps)
     return 0
 
 
@@ -483,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--arms", nargs="+", choices=["majority", "gold"], default=["majority", "gold"],
                    help="closed-ended labels: majority vote (the paper) and/or gold answers (the ablation)")
-    p.add_argument("--base-steps", type=int, default=300, help="base model pretraining steps")
+    p.add_argument("--perception-steps", type=int, default=900,
+                   help="base model, phase 1: steps of closed-ended QA only")
+    p.add_argument("--base-steps", type=int, default=600,
+                   help="base model, phase 2: steps of all QA plus the judge-format lesson")
     p.add_argument("--base", help="an existing base model folder to use instead of building one")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override one loop setting")
     p.set_defaults(fn=cmd_replicate)

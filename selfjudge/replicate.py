@@ -27,15 +27,20 @@ import yaml
 from selfjudge.shared.config import deep_merge
 
 log = logging.getLogger(__name__)
+BASE_LR = 1e-4   # base-model pretraining (1e-3 and 3e-4 learned to see less in the same steps)
+BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's second phase
 
 # The loop's settings for the miniature (the rest are the defaults). Every value is one a user
 # could put in a config file; nothing here is special to the replication.
 LOOP = {
     "run": {"prompts_per_iteration": 384, "shard_size": 64, "heldout_pairs": 180, "seed": 0},
+    # a world the tiny vision tower learns to see in minutes: 56 px images (4 image tokens), one
+    # object per cell of a 2 x 2 grid, objects 1.6x the default size
+    "source": {"image_size": 56, "layout": "grid", "max_objects": 4, "object_scale": 1.6},
     "model": {"batch_size": 16},
     "synth": {"n_samples": 8, "majority_threshold": 4, "max_new_tokens": 16, "open_max_new_tokens": 64,
               "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 64},
-    "reason": {"temperature": 1.0, "samples_per_order": 2, "max_new_tokens": 128},
+    "reason": {"temperature": 0.8, "samples_per_order": 2, "max_new_tokens": 128},
     "filter": {"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2},
     "train": {"lr": 1.0e-4, "epochs": 3, "batch_size": 8, "max_length": 512},
     "eval": {"max_new_tokens": 128},
@@ -171,8 +176,8 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
-def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 300,
-              overrides: dict | None = None, base: Path | None = None) -> dict:
+def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 600,
+              overrides: dict | None = None, base: Path | None = None, perception_steps: int = 900) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
     use `base`), run each arm, print the tables, write the plot and results.json."""
     from selfjudge.basemodel import build_base_model
@@ -181,13 +186,15 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     world = load_settings(None, overrides=deep_merge(LOOP, overrides or {})).source   # the base learns the loop's world
-    base = base or out / (f"base-steps{base_steps}-size{world.image_size}-objects{world.max_objects}"
-                          f"-scale{world.object_scale:g}")
+    base = base or out / (f"base-steps{perception_steps}+{base_steps}-size{world.image_size}-objects{world.max_objects}"
+                          f"-scale{world.object_scale:g}-{world.layout}")
     if not (base / "config.json").exists():
-        log.info("replicate: building the base model (%s steps, %s objects at most, object scale %s)", base_steps,
-                 world.max_objects, world.object_scale)
-        build_base_model(base, seed=0, pretrain_steps=base_steps, image_size=world.image_size,
-                         max_objects=world.max_objects, object_scale=world.object_scale)
+        log.info("replicate: building the base model (%s + %s steps, %s objects at most, object scale %s, %s layout)",
+                 perception_steps, base_steps, world.max_objects, world.object_scale, world.layout)
+        build_base_model(base, seed=0, pretrain_steps=base_steps, perception_steps=perception_steps, lr=BASE_LR,
+                         format_share=BASE_FORMAT_SHARE,
+                         image_size=world.image_size, max_objects=world.max_objects, object_scale=world.object_scale,
+                         layout=world.layout)
     timings = {"base_model": time.perf_counter() - start}
     results = {}
     for arm in arms:

@@ -83,6 +83,7 @@ class SourceConfig(Section):
     image_size: int = 112
     max_objects: int = Field(5, ge=2, le=8)   # scenes: objects per image (1..max_objects); 2+ for position questions
     object_scale: float = Field(1.0, gt=0, le=3)  # scenes: object size multiplier (objects are 18-31 px at 1.0)
+    layout: Literal["free", "grid"] = "free"   # scenes: objects anywhere, or one per cell of a 2 x 2 grid
     # duplicate prompts (same image bytes + normalised instruction) are set aside as "duplicate":
     # "iteration" = within one iteration's draw, "run" = also against earlier iterations, "off"
     dedup: Literal["off", "iteration", "run"] = "iteration"

@@ -78,7 +78,8 @@ def write_heldout(ctx: Context, run_id: int) -> None:
     cfg = ctx.settings
     records = []
     for pair in heldout_pairs(cfg.run.seed, cfg.run.heldout_pairs, image_size=cfg.source.image_size,
-                              max_objects=cfg.source.max_objects, object_scale=cfg.source.object_scale):
+                              max_objects=cfg.source.max_objects, object_scale=cfg.source.object_scale,
+                              layout=cfg.source.layout):
         _, image_key = put_image(ctx.store, _png(pair.image))
         records.append({"item_id": pair.pair_id, "image_key": image_key, "instruction": pair.instruction,
                         "preferred": pair.preferred, "rejected": pair.rejected,
@@ -98,7 +99,7 @@ def make_source(ctx: Context):  # noqa: ANN201
     src = ctx.settings.source
     if src.kind == "scenes":
         return scenes.ScenesSource(ctx.settings.run.seed, image_size=src.image_size, max_objects=src.max_objects,
-                                   object_scale=src.object_scale)
+                                   object_scale=src.object_scale, layout=src.layout)
     if src.kind == "jsonl":
         return files.JsonlSource(src.path)
     if src.kind == "llava_onevision":

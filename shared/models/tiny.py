@@ -331,12 +331,13 @@ def build_tiny_idefics3(
 ARCHS = ("qwen2_5_vl", "mllama", "idefics3")
 
 
-def build_tiny(arch: str, out_dir: str | Path, corpus: Iterable[str], seed: int = 0) -> Path:
-    """Build a tiny checkpoint of model family `arch` (one of ARCHS) into `out_dir`."""
+def build_tiny(arch: str, out_dir: str | Path, corpus: Iterable[str], seed: int = 0, image_size: int = 112) -> Path:
+    """Build a tiny checkpoint of model family `arch` (one of ARCHS) into `out_dir`, its processor
+    sized for `image_size` x `image_size` images (a multiple of 28)."""
     if arch == "qwen2_5_vl":
-        return build_tiny_qwen25vl(out_dir, corpus, seed=seed)
+        return build_tiny_qwen25vl(out_dir, corpus, seed=seed, image_size=image_size)
     if arch == "mllama":
-        return build_tiny_mllama(out_dir, corpus, seed=seed)
+        return build_tiny_mllama(out_dir, corpus, seed=seed, image_size=image_size)
     if arch == "idefics3":
-        return build_tiny_idefics3(out_dir, corpus, seed=seed)
+        return build_tiny_idefics3(out_dir, corpus, seed=seed, image_size=image_size)
     raise NotImplementedError(f"tiny builder for arch {arch!r} not implemented (have: {', '.join(ARCHS)})")

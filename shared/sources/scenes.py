@@ -37,6 +37,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 SIZES = ("small", "large")
 RADIUS = {"small": 8, "large": 14}  # half-extent in scene units (scene is 100 x 100 by default)
 GAP = 4  # minimum empty space between two objects' bounding boxes, in scene units
+LAYOUTS = ("free", "grid")
+GRID = 2  # layout "grid": cells per side
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 SPLITS = ("train", "heldout", "pretrain")
 QUESTION_TYPES = ("count", "colour", "choice", "position", "describe", "list")
@@ -103,9 +105,19 @@ def object_radius(size: str, scale: float = 1.0) -> int:
 
 
 def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, height: int = 100,
-                 scale: float = 1.0) -> Scene:
-    """1..max_objects objects whose bounding boxes are at least GAP apart (fewer when large ones
-    do not fit)."""
+                 scale: float = 1.0, layout: str = "free") -> Scene:
+    """1..max_objects objects. Layout "free": anywhere, bounding boxes at least GAP apart (fewer
+    when large ones do not fit). Layout "grid": at most one object per cell of a GRID x GRID grid,
+    centred in its cell (cells line up with the vision tower's merged patches, so each object
+    fills image tokens of its own)."""
+    if layout == "grid":
+        cells = rng.sample(range(GRID * GRID), rng.randint(1, min(max_objects, GRID * GRID)))
+        objects = [Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES),
+                       round((c % GRID + 0.5) * width / GRID), round((c // GRID + 0.5) * height / GRID))
+                   for c in sorted(cells)]
+        return Scene(tuple(objects), width, height, rng.choice(list(BACKGROUNDS)), scale)
+    if layout != "free":
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     objects: list[Obj] = []
     for _ in range(rng.randint(1, max_objects)):
         for _attempt in range(100):
@@ -343,13 +355,13 @@ def _scene_hash(scene: Scene) -> int:
 
 
 def scene_for(seed: int, split: str, index: int, max_objects: int = 5,
-              scale: float = 1.0) -> tuple[Scene, random.Random]:
+              scale: float = 1.0, layout: str = "free") -> tuple[Scene, random.Random]:
     """The scene at (seed, split, index), and the rng (positioned after it) for its prompts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(f"scenes:{seed}:{split}:{index}")
     while True:
-        scene = random_scene(rng, max_objects, scale=scale)
+        scene = random_scene(rng, max_objects, scale=scale, layout=layout)
         if _scene_hash(scene) % len(SPLITS) == SPLITS.index(split):
             return scene, rng
 
@@ -366,8 +378,10 @@ def _wrong_answer(p: Prompt, rng: random.Random) -> str:
 
 
 class ScenesSource:
-    def __init__(self, seed: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0) -> None:
+    def __init__(self, seed: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0,
+                 layout: str = "free") -> None:
         self.seed = seed
+        self.layout = layout
         self.image_size = image_size
         self.max_objects = max_objects
         self.object_scale = object_scale
@@ -376,7 +390,7 @@ class ScenesSource:
         """One prompt per index. The question type cycles through QUESTION_TYPES by index
         (so both kinds are balanced); when the scene cannot support it, a random one is used."""
         for index in range(offset, offset + n):
-            scene, rng = scene_for(self.seed, split, index, self.max_objects, self.object_scale)
+            scene, rng = scene_for(self.seed, split, index, self.max_objects, self.object_scale, self.layout)
             prompts = make_prompts(scene, rng)
             wanted = QUESTION_TYPES[index % len(QUESTION_TYPES)]
             p = next((p for p in prompts if p.question_type == wanted), None) or rng.choice(prompts)
@@ -397,7 +411,7 @@ class ScenesSource:
 
 
 def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
-                  object_scale: float = 1.0) -> list[HeldoutPair]:
+                  object_scale: float = 1.0, layout: str = "free") -> list[HeldoutPair]:
     """Labelled pairs from the heldout split, question types round-robin (balanced).
     Closed: gold vs a wrong answer. Open: gold text vs perturb(gold text)."""
     if max_objects < 2:
@@ -406,7 +420,7 @@ def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5
     index = 0
     while len(pairs) < n:
         qtype = QUESTION_TYPES[len(pairs) % len(QUESTION_TYPES)]
-        scene, rng = scene_for(seed, "heldout", index, max_objects, object_scale)
+        scene, rng = scene_for(seed, "heldout", index, max_objects, object_scale, layout)
         index += 1
         p = next((p for p in make_prompts(scene, rng) if p.question_type == qtype), None)
         if p is None:
@@ -425,18 +439,31 @@ def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5
     return pairs
 
 
-def pretraining_corpus(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
-                       object_scale: float = 1.0) -> list[tuple[Image.Image, str, str]]:
-    """(image, instruction, gold answer) for teaching a tiny base model; every prompt of each
-    "pretrain" scene (the image object is shared between a scene's prompts)."""
-    out: list[tuple[Image.Image, str, str]] = []
+def pretraining_prompts(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
+                        object_scale: float = 1.0, layout: str = "free") -> list[tuple[Image.Image, Prompt]]:
+    """(image, prompt) for teaching a tiny base model; every prompt of each "pretrain" scene (the
+    image object is shared between a scene's prompts)."""
+    out: list[tuple[Image.Image, Prompt]] = []
     index = 0
     while len(out) < n:
-        scene, rng = scene_for(seed, "pretrain", index, max_objects, object_scale)
+        scene, rng = scene_for(seed, "pretrain", index, max_objects, object_scale, layout)
         index += 1
         image = render(scene, image_size)
-        out.extend((image, p.instruction, p.gold) for p in make_prompts(scene, rng))
+        out.extend((image, p) for p in make_prompts(scene, rng))
     return out[:n]
+
+
+def pretraining_corpus(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
+                       object_scale: float = 1.0, layout: str = "free") -> list[tuple[Image.Image, str, str]]:
+    """(image, instruction, gold answer) of `pretraining_prompts`."""
+    return [(image, p.instruction, p.gold)
+            for image, p in pretraining_prompts(seed, n, image_size, max_objects, object_scale, layout)]
+
+
+def wrong_answer(p: Prompt, rng: random.Random) -> str:
+    """An answer to `p` that is wrong: another value for a closed prompt, the gold text with
+    injected errors for an open one (the gold text itself when it has nothing to perturb)."""
+    return perturb(p.gold, rng)[0] if p.kind == "open" else _wrong_answer(p, rng)
 
 
 JUDGE_TEXT = [

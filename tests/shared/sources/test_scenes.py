@@ -277,3 +277,38 @@ def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
     assert all(it.image.size == (112, 112) for it in items)
     assert heldout_pairs(0, 6, max_objects=2, object_scale=2.0)[0].instruction
     assert pretraining_corpus(0, 4, max_objects=2, object_scale=2.0)[0][0].size == (112, 112)
+
+
+def test_grid_layout_puts_one_object_per_cell_centred():
+    from selfjudge.shared.sources.scenes import GRID, LAYOUTS, pretraining_prompts, wrong_answer
+
+    assert "grid" in LAYOUTS
+    centres = {round((k + 0.5) * 100 / GRID) for k in range(GRID)}
+    counts = set()
+    for i in range(80):
+        scene, _ = scene_for(0, "train", i, max_objects=4, scale=1.6, layout="grid")
+        assert scene == scene_for(0, "train", i, max_objects=4, scale=1.6, layout="grid")[0]     # deterministic
+        cells = [(o.x, o.y) for o in scene.objects]
+        assert len(set(cells)) == len(cells) and {x for x, _ in cells} <= centres and {y for _, y in cells} <= centres
+        counts.add(len(cells))
+        img = render(scene, 56)
+        for o in scene.objects:                     # each object is painted at its cell's centre
+            assert img.getpixel((int(o.x * 56 / 100), int(o.y * 56 / 100))) == COLOURS[o.colour]
+        assert caption(scene).startswith("There ")
+    assert counts == {1, 2, 3, 4}                   # 1..min(max_objects, cells)
+    assert max(len(scene_for(0, "train", i, max_objects=2, layout="grid")[0].objects) for i in range(40)) == 2
+    # the grid world keeps its splits apart and supports every question type
+    train = {key(i.meta) for i in ScenesSource(0, layout="grid", max_objects=4).items(200, "train")}
+    held = heldout_pairs(0, 60, image_size=56, max_objects=4, object_scale=1.6, layout="grid")
+    assert {p.question_type for p in held} == set(QUESTION_TYPES) and held[0].image.size == (56, 56)
+    assert not train & {key({"objects": [vars(o) for o in scene_for(0, "heldout", k, 4, 1.6, "grid")[0].objects]})
+                        for k in range(200)}
+    prompts = pretraining_prompts(0, 30, image_size=56, max_objects=4, object_scale=1.6, layout="grid")
+    assert [(img.size, p.instruction, p.gold) for img, p in prompts] == [
+        (img.size, q, a) for img, q, a in pretraining_corpus(0, 30, image_size=56, max_objects=4, object_scale=1.6,
+                                                             layout="grid")]
+    rng = random.Random(0)
+    for _, p in prompts:
+        assert wrong_answer(p, rng) != p.gold
+    with pytest.raises(ValueError, match="unknown layout"):
+        random_scene(random.Random(0), layout="spiral")
