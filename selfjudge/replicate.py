@@ -29,6 +29,7 @@ from selfjudge.shared.config import deep_merge
 log = logging.getLogger(__name__)
 BASE_LR = 1e-4   # base-model pretraining (1e-3 and 3e-4 learned to see less in the same steps)
 BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's second phase
+BASE_READING_STEPS = 250  # text-only steps of reading a judge prompt's responses back (at lr 1e-3)
 
 # The loop's settings for the miniature (the rest are the defaults). Every value is one a user
 # could put in a config file; nothing here is special to the replication.
@@ -186,13 +187,13 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     world = load_settings(None, overrides=deep_merge(LOOP, overrides or {})).source   # the base learns the loop's world
-    base = base or out / (f"base-steps{perception_steps}+{base_steps}-size{world.image_size}-objects{world.max_objects}"
+    base = base or out / (f"base-steps{BASE_READING_STEPS}+{perception_steps}+{base_steps}-size{world.image_size}-objects{world.max_objects}"
                           f"-scale{world.object_scale:g}-{world.layout}")
     if not (base / "config.json").exists():
         log.info("replicate: building the base model (%s + %s steps, %s objects at most, object scale %s, %s layout)",
                  perception_steps, base_steps, world.max_objects, world.object_scale, world.layout)
         build_base_model(base, seed=0, pretrain_steps=base_steps, perception_steps=perception_steps, lr=BASE_LR,
-                         format_share=BASE_FORMAT_SHARE,
+                         format_share=BASE_FORMAT_SHARE, reading_steps=BASE_READING_STEPS,
                          image_size=world.image_size, max_objects=world.max_objects, object_scale=world.object_scale,
                          layout=world.layout)
     timings = {"base_model": time.perf_counter() - start}

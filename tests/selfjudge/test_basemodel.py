@@ -27,11 +27,10 @@ def test_format_lesson_verdicts_carry_no_preference():
             right += verdict == ("A" if a == p.gold else "B")
         else:
             both_wrong += 1
-            assert p.kind == "closed"
     # the verdict points at the gold response about half of the time: chance, no preference signal
     assert 0.45 < right / with_gold < 0.55
-    # some closed-ended lessons show two wrong answers, so the responses must be read, not guessed
-    assert 0.1 < both_wrong / len(prompts) < 0.35
+    # many lessons show two wrong answers: copying a response is no way to the own (gold) answer
+    assert 0.3 < both_wrong / len(prompts) < 0.6
 
 
 def test_reasoning_format():
@@ -39,3 +38,34 @@ def test_reasoning_format():
         "Response A says: blue. Response B says: red. My answer: red."
     assert judge_reasoning("There is one object: a red star.", "x", "y", short=False) == \
         "My answer: There is one object: a red star."
+
+
+def test_reading_lesson_restates_without_image_or_verdict():
+    from selfjudge.basemodel import ANSWER_WORDS, reading_examples
+
+    prompts = pretraining_prompts(0, 60)
+    examples = reading_examples(prompts, random.Random(0), 200)
+    assert len(examples) == 200
+    for ex in examples:
+        a, b = re.search(r"\[Response A\]\n(.*)\n\[Response B\]\n(.*)\nExplain", ex.text, re.S).groups()
+        assert a != b and {a, b} <= set(ANSWER_WORDS)
+        assert ex.images == [] and ex.answer == f"Response A says: {a}. Response B says: {b}."
+        assert parse_verdict(ex.answer).choice is None
+
+
+def test_three_phase_base_model_builds_and_loads(tmp_path):
+    from selfjudge.basemodel import build_base_model
+    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.models.training import META_FILE
+
+    out = build_base_model(tmp_path / "base", pretrain_steps=3, perception_steps=3, reading_steps=3, batch_size=2,
+                           image_size=56, max_objects=4, object_scale=1.6, layout="grid", lr=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]       # the phases' folders are gone
+    import json
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["config"]["lr"] == 1e-4 and meta["parent"].endswith("base.phase2")   # phase 3 of 3
+    _, p = pretraining_prompts(0, 1, image_size=56, max_objects=4, object_scale=1.6, layout="grid")[0]
+    image = pretraining_prompts(0, 1, image_size=56, max_objects=4, object_scale=1.6, layout="grid")[0][0]
+    backend = TransformersBackend(str(out))
+    [gen] = backend.generate([ChatRequest(text=p.instruction, images=[image])], SamplingParams(max_new_tokens=4))
+    assert gen.prompt_tokens < 80                   # 56 px: 4 image tokens, not 16
