@@ -24,24 +24,34 @@ ANSWER_WORDS = [str(i) for i in range(10)] + list(COLOURS) + list(SHAPES) + list
     ["left", "right", "above", "below"]
 
 
+def agreement(own: str, a: str, b: str) -> str:
+    """Which response says what the judge answered: a plain string comparison."""
+    return "as Response A says" if own == a else "as Response B says" if own == b else "which neither response says"
+
+
 def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
-    """The judge's reasoning in the format the base model is taught, without the verdict: for
-    short answers what each response says, then the judge's own answer to the question; for long
-    ones (captions, object lists) the own answer alone."""
+    """The judge's reasoning in the format the base model is taught, without the verdict: for short
+    answers, what each response says, the judge's own answer and which response says the same; for
+    long ones (captions, object lists) the own answer alone."""
     if not short:
         return f"My answer: {own}"
-    return f"Response A says: {a}. Response B says: {b}. My answer: {own}."
+    return f"Response A says: {a}. Response B says: {b}. My answer: {own}, {agreement(own, a, b)}."
 
 
-def format_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExample]:
+def format_examples(prompts: list, rng: random.Random, n: int, own: list[str | None] | None = None) -> list[SFTExample]:
     """Judge-format examples with a RANDOM verdict, independent of the responses: the lesson teaches
-    the format (restate the responses, answer the question from the image, give a verdict), never
-    which response to prefer. The two responses are two different values drawn from the gold answer
-    and wrong ones (open-ended: the gold text and a perturbed one, or two perturbed ones, half and
-    half), so a response is no better a guess at the own answer than the image is: the own answer
-    has to come from the image."""
+    the format (restate the responses, answer the question, say which response agrees, give a
+    verdict), never which response to prefer.
+
+    `own[i]`: the model's own answer to closed-ended prompts[i] (`own_answers`), stated as "My
+    answer", so the lesson carries no gold information beyond what the model already believes;
+    without `own`, a random one of the candidate answers (format only). Open-ended prompts state the
+    gold caption / object list, with no agreement clause. The two responses are two different values drawn from the
+    gold answer and wrong ones (open-ended: the gold text and a perturbed one, or two perturbed ones,
+    half and half), so copying a response is no way to the own answer."""
     examples = []
-    for image, p in rng.sample(prompts, min(n, len(prompts))):
+    for i in rng.sample(range(len(prompts)), min(n, len(prompts))):
+        image, p = prompts[i]
         wrong = sorted({wrong_answer(p, rng) for _ in range(8)} - {p.gold})
         if not wrong:
             continue
@@ -50,24 +60,47 @@ def format_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExampl
         else:
             pair = [p.gold, rng.choice(wrong)] if len(wrong) < 2 or rng.random() < 0.5 else rng.sample(wrong, 2)
             a, b = rng.sample(pair, 2)
+        if p.kind == "open":
+            answer = p.gold                 # captioning in the judge's prompt (no agreement clause)
+        elif own:
+            answer = own[i] or p.gold
+        else:                               # no belief to state: a random value, as in reading_examples
+            answer = rng.choice(sorted({a, b, *wrong}))
         verdict = rng.choice("AB")          # independent of which answer is right
-        reply = f"{judge_reasoning(p.gold, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
+        reply = f"{judge_reasoning(answer, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
         examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
                                    system=JUDGE_SYSTEM))
     return examples
 
 
+def own_answers(model: str | Path, prompts: list, batch_size: int = 32) -> list[str | None]:
+    """The model's greedy answers to the closed-ended prompts (None for open-ended ones)."""
+    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+
+    closed = [i for i, (_, p) in enumerate(prompts) if p.kind == "closed"]
+    backend = TransformersBackend(str(model), batch_size=batch_size)
+    gens = backend.generate([ChatRequest(text=prompts[i][1].instruction, images=[prompts[i][0]]) for i in closed],
+                            SamplingParams(max_new_tokens=8),
+                            progress=lambda done, total: log.info("base model: own answers %s/%s", done, total))
+    out: list[str | None] = [None] * len(prompts)
+    for i, gen in zip(closed, gens):
+        out[i] = gen.texts[0].strip() or None
+    return out
+
+
 def reading_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExample]:
-    """Instruction following without an image: the judge's prompt with two random short answers
-    and, as the reply, the two responses restated. Reading the prompt back is a skill any instruct
-    model has; there is no verdict and no image, so nothing here says which response is better."""
+    """Instruction following without an image: the judge's prompt with two random short answers and,
+    as the reply, the responses restated, a random "own answer" (one of them or another word) and
+    which response says the same. Reading the prompt back and comparing two strings are skills any
+    instruct model has; there is no image and no verdict, so nothing here says which response is better."""
     closed = [p for _, p in prompts if p.kind == "closed"]
     examples = []
     for _ in range(n):
         p = rng.choice(closed)
-        a, b = rng.sample(ANSWER_WORDS, 2)
+        a, b, c = rng.sample(ANSWER_WORDS, 3)
+        mine = rng.choice([a, b, c])
         examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[],
-                                   answer=f"Response A says: {a}. Response B says: {b}.", system=JUDGE_SYSTEM))
+                                   answer=judge_reasoning(mine, a, b, short=True), system=JUDGE_SYSTEM))
     return examples
 
 
@@ -82,11 +115,12 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     1. `perception_steps` of closed-ended QA only (count, colour, choice, position): short answers,
        so every supervised token is about what is in the image (captions would drown them);
     2. `reading_steps` (at `reading_lr`, batch 2 x batch_size) of restating the responses of a
-       judge prompt, text only (`reading_examples`). After perception, not before: with reading
+       judge prompt and comparing strings, text only (`reading_examples`). After perception, not before: with reading
        first, the finished base answered colour questions at chance (0.15; 0.64 in this order);
     3. `pretrain_steps` of all QA (captions and object lists included) plus the judge-format lesson
        (`format_share` of the examples; with a reading phase, a tenth more are reading examples, so
-       the skill is kept).
+       the skill is kept). After a perception phase, the lesson's "My answer" is what the phase-1
+       model answers (`own_answers`), not the gold answer.
     """
     import shutil
 
@@ -98,40 +132,45 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
         raw.rename(out_dir)
         return out_dir
     world = dict(image_size=image_size, max_objects=max_objects, object_scale=object_scale, layout=layout)
-    phases = []    # (what, steps, examples, lr, batch size)
+    done: list[Path] = []
+
+    def train(what: str, steps: int, examples: list[SFTExample], phase_lr: float, batch: int) -> Path:
+        phase = len(done) + 1
+        source = done[-1] if done else raw
+        target = out_dir.with_name(out_dir.name + f".phase{phase}")
+        epochs = max(1, round(steps * batch / len(examples)))
+        log.info("base model, phase %s: %s, %s examples, %s epochs", phase, what, len(examples), epochs)
+        cfg = TrainConfig(lr=phase_lr, epochs=epochs, batch_size=batch, max_length=512, seed=seed)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if step == 1 or step % 25 == 0 or step == total:
+                log.info("base model, phase %s: step %s/%s loss %.3f", phase, step, total, loss)
+
+        sft(str(source), examples, target, cfg, progress=progress)
+        done.append(target)
+        return target
+
+    seeing = None
     if perception_steps > 0:
         prompts = pretraining_prompts(seed, perception_steps * batch_size * 3 // 2, **world)
-        phases.append(("closed-ended QA", perception_steps,
-                       [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts
-                        if p.kind == "closed"], lr, batch_size))
+        seeing = train("closed-ended QA", perception_steps, [SFTExample(text=p.instruction, images=[img], answer=p.gold)
+                                                             for img, p in prompts if p.kind == "closed"], lr, batch_size)
     if reading_steps > 0:
         prompts = pretraining_prompts(seed, 200, **world)
-        phases.append(("reading the responses back (text only)", reading_steps,
-                       reading_examples(prompts, random.Random(seed), reading_steps * batch_size * 2), reading_lr,
-                       batch_size * 2))
+        train("reading the responses back (text only)", reading_steps,
+              reading_examples(prompts, random.Random(seed), reading_steps * batch_size * 2), reading_lr, batch_size * 2)
     if pretrain_steps > 0:
         rng = random.Random(seed)
         prompts = pretraining_prompts(seed + 1 if perception_steps > 0 else seed,
                                       max(64, pretrain_steps * batch_size // 2), **world)
         examples = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts]
-        examples += format_examples(prompts, rng, round(len(examples) * format_share / (1 - format_share)))
+        # after a perception phase the lesson states what the model itself answers, not the gold answer
+        own = own_answers(seeing, prompts) if seeing is not None else None
+        examples += format_examples(prompts, rng, round(len(examples) * format_share / (1 - format_share)), own)
         if reading_steps > 0:
             examples += reading_examples(prompts, rng, len(examples) // 10)
-        phases.append(("captioning/QA and the judge format", pretrain_steps, examples, lr, batch_size))
-    model = raw
-    for i, (what, steps, examples, phase_lr, phase_batch) in enumerate(phases):
-        epochs = max(1, round(steps * phase_batch / len(examples)))
-        log.info("base model, phase %s: %s, %s examples, %s epochs", i + 1, what, len(examples), epochs)
-        cfg = TrainConfig(lr=phase_lr, epochs=epochs, batch_size=phase_batch, max_length=512, seed=seed)
-        target = out_dir if i == len(phases) - 1 else out_dir.with_name(out_dir.name + f".phase{i + 1}")
-
-        def progress(step: int, total: int, loss: float, phase: int = i + 1) -> None:
-            if step == 1 or step % 25 == 0 or step == total:
-                log.info("base model, phase %s: step %s/%s loss %.3f", phase, step, total, loss)
-
-        sft(str(model), examples, target, cfg, progress=progress)
-        if model != raw:
-            shutil.rmtree(model, ignore_errors=True)
-        model = target
-    shutil.rmtree(raw, ignore_errors=True)
+        train("captioning/QA and the judge format", pretrain_steps, examples, lr, batch_size)
+    done[-1].rename(out_dir)
+    for folder in [raw, *done[:-1]]:
+        shutil.rmtree(folder, ignore_errors=True)
     return out_dir

@@ -177,7 +177,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
-def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 600,
+def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 900,
               overrides: dict | None = None, base: Path | None = None, perception_steps: int = 900) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
     use `base`), run each arm, print the tables, write the plot and results.json."""
