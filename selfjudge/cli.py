@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="closed-ended labels: majority vote (the paper) and/or gold answers (the ablation)")
     p.add_argument("--perception-steps", type=int, default=900,
                    help="base model, phase 1: steps of closed-ended QA only")
-    p.add_argument("--base-steps", type=int, default=900,
+    p.add_argument("--base-steps", type=int, default=600,
                    help="base model, phase 2: steps of all QA plus the judge-format lesson")
     p.add_argument("--base", help="an existing base model folder to use instead of building one")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override one loop setting")

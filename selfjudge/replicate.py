@@ -29,7 +29,7 @@ from selfjudge.shared.config import deep_merge
 log = logging.getLogger(__name__)
 BASE_LR = 1e-4   # base-model pretraining (1e-3 and 3e-4 learned to see less in the same steps)
 BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's second phase
-BASE_READING_STEPS = 250  # text-only steps of reading a judge prompt's responses back (at lr 1e-3)
+BASE_READING_STEPS = 700  # text-only steps of reading back and comparing a judge prompt's responses (lr 1e-3)
 
 # The loop's settings for the miniature (the rest are the defaults). Every value is one a user
 # could put in a config file; nothing here is special to the replication.
@@ -177,7 +177,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
-def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 900,
+def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 600,
               overrides: dict | None = None, base: Path | None = None, perception_steps: int = 900) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
     use `base`), run each arm, print the tables, write the plot and results.json."""
@@ -187,8 +187,8 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     world = load_settings(None, overrides=deep_merge(LOOP, overrides or {})).source   # the base learns the loop's world
-    base = base or out / (f"base-steps{BASE_READING_STEPS}+{perception_steps}+{base_steps}-size{world.image_size}-objects{world.max_objects}"
-                          f"-scale{world.object_scale:g}-{world.layout}")
+    base = base or out / (f"base-steps{perception_steps}+{BASE_READING_STEPS}+{base_steps}-size{world.image_size}"
+                          f"-objects{world.max_objects}-scale{world.object_scale:g}-{world.layout}")
     if not (base / "config.json").exists():
         log.info("replicate: building the base model (%s + %s steps, %s objects at most, object scale %s, %s layout)",
                  perception_steps, base_steps, world.max_objects, world.object_scale, world.layout)
