@@ -1,8 +1,10 @@
 """The tiny offline base model: a stand-in for a pretrained instruct VLM.
 
-Built from a config (no download), then taught scene captioning / question answering and
-the judge's output FORMAT. The format lesson carries no information about which response
-is right: its verdicts are drawn at random, independent of the responses.
+Built from a config (no download), then taught scene captioning / question answering, to read
+a judge prompt's responses back and compare strings (text only), and the judge's output FORMAT.
+The format lesson carries no information about which response is right: its verdicts are drawn
+at random, independent of the responses, and its "My answer" is the model's own answer (or a
+random one), never the gold one.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
     return f"Response A says: {a}. Response B says: {b}. My answer: {own}, {agreement(own, a, b)}."
 
 
-def format_examples(prompts: list, rng: random.Random, n: int, own: list[str | None] | None = None) -> list[SFTExample]:
+def format_examples(prompts: list, rng: random.Random, n: int,
+                    own: list[str | None] | None = None) -> list[SFTExample]:
     """Judge-format examples with a RANDOM verdict, independent of the responses: the lesson teaches
     the format (restate the responses, answer the question, say which response agrees, give a
     verdict), never which response to prefer.
@@ -46,8 +49,8 @@ def format_examples(prompts: list, rng: random.Random, n: int, own: list[str | N
     `own[i]`: the model's own answer to closed-ended prompts[i] (`own_answers`), stated as "My
     answer", so the lesson carries no gold information beyond what the model already believes;
     without `own`, a random one of the candidate answers (format only). Open-ended prompts state the
-    gold caption / object list, with no agreement clause. The two responses are two different values drawn from the
-    gold answer and wrong ones (open-ended: the gold text and a perturbed one, or two perturbed ones,
+    gold caption / object list, with no agreement clause. The two responses are two different values
+    drawn from the gold answer and wrong ones (open-ended: the gold text and a perturbed one, or two perturbed ones,
     half and half), so copying a response is no way to the own answer."""
     examples = []
     for i in rng.sample(range(len(prompts)), min(n, len(prompts))):
@@ -57,15 +60,12 @@ def format_examples(prompts: list, rng: random.Random, n: int, own: list[str | N
             continue
         if p.kind == "closed":
             a, b = rng.sample([p.gold, *wrong], 2)
+            # the model's belief; without one, a random value (format only, as in reading_examples)
+            answer = (own[i] or p.gold) if own else rng.choice(sorted({a, b, *wrong}))
         else:
             pair = [p.gold, rng.choice(wrong)] if len(wrong) < 2 or rng.random() < 0.5 else rng.sample(wrong, 2)
             a, b = rng.sample(pair, 2)
-        if p.kind == "open":
             answer = p.gold                 # captioning in the judge's prompt (no agreement clause)
-        elif own:
-            answer = own[i] or p.gold
-        else:                               # no belief to state: a random value, as in reading_examples
-            answer = rng.choice(sorted({a, b, *wrong}))
         verdict = rng.choice("AB")          # independent of which answer is right
         reply = f"{judge_reasoning(answer, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
         examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
@@ -115,8 +115,9 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     1. `perception_steps` of closed-ended QA only (count, colour, choice, position): short answers,
        so every supervised token is about what is in the image (captions would drown them);
     2. `reading_steps` (at `reading_lr`, batch 2 x batch_size) of restating the responses of a
-       judge prompt and comparing strings, text only (`reading_examples`). After perception, not before: with reading
-       first, the finished base answered colour questions at chance (0.15; 0.64 in this order);
+       judge prompt and comparing strings, text only (`reading_examples`). After perception, not
+       before: with reading first, the finished base answered colour questions at chance (0.15; 0.64
+       in this order);
     3. `pretrain_steps` of all QA (captions and object lists included) plus the judge-format lesson
        (`format_share` of the examples; with a reading phase, a tenth more are reading examples, so
        the skill is kept). After a perception phase, the lesson's "My answer" is what the phase-1
@@ -153,12 +154,13 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     seeing = None
     if perception_steps > 0:
         prompts = pretraining_prompts(seed, perception_steps * batch_size * 3 // 2, **world)
-        seeing = train("closed-ended QA", perception_steps, [SFTExample(text=p.instruction, images=[img], answer=p.gold)
-                                                             for img, p in prompts if p.kind == "closed"], lr, batch_size)
+        closed = [SFTExample(text=p.instruction, images=[img], answer=p.gold)
+                  for img, p in prompts if p.kind == "closed"]
+        seeing = train("closed-ended QA", perception_steps, closed, lr, batch_size)
     if reading_steps > 0:
         prompts = pretraining_prompts(seed, 200, **world)
-        train("reading the responses back (text only)", reading_steps,
-              reading_examples(prompts, random.Random(seed), reading_steps * batch_size * 2), reading_lr, batch_size * 2)
+        reading = reading_examples(prompts, random.Random(seed), reading_steps * batch_size * 2)
+        train("reading back and comparing (text only)", reading_steps, reading, reading_lr, batch_size * 2)
     if pretrain_steps > 0:
         rng = random.Random(seed)
         prompts = pretraining_prompts(seed + 1 if perception_steps > 0 else seed,
