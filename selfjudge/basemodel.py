@@ -50,8 +50,8 @@ def format_examples(prompts: list, rng: random.Random, n: int,
     answer", so the lesson carries no gold information beyond what the model already believes;
     without `own`, a random one of the candidate answers (format only). Open-ended prompts state the
     gold caption / object list, with no agreement clause. The two responses are two different values
-    drawn from the gold answer and wrong ones (open-ended: the gold text and a perturbed one, or two perturbed ones,
-    half and half), so copying a response is no way to the own answer."""
+    drawn from the gold answer and wrong ones (open-ended: the gold text and a perturbed one, or two
+    perturbed ones, half and half), so copying a response is no way to the own answer."""
     examples = []
     for i in rng.sample(range(len(prompts)), min(n, len(prompts))):
         image, p = prompts[i]

@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--perception-steps", type=int, default=900,
                    help="base model, phase 1: steps of closed-ended QA only")
     p.add_argument("--base-steps", type=int, default=600,
-                   help="base model, phase 2: steps of all QA plus the judge-format lesson")
+                   help="base model, phase 3: steps of all QA plus the judge-format lesson")
     p.add_argument("--base", help="an existing base model folder to use instead of building one")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override one loop setting")
     p.set_defaults(fn=cmd_replicate)

@@ -28,7 +28,7 @@ from selfjudge.shared.config import deep_merge
 
 log = logging.getLogger(__name__)
 BASE_LR = 1e-4   # base-model pretraining (1e-3 and 3e-4 learned to see less in the same steps)
-BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's second phase
+BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's third phase
 BASE_READING_STEPS = 700  # text-only steps of reading back and comparing a judge prompt's responses (lr 1e-3)
 
 # The loop's settings for the miniature (the rest are the defaults). Every value is one a user
