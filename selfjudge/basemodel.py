@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
@@ -38,6 +39,70 @@ def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
     if not short:
         return f"My answer: {own}"
     return f"Response A says: {a}. Response B says: {b}. My answer: {own}, {agreement(own, a, b)}."
+
+
+_REASONING = re.compile(r"Response A says: (.*?)\. Response B says: (.*?)\. My answer: (.*?), "
+                        r"(as Response A says|as Response B says|which neither response says)\.")
+
+
+def parse_reasoning(text: str) -> tuple[str, str, str, str] | None:
+    """(response A, response B, own answer, agreeing letter "A"/"B"/"-") read back from a judge output in
+    the `judge_reasoning` format for short answers; None when the output is not in that format."""
+    m = _REASONING.search(text)
+    if m is None:
+        return None
+    a, b, own, clause = m.groups()
+    return a, b, own, clause[len("as Response ")] if clause.startswith("as") else "-"
+
+
+def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float | int]]:
+    """What the judge needs and the base model can (not) do, per closed question type, on labelled
+    held-out pairs (evaluation only): `qa` answers the plain question right; in the judge's prompt
+    (both orders, greedy), `format` writes the reasoning format, `restates` copies both responses,
+    `own_right` gives the right answer itself, `agrees_own` names the response that says its own
+    answer (the string comparison), `agrees_right` names the right response, `verdict_a` says [[A]]."""
+    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.verdict import parse_verdict
+
+    closed = [p for p in pairs if p.question_type in ("count", "colour", "choice", "position")]
+    backend = TransformersBackend(str(model), batch_size=batch_size)
+    answers = backend.generate([ChatRequest(text=p.instruction, images=[p.image]) for p in closed],
+                               SamplingParams(max_new_tokens=8))
+    requests, shown = [], []
+    for p in closed:
+        for a, b, right in ((p.preferred, p.rejected, "A"), (p.rejected, p.preferred, "B")):
+            requests.append(ChatRequest(text=judge_prompt(p.instruction, a, b), images=[p.image], system=JUDGE_SYSTEM))
+            shown.append((p, a, b, right))
+    judged = backend.generate(requests, SamplingParams(max_new_tokens=64),
+                              progress=lambda done, total: log.info("base skills: %s/%s judge prompts", done, total))
+    counts: dict[str, dict[str, int]] = {}
+    for p, gen in zip(closed, answers):
+        c = counts.setdefault(p.question_type, dict.fromkeys(
+            ["qa", "format", "restates", "own_right", "agrees_own", "agrees_right", "verdict_a", "pairs"], 0))
+        c["qa"] += gen.texts[0].strip() == p.preferred
+        c["pairs"] += 1
+    for (p, a, b, right), gen in zip(shown, judged):
+        c, text = counts[p.question_type], gen.texts[0]
+        c["verdict_a"] += parse_verdict(text).choice == "A"
+        parsed = parse_reasoning(text)
+        if parsed is None:
+            continue
+        said_a, said_b, own, letter = parsed
+        c["format"] += 1
+        c["restates"] += (said_a, said_b) == (a, b)
+        c["own_right"] += own == p.preferred
+        c["agrees_own"] += letter == ("A" if own == said_a else "B" if own == said_b else "-")
+        c["agrees_right"] += letter == right
+    return {t: {"pairs": c["pairs"], "qa": c["qa"] / c["pairs"],
+                **{k: v / (2 * c["pairs"]) for k, v in c.items() if k not in ("qa", "pairs")}}
+            for t, c in sorted(counts.items())}
+
+
+def format_skills(skills: dict[str, dict[str, float | int]]) -> str:
+    keys = ["qa", "format", "restates", "own_right", "agrees_own", "agrees_right", "verdict_a"]
+    head = f"{'base model':10} {'pairs':>5} " + " ".join(f"{k:>12}" for k in keys)
+    return "\n".join([head, "-" * len(head)] + [
+        f"{t:10} {s['pairs']:>5} " + " ".join(f"{100 * s[k]:11.1f}%" for k in keys) for t, s in skills.items()])
 
 
 def format_examples(prompts: list, rng: random.Random, n: int,

@@ -181,8 +181,9 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
               overrides: dict | None = None, base: Path | None = None, perception_steps: int = 900) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
     use `base`), run each arm, print the tables, write the plot and results.json."""
-    from selfjudge.basemodel import build_base_model
+    from selfjudge.basemodel import base_skills, build_base_model, format_skills
     from selfjudge.shared.config import load_settings
+    from selfjudge.shared.sources.scenes import heldout_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -197,6 +198,13 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
                          image_size=world.image_size, max_objects=world.max_objects, object_scale=world.object_scale,
                          layout=world.layout)
     timings = {"base_model": time.perf_counter() - start}
+    # what the base judge can do before any iteration, on the held-out pairs the loop is scored on
+    loop = load_settings(None, overrides=deep_merge(LOOP, overrides or {}))
+    skills = base_skills(base, heldout_pairs(loop.run.seed, loop.run.heldout_pairs, image_size=world.image_size,
+                                             max_objects=world.max_objects, object_scale=world.object_scale,
+                                             layout=world.layout))
+    print(format_skills(skills), flush=True)
+    timings["base_skills"] = time.perf_counter() - start - timings["base_model"]
     results = {}
     for arm in arms:
         if (out / arm).exists():
@@ -208,7 +216,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
         print(format_table(arm, results[arm]), flush=True)
     timings["total"] = time.perf_counter() - start
     figure = plot(results, out / "heldout_accuracy.png")
-    summary = {"results": results, "seconds": timings, "figure": str(figure),
+    summary = {"results": results, "base_skills": skills, "seconds": timings, "figure": str(figure),
                "gain": {arm: max(r["accuracy"] for r in rows) - rows[0]["accuracy"] for arm, rows in results.items()}}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     for arm, gain in summary["gain"].items():

@@ -51,6 +51,39 @@ def test_reasoning_format():
         "My answer: There is one object: a red star."
 
 
+def test_reasoning_reads_back():
+    from selfjudge.basemodel import parse_reasoning
+
+    for own, a, b, letter in [("red", "blue", "red", "B"), ("2", "2", "3", "A"), ("4", "2", "3", "-")]:
+        assert parse_reasoning(judge_reasoning(own, a, b, short=True) + " [[A]]") == (a, b, own, letter)
+    assert parse_reasoning("My answer: There is one object. [[B]]") is None
+    assert parse_reasoning("Response A says: 2. Response B says: 3. My answer: 2 [[A]]") is None
+
+
+def test_base_skills_score_what_the_model_wrote(tiny_base):
+    """The skills table of a base model, checked against the model's own outputs read back separately."""
+    from selfjudge.basemodel import base_skills, parse_reasoning
+    from selfjudge.shared.judge import judge_prompt
+    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.sources.scenes import heldout_pairs
+
+    pairs = heldout_pairs(3, 12)
+    skills = base_skills(tiny_base, pairs)
+    closed = [p for p in pairs if p.question_type in skills]
+    assert sorted(skills) == ["choice", "colour", "count", "position"] and len(closed) == 8
+    backend = TransformersBackend(str(tiny_base))
+    gens = backend.generate([ChatRequest(text=judge_prompt(p.instruction, p.preferred, p.rejected), images=[p.image],
+                                         system=JUDGE_SYSTEM) for p in closed], SamplingParams(max_new_tokens=64))
+    for qtype in skills:
+        mine = [(p, g.texts[0]) for p, g in zip(closed, gens) if p.question_type == qtype]
+        assert skills[qtype]["pairs"] == len(mine) == 2
+        # the preferred-first order is half of what was scored: its verdicts bound the [[A]] rate
+        said_a = sum(parse_verdict(t).choice == "A" for _, t in mine)
+        assert said_a / 4 <= skills[qtype]["verdict_a"] <= (said_a + 2) / 4
+        parsed = sum(parse_reasoning(t) is not None for _, t in mine)
+        assert parsed / 4 <= skills[qtype]["format"] <= (parsed + 2) / 4
+
+
 def test_reading_lesson_restates_without_image_or_verdict():
     from selfjudge.basemodel import ANSWER_WORDS, reading_examples
 

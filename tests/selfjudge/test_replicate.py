@@ -39,6 +39,11 @@ def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base
         assert rows[1]["kept_examples"] is not None
         gain = max(r["accuracy"] for r in rows) - rows[0]["accuracy"]
         assert abs(summary["gain"][arm] - gain) < 1e-9
+    # the base model's skills, measured on the same 12 held-out pairs (8 of them closed-ended)
+    skills = summary["base_skills"]
+    assert set(skills) == {"count", "colour", "choice", "position"}
+    assert sum(v["pairs"] for v in skills.values()) == 8 and "agrees_own" in run.stdout
+    assert all(0 <= v[k] <= 1 for v in skills.values() for k in ("qa", "format", "agrees_own", "verdict_a"))
     # the gold arm really used gold labels on closed prompts (the ablation), the other majority votes
     assert "closed_labels: gold" in (out / "gold.yaml").read_text()
     assert "closed_labels: majority" in (out / "majority.yaml").read_text()
