@@ -27,9 +27,18 @@ ANSWER_WORDS = [str(i) for i in range(10)] + list(COLOURS) + list(SHAPES) + list
     ["left", "right", "above", "below"]
 
 
+# the agreement clause of the judge's reasoning, by the letter of the response it names ("-": neither)
+CLAUSES = {"A": "as Response A says", "B": "as Response B says", "-": "which neither response says"}
+
+
+def agreeing(own: str, a: str, b: str) -> str:
+    """The letter of the response that says what the judge answered ("-": neither): a plain string comparison."""
+    return "A" if own == a else "B" if own == b else "-"
+
+
 def agreement(own: str, a: str, b: str) -> str:
-    """Which response says what the judge answered: a plain string comparison."""
-    return "as Response A says" if own == a else "as Response B says" if own == b else "which neither response says"
+    """The agreement clause for the judge's own answer `own` and responses `a`, `b`."""
+    return CLAUSES[agreeing(own, a, b)]
 
 
 def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
@@ -42,7 +51,8 @@ def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
 
 
 _REASONING = re.compile(r"Response A says: (.*?)\. Response B says: (.*?)\. My answer: (.*?), "
-                        r"(as Response A says|as Response B says|which neither response says)\.")
+                        f"({'|'.join(map(re.escape, CLAUSES.values()))})\\.")
+_LETTER = {clause: letter for letter, clause in CLAUSES.items()}
 
 
 def parse_reasoning(text: str) -> tuple[str, str, str, str] | None:
@@ -52,7 +62,7 @@ def parse_reasoning(text: str) -> tuple[str, str, str, str] | None:
     if m is None:
         return None
     a, b, own, clause = m.groups()
-    return a, b, own, clause[len("as Response ")] if clause.startswith("as") else "-"
+    return a, b, own, _LETTER[clause]
 
 
 def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float | int]]:
@@ -91,7 +101,7 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[st
         c["format"] += 1
         c["restates"] += (said_a, said_b) == (a, b)
         c["own_right"] += own == p.preferred
-        c["agrees_own"] += letter == ("A" if own == said_a else "B" if own == said_b else "-")
+        c["agrees_own"] += letter == agreeing(own, said_a, said_b)
         c["agrees_right"] += letter == right
     return {t: {"pairs": c["pairs"], "qa": c["qa"] / c["pairs"],
                 **{k: v / (2 * c["pairs"]) for k, v in c.items() if k not in ("qa", "pairs")}}

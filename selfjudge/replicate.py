@@ -187,7 +187,8 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    world = load_settings(None, overrides=deep_merge(LOOP, overrides or {})).source   # the base learns the loop's world
+    loop = load_settings(None, overrides=deep_merge(LOOP, overrides or {}))
+    world = loop.source   # the base learns the loop's world
     base = base or out / (f"base-steps{perception_steps}+{BASE_READING_STEPS}+{base_steps}-size{world.image_size}"
                           f"-objects{world.max_objects}-scale{world.object_scale:g}-{world.layout}")
     if not (base / "config.json").exists():
@@ -199,7 +200,6 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
                          layout=world.layout)
     timings = {"base_model": time.perf_counter() - start}
     # what the base judge can do before any iteration, on the held-out pairs the loop is scored on
-    loop = load_settings(None, overrides=deep_merge(LOOP, overrides or {}))
     skills = base_skills(base, heldout_pairs(loop.run.seed, loop.run.heldout_pairs, image_size=world.image_size,
                                              max_objects=world.max_objects, object_scale=world.object_scale,
                                              layout=world.layout))
