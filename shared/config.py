@@ -165,6 +165,7 @@ class TrainConfig(Section):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_merge: bool = True          # True: checkpoints are merged full folders; False: adapters over the base
+    freeze_vision: bool = False      # full fine-tuning: the vision encoder stays as it is (its projector trains)
     save_every: int = Field(100, ge=0)   # optimizer steps between resumable saves (0 = never)
     gradient_checkpointing: bool = False
     distributed: Literal["none", "ddp", "fsdp"] = "none"   # ddp/fsdp: nproc processes via torchrun

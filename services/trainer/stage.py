@@ -43,8 +43,8 @@ def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Set
         warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, seed=settings.run.seed + iteration,
         dtype=m.dtype, device=m.device, lr_scheduler=t.lr_scheduler, precision=t.precision, method=t.method,
         lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, lora_merge=t.lora_merge,
-        save_every=t.save_every, gradient_checkpointing=t.gradient_checkpointing, distributed=t.distributed,
-        nproc=t.nproc, micro_batch_tokens=t.micro_batch_tokens,
+        freeze_vision=t.freeze_vision, save_every=t.save_every, gradient_checkpointing=t.gradient_checkpointing,
+        distributed=t.distributed, nproc=t.nproc, micro_batch_tokens=t.micro_batch_tokens,
     )  # fmt: skip
 
 

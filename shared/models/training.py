@@ -66,6 +66,9 @@ CONCAT_KEYS = ("image_grid_thw", "video_grid_thw", "pixel_values_videos", "secon
 # LoRA on the language model's attention and MLP projections only (vision towers use the same names).
 LORA_TARGET = r".*(language_model|text_model).*layers\.\d+\.(self_attn|cross_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
 META_FILE = "selfjudge_training.json"
+# the vision encoder without its projector into the language model: Qwen2/2.5-VL `visual.*` less
+# `visual.merger.*`; Mllama and Idefics3 `vision_model.*` (projectors: multi_modal_projector, connector)
+VISION_ENCODER = re.compile(r"(^|\.)(visual|vision_model|vision_tower)\.(?!merger\.)")
 METHODS, PRECISIONS, DISTRIBUTED = ("full", "lora"), ("auto", "fp32", "bf16-mixed", "bf16"), ("none", "ddp", "fsdp")
 
 
@@ -97,6 +100,9 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_merge: bool = True  # True: write merged full weights; False: write the adapter only
     lora_target: str = LORA_TARGET
+    # full fine-tuning: keep the vision encoder's weights as they are (its projector into the language
+    # model still trains), as LLaVA-style recipes do; LoRA never touches the vision encoder anyway
+    freeze_vision: bool = False
     save_every: int = 0  # optimizer steps between resumable checkpoints (needs resume_from); 0 = never
     gradient_checkpointing: bool = False
     distributed: str = "none"  # none | ddp | fsdp (several processes: see distributed.py)
@@ -350,14 +356,30 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
         base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True)
         if cfg.method == "lora":
             return PeftModel.from_pretrained(base, model_path, is_trainable=True)
-        merged = PeftModel.from_pretrained(base, model_path).merge_and_unload()
-        return merged.requires_grad_(True)  # PEFT froze the base weights
+        merged = PeftModel.from_pretrained(base, model_path).merge_and_unload().requires_grad_(True)  # PEFT froze them
+        if cfg.freeze_vision:
+            freeze_vision_encoder(merged)
+        return merged
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
     if cfg.method == "lora":
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(cfg))
+    elif cfg.freeze_vision:
+        freeze_vision_encoder(model)
     return model
+
+
+def freeze_vision_encoder(model: Any) -> int:
+    """Stop training the vision encoder's weights (`VISION_ENCODER`); returns how many were frozen."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if VISION_ENCODER.search(name):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    if frozen == 0:
+        raise ValueError(f"freeze_vision: no vision encoder weights ({VISION_ENCODER.pattern}) in {type(model).__name__}")
+    return frozen
 
 
 def export(model: Any, processor: Any, out_dir: str | Path, cfg: TrainConfig, meta: dict | None = None) -> Path:

@@ -16,6 +16,7 @@ from selfjudge.shared.models.chat_format import answer_format
 from selfjudge.shared.models.training import (
     IGNORE,
     META_FILE,
+    VISION_ENCODER,
     SFTExample,
     TrainConfig,
     answer_loss_sum,
@@ -100,3 +101,20 @@ def test_answer_only_labels_and_one_train_step(arch: str, request: pytest.Fixtur
     assert json.loads((tmp_path / "out" / META_FILE).read_text())["format"] == "full"
     be = TransformersBackend(str(tmp_path / "out"))
     assert be.generate([ChatRequest(text=exs[0].text, images=exs[0].images)], SamplingParams(max_new_tokens=4))[0].texts
+
+
+@pytest.mark.parametrize("arch", ["qwen", *ARCHS])
+def test_freeze_vision_keeps_the_encoder_and_trains_the_projector(arch: str, request: pytest.FixtureRequest,
+                                                                   tmp_path: Path) -> None:
+    tiny_arch = request.getfixturevalue(f"tiny_{arch}")
+    # two steps: Mllama's cross-attention gates start at 0, so its projector gets a gradient from step 2 on
+    cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=3, warmup_ratio=0.0, lr_scheduler="constant", freeze_vision=True)
+    sft(str(tiny_arch), examples(), tmp_path / "out", cfg)
+    before = AutoModelForImageTextToText.from_pretrained(tiny_arch, use_safetensors=True).state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(tmp_path / "out", use_safetensors=True).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    encoder = {name for name in before if VISION_ENCODER.search(name)}
+    projector = {"qwen": "visual.merger.", "mllama": "multi_modal_projector.", "idefics3": "connector."}[arch]
+    assert encoder and not changed & encoder, sorted(changed & encoder)[:5]
+    assert any(projector in name for name in changed), "the projector into the language model trained"
+    assert any("lm_head" in name or "language_model" in name or "text_model" in name for name in changed)
