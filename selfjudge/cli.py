@@ -483,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--arms", nargs="+", choices=["majority", "gold"], default=["majority", "gold"],
                    help="closed-ended labels: majority vote (the paper) and/or gold answers (the ablation)")
-    p.add_argument("--perception-steps", type=int, default=900,
-                   help="base model, phase 1: steps of closed-ended QA only")
+    p.add_argument("--perception-steps", type=int, default=1400,
+                   help="base model, phase 1: steps of closed-ended QA (and, for the grid layout, cell descriptions)")
     p.add_argument("--base-steps", type=int, default=600,
                    help="base model, phase 3: steps of all QA plus the judge-format lesson")
     p.add_argument("--base", help="an existing base model folder to use instead of building one")

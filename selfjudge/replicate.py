@@ -27,7 +27,7 @@ import yaml
 from selfjudge.shared.config import deep_merge
 
 log = logging.getLogger(__name__)
-BASE_LR = 1e-4   # base-model pretraining (1e-3 and 3e-4 learned to see less in the same steps)
+BASE_LR = 3e-4   # base-model pretraining, vision encoder frozen (1e-3: shapes at chance; 1e-4 unfrozen: 40-60% QA)
 BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's third phase
 BASE_READING_STEPS = 700  # text-only steps of reading back and comparing a judge prompt's responses (lr 1e-3)
 
@@ -43,7 +43,7 @@ LOOP = {
               "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 64},
     "reason": {"temperature": 0.8, "samples_per_order": 2, "max_new_tokens": 128},
     "filter": {"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2},
-    "train": {"lr": 1.0e-4, "epochs": 3, "batch_size": 8, "max_length": 512},
+    "train": {"lr": 1.0e-4, "epochs": 3, "batch_size": 8, "max_length": 512, "freeze_vision": True},
     "eval": {"max_new_tokens": 128},
 }
 
@@ -178,7 +178,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
 
 
 def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 600,
-              overrides: dict | None = None, base: Path | None = None, perception_steps: int = 900) -> dict:
+              overrides: dict | None = None, base: Path | None = None, perception_steps: int = 1400) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
     use `base`), run each arm, print the tables, write the plot and results.json."""
     from selfjudge.basemodel import base_skills, build_base_model, format_skills
@@ -190,7 +190,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     loop = load_settings(None, overrides=deep_merge(LOOP, overrides or {}))
     world = loop.source   # the base learns the loop's world
     base = base or out / (f"base-steps{perception_steps}+{BASE_READING_STEPS}+{base_steps}-size{world.image_size}"
-                          f"-objects{world.max_objects}-scale{world.object_scale:g}-{world.layout}")
+                          f"-objects{world.max_objects}-scale{world.object_scale:g}-{world.layout}-frozen-vision")
     if not (base / "config.json").exists():
         log.info("replicate: building the base model (%s + %s steps, %s objects at most, object scale %s, %s layout)",
                  perception_steps, base_steps, world.max_objects, world.object_scale, world.layout)

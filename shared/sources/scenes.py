@@ -453,6 +453,29 @@ def pretraining_prompts(seed: int, n: int, image_size: int = 112, max_objects: i
     return out[:n]
 
 
+GRID_PLACES = ("top left", "top right", "bottom left", "bottom right")   # the cells of a 2 x 2 grid, reading order
+GRID_QUESTION = "Describe each quarter of the image."
+
+
+def grid_description(scene: Scene) -> str:
+    """Each cell of a "grid" scene in reading order: 'top left: a large red circle. top right: nothing. ...'.
+    Dense supervision for a base model's perception (every cell, every attribute); not a loop prompt."""
+    assert GRID == 2, "GRID_PLACES names the cells of a 2 x 2 grid"
+    cells = {int(o.x * GRID // scene.width) + GRID * int(o.y * GRID // scene.height): o for o in scene.objects}
+    return " ".join(f"{place}: " + (f"a {o.size} {o.colour} {o.shape}." if (o := cells.get(c)) else "nothing.")
+                    for c, place in enumerate(GRID_PLACES))
+
+
+def grid_descriptions(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
+                      object_scale: float = 1.0) -> list[tuple[Image.Image, str, str]]:
+    """(image, GRID_QUESTION, grid_description) for `n` "pretrain" scenes of the grid layout."""
+    out = []
+    for index in range(n):
+        scene, _ = scene_for(seed, "pretrain", index, max_objects, object_scale, "grid")
+        out.append((render(scene, image_size), GRID_QUESTION, grid_description(scene)))
+    return out
+
+
 def pretraining_corpus(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
                        object_scale: float = 1.0, layout: str = "free") -> list[tuple[Image.Image, str, str]]:
     """(image, instruction, gold answer) of `pretraining_prompts`."""

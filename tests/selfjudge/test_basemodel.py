@@ -119,6 +119,21 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
     import json
     meta = json.loads((out / META_FILE).read_text())
     assert meta["config"]["lr"] == 1e-4 and meta["parent"].endswith("base.phase2")   # phase 3 of 3
+    assert meta["config"]["freeze_vision"] is True
+    # the vision encoder is the random init's, untouched by three phases; its projector and the LM trained
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from selfjudge.shared.models.tiny import build_tiny
+    from selfjudge.shared.models.training import VISION_ENCODER
+    from selfjudge.shared.sources.scenes import tokenizer_corpus
+
+    init = build_tiny("qwen2_5_vl", tmp_path / "init", tokenizer_corpus(), seed=0, image_size=56)
+    before = AutoModelForImageTextToText.from_pretrained(init).state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not {k for k in changed if VISION_ENCODER.search(k)}
+    assert any("visual.merger" in k for k in changed) and any("language_model" in k for k in changed)
     _, p = pretraining_prompts(0, 1, image_size=56, max_objects=4, object_scale=1.6, layout="grid")[0]
     image = pretraining_prompts(0, 1, image_size=56, max_objects=4, object_scale=1.6, layout="grid")[0][0]
     backend = TransformersBackend(str(out))

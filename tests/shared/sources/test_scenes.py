@@ -312,3 +312,20 @@ def test_grid_layout_puts_one_object_per_cell_centred():
         assert wrong_answer(p, rng) != p.gold
     with pytest.raises(ValueError, match="unknown layout"):
         random_scene(random.Random(0), layout="spiral")
+
+
+def test_grid_description_names_every_cell_and_what_is_in_it():
+    from selfjudge.shared.sources.scenes import GRID_PLACES, GRID_QUESTION, grid_description, grid_descriptions
+
+    described = grid_descriptions(0, 40, image_size=56, max_objects=4, object_scale=1.6)
+    assert len(described) == 40 and {q for _, q, _ in described} == {GRID_QUESTION}
+    for index, (image, _, text) in enumerate(described):
+        scene, _ = scene_for(0, "pretrain", index, 4, 1.6, "grid")
+        assert text == grid_description(scene) and image.size == (56, 56)
+        clauses = text.split(". ")
+        assert [c.split(":")[0] for c in clauses] == list(GRID_PLACES)
+        assert sum(c.endswith("nothing") or c.endswith("nothing.") for c in clauses) == 4 - len(scene.objects)
+        for o in scene.objects:     # each object in the clause of its own cell, with all three attributes
+            place = GRID_PLACES[(o.x > 50) + 2 * (o.y > 50)]
+            assert f"{place}: a {o.size} {o.colour} {o.shape}" in text
+            assert image.getpixel((int(o.x * 56 / 100), int(o.y * 56 / 100))) == COLOURS[o.colour]
