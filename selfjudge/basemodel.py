@@ -234,13 +234,13 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     if perception_steps > 0:
         grid = layout == "grid"
         prompts = pretraining_prompts(seed, perception_steps * batch_size * 3 // (4 if grid else 2), **world)
-        closed = [SFTExample(text=p.instruction, images=[img], answer=p.gold)
-                  for img, p in prompts if p.kind == "closed"]
+        looking = [SFTExample(text=p.instruction, images=[img], answer=p.gold)
+                   for img, p in prompts if p.kind == "closed"]
         if grid:
-            closed += [SFTExample(text=q, images=[img], answer=a) for img, q, a in grid_descriptions(
-                seed, len(closed), image_size, max_objects, object_scale)]
-            random.Random(seed).shuffle(closed)
-        seeing = train("closed-ended QA" + (" and cell descriptions" if grid else ""), perception_steps, closed, lr,
+            looking += [SFTExample(text=q, images=[img], answer=a) for img, q, a in grid_descriptions(
+                seed, len(looking), image_size, max_objects, object_scale)]
+            random.Random(seed).shuffle(looking)
+        seeing = train("closed-ended QA" + (" and cell descriptions" if grid else ""), perception_steps, looking, lr,
                        batch_size)
     if reading_steps > 0:
         prompts = pretraining_prompts(seed, 200, **world)

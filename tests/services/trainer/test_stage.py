@@ -31,16 +31,18 @@ def test_train_config_maps_every_key() -> None:
         "train": {"lr": 2e-5, "epochs": 3, "batch_size": 8, "grad_accum": 2, "method": "lora", "lora_r": 8,
                   "lora_alpha": 16, "lora_dropout": 0.1, "lora_merge": False, "save_every": 7,
                   "distributed": "ddp", "nproc": 2, "lr_scheduler": "linear", "precision": "bf16-mixed",
-                  "gradient_checkpointing": True, "weight_decay": 0.01, "micro_batch_tokens": -1},
+                  "gradient_checkpointing": True, "weight_decay": 0.01, "micro_batch_tokens": -1,
+                  "freeze_vision": True},
     })  # fmt: skip
     cfg = stage.train_config(settings, iteration=2)
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.seed) == (2e-5, 3, 8, 2, 12)
     assert (cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_merge) == ("lora", 8, 16, 0.1, False)
     assert (cfg.save_every, cfg.distributed, cfg.nproc, cfg.lr_scheduler) == (7, "ddp", 2, "linear")
     assert (cfg.precision, cfg.gradient_checkpointing, cfg.weight_decay) == ("bf16-mixed", True, 0.01)
-    assert (cfg.dtype, cfg.device, cfg.micro_batch_tokens) == ("bfloat16", "cpu", -1)
+    assert (cfg.dtype, cfg.device, cfg.micro_batch_tokens, cfg.freeze_vision) == ("bfloat16", "cpu", -1, True)
     default = stage.train_config(load_settings(), iteration=1)
     assert (default.lr, default.epochs, default.method, default.distributed) == (1e-5, 5, "full", "none")
+    assert default.freeze_vision is False
 
 
 def _png(colour: str) -> bytes:
