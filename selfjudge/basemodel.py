@@ -233,6 +233,7 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     seeing = None
     if perception_steps > 0:
         grid = layout == "grid"
+        # ~2/3 of the prompts are closed-ended: steps x batch examples, half of them descriptions on a grid
         prompts = pretraining_prompts(seed, perception_steps * batch_size * 3 // (4 if grid else 2), **world)
         looking = [SFTExample(text=p.instruction, images=[img], answer=p.gold)
                    for img, p in prompts if p.kind == "closed"]

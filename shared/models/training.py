@@ -356,16 +356,14 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
         base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True)
         if cfg.method == "lora":
             return PeftModel.from_pretrained(base, model_path, is_trainable=True)
-        merged = PeftModel.from_pretrained(base, model_path).merge_and_unload().requires_grad_(True)  # PEFT froze them
-        if cfg.freeze_vision:
-            freeze_vision_encoder(merged)
-        return merged
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
-    if cfg.method == "lora":
-        from peft import get_peft_model
+        model = PeftModel.from_pretrained(base, model_path).merge_and_unload().requires_grad_(True)  # PEFT froze them
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
+        if cfg.method == "lora":
+            from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(cfg))
-    elif cfg.freeze_vision:
+            return get_peft_model(model, lora_config(cfg))
+    if cfg.freeze_vision:       # full fine-tuning only: LoRA leaves the vision encoder alone anyway
         freeze_vision_encoder(model)
     return model
 
