@@ -17,7 +17,7 @@ from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
 from selfjudge.shared.models.tiny import build_tiny
 from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
 from selfjudge.shared.sources.scenes import (
-    COLOURS, LETTERS, SHAPES, grid_descriptions, pretraining_prompts, tokenizer_corpus, wrong_answer,
+    COLOURS, LETTERS, SHAPES, grid_descriptions, perturb, pretraining_prompts, tokenizer_corpus, wrong_answer,
 )
 from selfjudge.shared.verdict import format_verdict
 
@@ -146,6 +146,57 @@ def format_examples(prompts: list, rng: random.Random, n: int,
         examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
                                    system=JUDGE_SYSTEM))
     return examples
+
+
+def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExample]:
+    """DIAGNOSTIC ONLY (`selfjudge replicate --ceiling`): never part of the base model or of the loop.
+
+    Judge traces that are right in every part: the own answer is the gold answer, the agreement
+    clause names the response that says it, and the verdict names the gold response (closed: gold
+    vs a wrong answer; open: the gold text vs a perturbed one), A or B at random. Training the base
+    judge on these with the loop's trainer settings tells how far the trainer could take it if
+    every kept trace were right: an upper bound on what the loop can teach at that budget."""
+    examples = []
+    for image, p in prompts:
+        if len(examples) == n:
+            break
+        if p.kind == "closed":
+            bad = wrong_answer(p, rng)
+        else:
+            bad, errors = perturb(p.gold, rng)
+            bad = bad if errors else p.gold
+        if bad == p.gold:
+            continue
+        a, b, right = (p.gold, bad, "A") if rng.random() < 0.5 else (bad, p.gold, "B")
+        reply = f"{judge_reasoning(p.gold, a, b, p.kind == 'closed')} {format_verdict(right)}"
+        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
+                                   system=JUDGE_SYSTEM))
+    return examples
+
+
+def judge_accuracy(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """Greedy verdicts on labelled held-out pairs in both orders: accuracy per question type and
+    overall (an unparseable verdict counts as wrong), and the share of [[A]] verdicts."""
+    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.verdict import parse_verdict
+
+    backend = TransformersBackend(str(model), batch_size=batch_size)
+    requests, shown = [], []
+    for p in pairs:
+        for a, b, right in ((p.preferred, p.rejected, "A"), (p.rejected, p.preferred, "B")):
+            requests.append(ChatRequest(text=judge_prompt(p.instruction, a, b), images=[p.image], system=JUDGE_SYSTEM))
+            shown.append((p.question_type, right))
+    judged = backend.generate(requests, SamplingParams(max_new_tokens=128),
+                              progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
+    tally: dict[str, list[int]] = {}
+    for (qtype, right), gen in zip(shown, judged):
+        choice = parse_verdict(gen.texts[0]).choice
+        for key in (qtype, "overall"):
+            t = tally.setdefault(key, [0, 0, 0])
+            t[0] += choice == right
+            t[1] += choice == "A"
+            t[2] += 1
+    return {k: {"accuracy": r / n, "verdict_a": va / n, "judgments": n} for k, (r, va, n) in sorted(tally.items())}
 
 
 def own_answers(model: str | Path, prompts: list, batch_size: int = 32) -> list[str | None]:

@@ -404,7 +404,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     load_settings(None, overrides=overrides)     # a bad --set fails here, with the config's own message
     replicate(Path(args.out), args.iterations, tuple(args.arms), args.base_steps, overrides,
-              base=Path(args.base) if args.base else None, perception_steps=args.perception_steps)
+              base=Path(args.base) if args.base else None, perception_steps=args.perception_steps,
+              ceiling=args.ceiling)
     return 0
 
 
@@ -488,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-steps", type=int, default=600,
                    help="base model, phase 3: steps of all QA plus the judge-format lesson")
     p.add_argument("--base", help="an existing base model folder to use instead of building one")
+    p.add_argument("--ceiling", type=int, default=0, metavar="N",
+                   help="diagnostic: train the base judge on N gold judge traces with the loop's trainer settings "
+                        "and score it on the held-out pairs (what the loop could reach at best); 0 = skip")
     p.add_argument("--set", action="append", metavar="section.key=value", help="override one loop setting")
     p.set_defaults(fn=cmd_replicate)
 

@@ -177,10 +177,45 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
+def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int) -> dict:  # noqa: ANN001 - Settings
+    """The loop's trainer settings on `n` right-in-every-part judge traces (`gold_judge_examples`,
+    from the pretrain split, never the held-out one), scored on the held-out pairs: how far one
+    training round could take the base judge if every kept trace were right. A diagnostic only."""
+    import random
+
+    from selfjudge.basemodel import gold_judge_examples, judge_accuracy
+    from selfjudge.shared.models.training import TrainConfig, sft
+    from selfjudge.shared.sources.scenes import pretraining_prompts
+
+    world = loop.source
+    prompts = pretraining_prompts(loop.run.seed + 7, 2 * n, image_size=world.image_size, max_objects=world.max_objects,
+                                  object_scale=world.object_scale, layout=world.layout)
+    examples = gold_judge_examples(prompts, random.Random(loop.run.seed + 7), n)
+    t = loop.train
+    cfg = TrainConfig(lr=t.lr, epochs=t.epochs, batch_size=t.batch_size, max_length=t.max_length,
+                      freeze_vision=t.freeze_vision, seed=loop.run.seed)
+    folder = out / "ceiling"
+    result = sft(str(base), examples, folder, cfg, progress=lambda step, total, loss: log.info(
+        "ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None)
+    scores = judge_accuracy(folder, pairs)
+    return {"examples": len(examples), "steps": result.steps, "lr": t.lr, "epochs": t.epochs, "scores": scores}
+
+
+def format_ceiling(ceiling: dict) -> str:
+    scores = ceiling["scores"]
+    head = (f"supervised ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps at lr {ceiling['lr']:g}; "
+            "diagnostic, not the method): held-out acc ")
+    return head + " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in scores.items()) + \
+        f"; [[A]] {100 * scores['overall']['verdict_a']:.0f}%"
+
+
 def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"), base_steps: int = 600,
-              overrides: dict | None = None, base: Path | None = None, perception_steps: int = 1400) -> dict:
+              overrides: dict | None = None, base: Path | None = None, perception_steps: int = 1400,
+              ceiling: int = 0) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
-    use `base`), run each arm, print the tables, write the plot and results.json."""
+    use `base`), run each arm, print the tables, write the plot and results.json. With `ceiling`
+    > 0, first train the base judge on that many gold judge traces with the loop's trainer settings
+    and score it on the held-out pairs (`supervised_ceiling`: what the loop could reach at best)."""
     from selfjudge.basemodel import base_skills, build_base_model, format_skills
     from selfjudge.shared.config import load_settings
     from selfjudge.shared.sources.scenes import heldout_pairs
@@ -200,11 +235,17 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
                          layout=world.layout)
     timings = {"base_model": time.perf_counter() - start}
     # what the base judge can do before any iteration, on the held-out pairs the loop is scored on
-    skills = base_skills(base, heldout_pairs(loop.run.seed, loop.run.heldout_pairs, image_size=world.image_size,
-                                             max_objects=world.max_objects, object_scale=world.object_scale,
-                                             layout=world.layout))
+    pairs = heldout_pairs(loop.run.seed, loop.run.heldout_pairs, image_size=world.image_size,
+                          max_objects=world.max_objects, object_scale=world.object_scale, layout=world.layout)
+    skills = base_skills(base, pairs)
     print(format_skills(skills), flush=True)
     timings["base_skills"] = time.perf_counter() - start - timings["base_model"]
+    bound = None
+    if ceiling > 0:
+        mark = time.perf_counter()
+        bound = supervised_ceiling(base, out, loop, pairs, ceiling)
+        print(format_ceiling(bound), flush=True)
+        timings["ceiling"] = time.perf_counter() - mark
     results = {}
     for arm in arms:
         if (out / arm).exists():
@@ -216,7 +257,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
         print(format_table(arm, results[arm]), flush=True)
     timings["total"] = time.perf_counter() - start
     figure = plot(results, out / "heldout_accuracy.png")
-    summary = {"results": results, "base_skills": skills, "seconds": timings, "figure": str(figure),
+    summary = {"results": results, "base_skills": skills, "ceiling": bound, "seconds": timings, "figure": str(figure),
                "gain": {arm: max(r["accuracy"] for r in rows) - rows[0]["accuracy"] for arm, rows in results.items()}}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     for arm, gain in summary["gain"].items():

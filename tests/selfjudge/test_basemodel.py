@@ -5,7 +5,7 @@ import random
 import re
 from collections import Counter
 
-from selfjudge.basemodel import format_examples, judge_reasoning
+from selfjudge.basemodel import format_examples, gold_judge_examples, judge_reasoning, parse_reasoning
 from selfjudge.shared.judge import JUDGE_SYSTEM
 from selfjudge.shared.sources.scenes import pretraining_prompts
 from selfjudge.shared.verdict import parse_verdict
@@ -41,6 +41,29 @@ def test_format_lesson_verdicts_carry_no_preference():
     # many lessons show two wrong answers: copying a response is no way to the own (gold) answer
     assert 0.3 < both_wrong / len(prompts) < 0.6
 
+
+
+def test_ceiling_traces_are_right_in_every_part():
+    """The diagnostic's traces (never the base model's or the loop's): own answer = gold, the clause
+    names the gold response, the verdict too, and A / B come about equally often."""
+    prompts = pretraining_prompts(7, 400, image_size=56, max_objects=4, object_scale=1.6, layout="grid")
+    assert len(gold_judge_examples(prompts, random.Random(0), 300)) == 300
+    rng, letters = random.Random(0), Counter()
+    for image, p in prompts:
+        examples = gold_judge_examples([(image, p)], rng, 1)
+        if not examples:     # no wrong answer / no perturbation for this prompt
+            continue
+        [ex] = examples
+        assert ex.images == [image] and ex.system == JUDGE_SYSTEM and f"Question: {p.instruction}\n" in ex.text
+        a, b = re.search(r"\[Response A\]\n(.*)\n\[Response B\]\n(.*)\nExplain", ex.text, re.S).groups()
+        verdict = parse_verdict(ex.answer).choice
+        assert a != b and (a if verdict == "A" else b) == p.gold
+        letters[verdict] += 1
+        if p.kind == "closed":
+            assert parse_reasoning(ex.answer) == (a, b, p.gold, verdict)
+        else:
+            assert ex.answer.startswith(f"My answer: {p.gold} ")
+    assert sum(letters.values()) > 350 and 0.4 < letters["A"] / sum(letters.values()) < 0.6
 
 def test_reasoning_format():
     assert judge_reasoning("red", "blue", "red", short=True) == \

@@ -13,7 +13,7 @@ from selfjudge.shared.db import EvalSummary, make_sessionmaker
 def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base):
     out = tmp_path / "rep"
     run = subprocess.run([sys.executable, "-m", "selfjudge.cli", "replicate", "--out", str(out), "--iterations", "1",
-                          "--base", str(tiny_base),
+                          "--base", str(tiny_base), "--ceiling", "8",
                           "--arms", "majority", "gold", "--set", "run.prompts_per_iteration=24",
                           "--set", "run.heldout_pairs=12", "--set", "run.shard_size=12",
                           "--set", "model.cpu_threads=1"],
@@ -44,6 +44,13 @@ def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base
     assert set(skills) == {"count", "colour", "choice", "position"}
     assert sum(v["pairs"] for v in skills.values()) == 8 and "agrees_own" in run.stdout
     assert all(0 <= v[k] <= 1 for v in skills.values() for k in ("qa", "format", "agrees_own", "verdict_a"))
+    # the supervised ceiling: the loop's trainer on 8 gold traces, scored on the same 12 held-out pairs
+    ceiling = summary["ceiling"]
+    assert ceiling["examples"] == 8 and ceiling["steps"] >= 1 and "supervised ceiling (8 gold traces" in run.stdout
+    assert ceiling["scores"]["overall"]["judgments"] == 24
+    assert sum(v["judgments"] for k, v in ceiling["scores"].items() if k != "overall") == 24
+    assert all(0 <= v["accuracy"] <= 1 and 0 <= v["verdict_a"] <= 1 for v in ceiling["scores"].values())
+    assert (out / "ceiling" / "config.json").exists()
     # the gold arm really used gold labels on closed prompts (the ablation), the other majority votes
     assert "closed_labels: gold" in (out / "gold.yaml").read_text()
     assert "closed_labels: majority" in (out / "majority.yaml").read_text()
