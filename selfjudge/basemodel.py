@@ -2,9 +2,9 @@
 
 Built from a config (no download), then taught scene captioning / question answering, to read
 a judge prompt's responses back and compare strings (text only), and the judge's output FORMAT.
-The format lesson carries no information about which response is right: its verdicts are drawn
-at random, independent of the responses, and its "My answer" is the model's own answer (or a
-random one), never the gold one.
+The format lesson carries no information about which response is right: its "My answer" is the
+model's own answer (or a random one), never the gold one, and its verdict follows that answer (the
+response that says it; a coin flip when neither does, and for captions, whose own answer is gold).
 """
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ def agreeing(own: str, a: str, b: str) -> str:
 def agreement(own: str, a: str, b: str) -> str:
     """The agreement clause for the judge's own answer `own` and responses `a`, `b`."""
     return CLAUSES[agreeing(own, a, b)]
+
+
+def following_verdict(own: str, a: str, b: str, rng: random.Random) -> str:
+    """The verdict that follows the judge's own reasoning: the response that says its own answer, a
+    coin flip when neither does. A procedure on strings, as any instruct model's verdict follows its
+    reasoning; what it prefers is only ever what the judge itself answered."""
+    letter = agreeing(own, a, b)
+    return letter if letter != "-" else rng.choice("AB")
 
 
 def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
@@ -117,31 +125,43 @@ def format_skills(skills: dict[str, dict[str, float | int]]) -> str:
 
 def format_examples(prompts: list, rng: random.Random, n: int,
                     own: list[str | None] | None = None) -> list[SFTExample]:
-    """Judge-format examples with a RANDOM verdict, independent of the responses: the lesson teaches
-    the format (restate the responses, answer the question, say which response agrees, give a
-    verdict), never which response to prefer.
+    """Judge-format examples whose verdict follows the judge's own reasoning, never the gold answer:
+    the lesson teaches the format (restate the responses, answer the question, say which response
+    agrees, give the verdict that follows), not which response is right.
 
     `own[i]`: the model's own answer to closed-ended prompts[i] (`own_answers`), stated as "My
-    answer", so the lesson carries no gold information beyond what the model already believes;
-    without `own`, a random one of the candidate answers (format only). Open-ended prompts state the
-    gold caption / object list, with no agreement clause. The two responses are two different values
-    drawn from the gold answer and wrong ones (open-ended: the gold text and a perturbed one, or two
-    perturbed ones, half and half), so copying a response is no way to the own answer."""
+    answer" and said by response A, response B or neither, a third of the time each; the verdict
+    names the response that says it (`following_verdict`; a coin flip when neither does), so the
+    lesson carries no information beyond what the model already believes. Without `own`, a random
+    one of the candidate answers (format only). Open-ended prompts state the
+    gold caption / object list, with no agreement clause and a RANDOM verdict (the caption is gold, so
+    no verdict may follow from it). The two responses are two different values drawn from the gold
+    answer and wrong ones (open-ended: the gold text and a perturbed one, or two perturbed ones, half
+    and half), so copying a response is no way to the own answer."""
     examples = []
     for i in rng.sample(range(len(prompts)), min(n, len(prompts))):
         image, p = prompts[i]
         wrong = sorted({wrong_answer(p, rng) for _ in range(8)} - {p.gold})
         if not wrong:
             continue
-        if p.kind == "closed":
+        if p.kind == "closed" and own and own[i]:
+            # the model's belief, said by response A, by response B or by neither, a third of the time
+            # each, whatever the question type (drawn from gold and wrong values, colour questions
+            # would rarely show it and teach "neither" as a prior); the other values are the rest
+            answer = own[i]
+            others = sorted({p.gold, *wrong} - {answer})
+            rng.shuffle(others)
+            a, b = rng.choice([(answer, others[0]), (others[0], answer)] + [tuple(others[:2])] * (len(others) > 1))
+            verdict = following_verdict(answer, a, b, rng)   # what the model believes, never the gold answer
+        elif p.kind == "closed":
             a, b = rng.sample([p.gold, *wrong], 2)
-            # the model's belief; without one, a random value (format only, as in reading_examples)
-            answer = (own[i] or p.gold) if own else rng.choice(sorted({a, b, *wrong}))
+            answer = rng.choice(sorted({a, b, *wrong}))   # no belief given: a random value (format only)
+            verdict = following_verdict(answer, a, b, rng)
         else:
             pair = [p.gold, rng.choice(wrong)] if len(wrong) < 2 or rng.random() < 0.5 else rng.sample(wrong, 2)
             a, b = rng.sample(pair, 2)
             answer = p.gold                 # captioning in the judge's prompt (no agreement clause)
-        verdict = rng.choice("AB")          # independent of which answer is right
+            verdict = rng.choice("AB")      # independent of which text is right
         reply = f"{judge_reasoning(answer, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
         examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
                                    system=JUDGE_SYSTEM))
@@ -216,17 +236,19 @@ def own_answers(model: str | Path, prompts: list, batch_size: int = 32) -> list[
 
 def reading_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExample]:
     """Instruction following without an image: the judge's prompt with two random short answers and,
-    as the reply, the responses restated, a random "own answer" (one of them or another word) and
-    which response says the same. Reading the prompt back and comparing two strings are skills any
-    instruct model has; there is no image and no verdict, so nothing here says which response is better."""
+    as the reply, the responses restated, a random "own answer" (one of them or another word), which
+    response says the same and the verdict that follows (`following_verdict`). Reading the prompt
+    back, comparing two strings and concluding from one's own reasoning are skills any instruct model
+    has; there is no image and the own answer is random, so nothing here says which response is right."""
     closed = [p for _, p in prompts if p.kind == "closed"]
     examples = []
     for _ in range(n):
         p = rng.choice(closed)
         a, b, c = rng.sample(ANSWER_WORDS, 3)
         mine = rng.choice([a, b, c])
-        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[],
-                                   answer=judge_reasoning(mine, a, b, short=True), system=JUDGE_SYSTEM))
+        reply = f"{judge_reasoning(mine, a, b, short=True)} {format_verdict(following_verdict(mine, a, b, rng))}"
+        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[], answer=reply,
+                                   system=JUDGE_SYSTEM))
     return examples
 
 

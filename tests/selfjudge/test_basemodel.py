@@ -28,6 +28,8 @@ def test_format_lesson_verdicts_carry_no_preference():
         else:
             mine = re.search(r"My answer: (.*?), (as Response|which neither)", ex.answer).group(1)
             assert ex.answer == f"{judge_reasoning(mine, a, b, short=True)} [[{verdict}]]"
+            if mine in (a, b):       # the verdict follows the judge's own answer, whatever the gold one is
+                assert verdict == ("A" if mine == a else "B")
             if p.gold in (a, b):     # with no belief given, the clause names the gold response by chance only
                 clause[mine == p.gold, mine in (a, b)] += 1
         if p.gold in (a, b):
@@ -107,21 +109,25 @@ def test_base_skills_score_what_the_model_wrote(tiny_base):
         assert parsed / 4 <= skills[qtype]["format"] <= (parsed + 2) / 4
 
 
-def test_reading_lesson_restates_without_image_or_verdict():
+def test_reading_lesson_restates_and_concludes_without_an_image():
     from selfjudge.basemodel import ANSWER_WORDS, reading_examples
 
     prompts = pretraining_prompts(0, 60)
     examples = reading_examples(prompts, random.Random(0), 200)
     assert len(examples) == 200
-    agrees = {"A": 0, "B": 0, "-": 0}
+    agrees, neither_a = {"A": 0, "B": 0, "-": 0}, 0
     for ex in examples:
         a, b = re.search(r"\[Response A\]\n(.*)\n\[Response B\]\n(.*)\nExplain", ex.text, re.S).groups()
         assert a != b and {a, b} <= set(ANSWER_WORDS)
         mine = re.search(r"My answer: (.*?), ", ex.answer).group(1)
-        assert ex.images == [] and ex.answer == judge_reasoning(mine, a, b, short=True)
-        assert parse_verdict(ex.answer).choice is None
-        agrees[("A" if mine == a else "B" if mine == b else "-")] += 1
+        verdict = parse_verdict(ex.answer).choice
+        assert ex.images == [] and ex.answer == f"{judge_reasoning(mine, a, b, short=True)} [[{verdict}]]"
+        letter = "A" if mine == a else "B" if mine == b else "-"
+        assert verdict == letter or letter == "-"     # the verdict follows the (random) own answer
+        agrees[letter] += 1
+        neither_a += letter == "-" and verdict == "A"
     assert min(agrees.values()) > 40          # one of the responses or neither, about a third each
+    assert 0.3 < neither_a / agrees["-"] < 0.7    # neither: a coin flip
 
 
 def test_lesson_states_the_models_own_answers():
@@ -129,6 +135,31 @@ def test_lesson_states_the_models_own_answers():
     own = [None if p.kind == "open" else "7" for _, p in prompts]
     for ex in format_examples(prompts, random.Random(0), 30, own):
         assert ("My answer: 7, " in ex.answer) == ("Response A says" in ex.answer)   # closed: the model's, not gold
+
+
+def test_lesson_shows_the_own_answer_in_a_b_or_neither_for_every_question_type():
+    """Whatever the question type, the model's belief is response A's, B's or neither's about a third
+    of the time each, and the verdict follows it: no type teaches a prior for "neither"."""
+    prompts = pretraining_prompts(0, 1500, image_size=56, max_objects=2, object_scale=1.6, layout="grid")
+    own = [None if p.kind == "open" else p.gold if i % 3 else "9" for i, (_, p) in enumerate(prompts)]
+    rng, letters = random.Random(0), {}
+    for i in range(len(prompts)):
+        for ex in format_examples([prompts[i]], rng, 1, [own[i]]):
+            parsed = parse_reasoning(ex.answer)
+            if parsed is None:       # open-ended: no clause
+                continue
+            a, b, mine, letter = parsed
+            assert mine == own[i] and letter == ("A" if mine == a else "B" if mine == b else "-")
+            if letter != "-":
+                assert parse_verdict(ex.answer).choice == letter
+            letters.setdefault(prompts[i][1].question_type, Counter())[letter] += 1
+    assert set(letters) == {"count", "colour", "choice", "position"}
+    for qtype, c in letters.items():
+        n = sum(c.values())
+        if qtype == "position":      # two values only (left/right or above/below): A or B
+            assert c["-"] <= c["A"] + c["B"] and min(c["A"], c["B"]) / n > 0.25
+        else:
+            assert all(0.2 < c[k] / n < 0.45 for k in "AB-"), (qtype, c)
 
 
 def test_three_phase_base_model_builds_and_loads(tmp_path):
