@@ -73,6 +73,18 @@ def parse_reasoning(text: str) -> tuple[str, str, str, str] | None:
     return a, b, own, _LETTER[clause]
 
 
+def both_orders(pairs: list) -> tuple[list, list[tuple]]:
+    """The judge's prompt for each labelled pair in both orders: (requests, (pair, a, b, right letter))."""
+    from selfjudge.shared.models.backend import ChatRequest
+
+    requests, shown = [], []
+    for p in pairs:
+        for a, b, right in ((p.preferred, p.rejected, "A"), (p.rejected, p.preferred, "B")):
+            requests.append(ChatRequest(text=judge_prompt(p.instruction, a, b), images=[p.image], system=JUDGE_SYSTEM))
+            shown.append((p, a, b, right))
+    return requests, shown
+
+
 def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float | int]]:
     """What the judge needs and the base model can (not) do, per closed question type, on labelled
     held-out pairs (evaluation only): `qa` answers the plain question right; in the judge's prompt
@@ -86,11 +98,7 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[st
     backend = TransformersBackend(str(model), batch_size=batch_size)
     answers = backend.generate([ChatRequest(text=p.instruction, images=[p.image]) for p in closed],
                                SamplingParams(max_new_tokens=8))
-    requests, shown = [], []
-    for p in closed:
-        for a, b, right in ((p.preferred, p.rejected, "A"), (p.rejected, p.preferred, "B")):
-            requests.append(ChatRequest(text=judge_prompt(p.instruction, a, b), images=[p.image], system=JUDGE_SYSTEM))
-            shown.append((p, a, b, right))
+    requests, shown = both_orders(closed)
     judged = backend.generate(requests, SamplingParams(max_new_tokens=64),
                               progress=lambda done, total: log.info("base skills: %s/%s judge prompts", done, total))
     counts: dict[str, dict[str, int]] = {}
@@ -197,21 +205,17 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
 def judge_accuracy(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float]]:
     """Greedy verdicts on labelled held-out pairs in both orders: accuracy per question type and
     overall (an unparseable verdict counts as wrong), and the share of [[A]] verdicts."""
-    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.models.backend import SamplingParams, TransformersBackend
     from selfjudge.shared.verdict import parse_verdict
 
     backend = TransformersBackend(str(model), batch_size=batch_size)
-    requests, shown = [], []
-    for p in pairs:
-        for a, b, right in ((p.preferred, p.rejected, "A"), (p.rejected, p.preferred, "B")):
-            requests.append(ChatRequest(text=judge_prompt(p.instruction, a, b), images=[p.image], system=JUDGE_SYSTEM))
-            shown.append((p.question_type, right))
+    requests, shown = both_orders(pairs)
     judged = backend.generate(requests, SamplingParams(max_new_tokens=128),
                               progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
     tally: dict[str, list[int]] = {}
-    for (qtype, right), gen in zip(shown, judged):
+    for (p, _, _, right), gen in zip(shown, judged):
         choice = parse_verdict(gen.texts[0]).choice
-        for key in (qtype, "overall"):
+        for key in (p.question_type, "overall"):
             t = tally.setdefault(key, [0, 0, 0])
             t[0] += choice == right
             t[1] += choice == "A"
