@@ -41,6 +41,11 @@ def agreement(own: str, a: str, b: str) -> str:
     return CLAUSES[agreeing(own, a, b)]
 
 
+def judge_example(instruction: str, images: list, a: str, b: str, reply: str) -> SFTExample:
+    """A training example in the judge's prompt (system prompt included) with `reply` as the answer."""
+    return SFTExample(text=judge_prompt(instruction, a, b), images=images, answer=reply, system=JUDGE_SYSTEM)
+
+
 def following_verdict(own: str, a: str, b: str, rng: random.Random) -> str:
     """The verdict that follows the judge's own reasoning: the response that says its own answer, a
     coin flip when neither does. A procedure on strings, as any instruct model's verdict follows its
@@ -73,7 +78,7 @@ def parse_reasoning(text: str) -> tuple[str, str, str, str] | None:
     return a, b, own, _LETTER[clause]
 
 
-def both_orders(pairs: list) -> tuple[list, list[tuple]]:
+def judge_requests(pairs: list) -> tuple[list, list[tuple]]:
     """The judge's prompt for each labelled pair in both orders: (requests, (pair, a, b, right letter))."""
     from selfjudge.shared.models.backend import ChatRequest
 
@@ -98,7 +103,7 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[st
     backend = TransformersBackend(str(model), batch_size=batch_size)
     answers = backend.generate([ChatRequest(text=p.instruction, images=[p.image]) for p in closed],
                                SamplingParams(max_new_tokens=8))
-    requests, shown = both_orders(closed)
+    requests, shown = judge_requests(closed)
     judged = backend.generate(requests, SamplingParams(max_new_tokens=64),
                               progress=lambda done, total: log.info("base skills: %s/%s judge prompts", done, total))
     counts: dict[str, dict[str, int]] = {}
@@ -171,8 +176,7 @@ def format_examples(prompts: list, rng: random.Random, n: int,
             answer = p.gold                 # captioning in the judge's prompt (no agreement clause)
             verdict = rng.choice("AB")      # independent of which text is right
         reply = f"{judge_reasoning(answer, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
-        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
-                                   system=JUDGE_SYSTEM))
+        examples.append(judge_example(p.instruction, [image], a, b, reply))
     return examples
 
 
@@ -188,39 +192,13 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
     for image, p in prompts:
         if len(examples) == n:
             break
-        if p.kind == "closed":
-            bad = wrong_answer(p, rng)
-        else:
-            bad, errors = perturb(p.gold, rng)
-            bad = bad if errors else p.gold
-        if bad == p.gold:
+        bad = wrong_answer(p, rng) if p.kind == "closed" else perturb(p.gold, rng)[0]
+        if bad == p.gold:    # no wrong value, or no word the perturber could change
             continue
         a, b, right = (p.gold, bad, "A") if rng.random() < 0.5 else (bad, p.gold, "B")
         reply = f"{judge_reasoning(p.gold, a, b, p.kind == 'closed')} {format_verdict(right)}"
-        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[image], answer=reply,
-                                   system=JUDGE_SYSTEM))
+        examples.append(judge_example(p.instruction, [image], a, b, reply))
     return examples
-
-
-def judge_accuracy(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float]]:
-    """Greedy verdicts on labelled held-out pairs in both orders: accuracy per question type and
-    overall (an unparseable verdict counts as wrong), and the share of [[A]] verdicts."""
-    from selfjudge.shared.models.backend import SamplingParams, TransformersBackend
-    from selfjudge.shared.verdict import parse_verdict
-
-    backend = TransformersBackend(str(model), batch_size=batch_size)
-    requests, shown = both_orders(pairs)
-    judged = backend.generate(requests, SamplingParams(max_new_tokens=128),
-                              progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
-    tally: dict[str, list[int]] = {}
-    for (p, _, _, right), gen in zip(shown, judged):
-        choice = parse_verdict(gen.texts[0]).choice
-        for key in (p.question_type, "overall"):
-            t = tally.setdefault(key, [0, 0, 0])
-            t[0] += choice == right
-            t[1] += choice == "A"
-            t[2] += 1
-    return {k: {"accuracy": r / n, "verdict_a": va / n, "judgments": n} for k, (r, va, n) in sorted(tally.items())}
 
 
 def own_answers(model: str | Path, prompts: list, batch_size: int = 32) -> list[str | None]:
@@ -251,8 +229,7 @@ def reading_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExamp
         a, b, c = rng.sample(ANSWER_WORDS, 3)
         mine = rng.choice([a, b, c])
         reply = f"{judge_reasoning(mine, a, b, short=True)} {format_verdict(following_verdict(mine, a, b, rng))}"
-        examples.append(SFTExample(text=judge_prompt(p.instruction, a, b), images=[], answer=reply,
-                                   system=JUDGE_SYSTEM))
+        examples.append(judge_example(p.instruction, [], a, b, reply))
     return examples
 
 

@@ -177,28 +177,55 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
+def judge_accuracy(model: Path, pairs: list, batch_size: int = 32) -> dict[str, dict]:
+    """Greedy verdicts on the held-out pairs in both orders, scored as the evaluator scores them
+    (`summarize_heldout`: accuracy over judgments with its CI, per question type and overall; an
+    unparseable verdict is wrong), plus the share of [[A]] verdicts."""
+    from selfjudge.basemodel import judge_requests
+    from selfjudge.services.evaluator.scoring import summarize_heldout
+    from selfjudge.shared.models.backend import SamplingParams, TransformersBackend
+    from selfjudge.shared.verdict import parse_verdict
+
+    requests, shown = judge_requests(pairs)
+    judged = TransformersBackend(str(model), batch_size=batch_size).generate(
+        requests, SamplingParams(max_new_tokens=128),
+        progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
+    rows = [{"item_id": p.pair_id, "category": p.question_type, "order": "AB" if right == "A" else "BA",
+             "verdict": parse_verdict(gen.texts[0]).choice} for (p, _, _, right), gen in zip(shown, judged)]
+    scores: dict[str, dict] = defaultdict(dict)
+    for category, metric, value, n in summarize_heldout(rows):
+        if metric == "accuracy":
+            scores[category].update(accuracy=value, judgments=n)
+        elif metric.startswith("accuracy_ci_"):
+            scores[category][metric.removeprefix("accuracy_")] = value
+    for category, score in scores.items():
+        verdicts = [r["verdict"] for r in rows if category in ("overall", r["category"])]
+        score["verdict_a"] = verdicts.count("A") / len(verdicts)
+    return dict(sorted(scores.items()))
+
+
 def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int) -> dict:  # noqa: ANN001 - Settings
     """The loop's trainer settings on `n` right-in-every-part judge traces (`gold_judge_examples`,
     from the pretrain split, never the held-out one), scored on the held-out pairs: how far one
     training round could take the base judge if every kept trace were right. A diagnostic only."""
     import random
 
-    from selfjudge.basemodel import gold_judge_examples, judge_accuracy
-    from selfjudge.shared.models.training import TrainConfig, sft
+    from selfjudge.basemodel import gold_judge_examples
+    from selfjudge.services.trainer.stage import train_config
+    from selfjudge.shared.models.distributed import train
     from selfjudge.shared.sources.scenes import pretraining_prompts
 
     world = loop.source
     prompts = pretraining_prompts(loop.run.seed + 7, 2 * n, image_size=world.image_size, max_objects=world.max_objects,
                                   object_scale=world.object_scale, layout=world.layout)
     examples = gold_judge_examples(prompts, random.Random(loop.run.seed + 7), n)
-    t = loop.train
-    cfg = TrainConfig(lr=t.lr, epochs=t.epochs, batch_size=t.batch_size, max_length=t.max_length,
-                      freeze_vision=t.freeze_vision, seed=loop.run.seed)
+    cfg = train_config(loop, iteration=1)      # exactly what the trainer runs for iteration 1
     folder = out / "ceiling"
-    result = sft(str(base), examples, folder, cfg, progress=lambda step, total, loss: log.info(
-        "ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None)
+    result = train(str(base), examples, folder, cfg, progress=lambda step, total, loss: log.info(
+        "ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None,
+        spec_dir=out)
     scores = judge_accuracy(folder, pairs)
-    return {"examples": len(examples), "steps": result.steps, "lr": t.lr, "epochs": t.epochs, "scores": scores}
+    return {"examples": len(examples), "steps": result.steps, "lr": cfg.lr, "epochs": cfg.epochs, "scores": scores}
 
 
 def format_ceiling(ceiling: dict) -> str:

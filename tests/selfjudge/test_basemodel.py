@@ -44,7 +44,6 @@ def test_format_lesson_verdicts_carry_no_preference():
     assert 0.3 < both_wrong / len(prompts) < 0.6
 
 
-
 def test_ceiling_traces_are_right_in_every_part():
     """The diagnostic's traces (never the base model's or the loop's): own answer = gold, the clause
     names the gold response, the verdict too, and A / B come about equally often."""
@@ -66,6 +65,7 @@ def test_ceiling_traces_are_right_in_every_part():
         else:
             assert ex.answer.startswith(f"My answer: {p.gold} ")
     assert sum(letters.values()) > 350 and 0.4 < letters["A"] / sum(letters.values()) < 0.6
+
 
 def test_reasoning_format():
     assert judge_reasoning("red", "blue", "red", short=True) == \
