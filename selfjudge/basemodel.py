@@ -90,7 +90,8 @@ def judge_requests(pairs: list) -> tuple[list, list[tuple]]:
     return requests, shown
 
 
-def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[str, dict[str, float | int]]:
+def base_skills(model: str | Path, pairs: list, batch_size: int = 32,
+                device: str = "cpu") -> dict[str, dict[str, float | int]]:
     """What the judge needs and the base model can (not) do, per closed question type, on labelled
     held-out pairs (evaluation only): `qa` answers the plain question right; in the judge's prompt
     (both orders, greedy), `format` writes the reasoning format, `restates` copies both responses,
@@ -100,7 +101,7 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32) -> dict[st
     from selfjudge.shared.verdict import parse_verdict
 
     closed = [p for p in pairs if p.question_type in ("count", "colour", "choice", "position")]
-    backend = TransformersBackend(str(model), batch_size=batch_size)
+    backend = TransformersBackend(str(model), batch_size=batch_size, device=device)
     answers = backend.generate([ChatRequest(text=p.instruction, images=[p.image]) for p in closed],
                                SamplingParams(max_new_tokens=8))
     requests, shown = judge_requests(closed)
@@ -201,12 +202,12 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
     return examples
 
 
-def own_answers(model: str | Path, prompts: list, batch_size: int = 32) -> list[str | None]:
+def own_answers(model: str | Path, prompts: list, batch_size: int = 32, device: str = "cpu") -> list[str | None]:
     """The model's greedy answers to the closed-ended prompts (None for open-ended ones)."""
     from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
 
     closed = [i for i, (_, p) in enumerate(prompts) if p.kind == "closed"]
-    backend = TransformersBackend(str(model), batch_size=batch_size)
+    backend = TransformersBackend(str(model), batch_size=batch_size, device=device)
     gens = backend.generate([ChatRequest(text=prompts[i][1].instruction, images=[prompts[i][0]]) for i in closed],
                             SamplingParams(max_new_tokens=8),
                             progress=lambda done, total: log.info("base model: own answers %s/%s", done, total))
@@ -236,9 +237,11 @@ def reading_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExamp
 def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 300, arch: str = "qwen2_5_vl",
                      image_size: int = 112, batch_size: int = 8, lr: float = 1e-3, max_objects: int = 5,
                      object_scale: float = 1.0, layout: str = "free", perception_steps: int = 0,
-                     format_share: float = 0.2, reading_steps: int = 0, reading_lr: float = 1e-3) -> Path:
+                     format_share: float = 0.2, reading_steps: int = 0, reading_lr: float = 1e-3,
+                     device: str = "cpu") -> Path:
     """Build the tiny base VLM and teach it the scenes world it will see (`image_size`, `max_objects`,
-    `object_scale`, `layout`: the world's source settings).
+    `object_scale`, `layout`: the world's source settings), training and answering on `device`
+    ("cpu", "cuda", ...).
 
     Up to three phases of supervised training from the random init, all with the vision encoder
     frozen and its projector trained, as LLaVA-style recipes do: its random-init features already
@@ -274,7 +277,8 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
         target = out_dir.with_name(out_dir.name + f".phase{phase}")
         epochs = max(1, round(steps * batch / len(examples)))
         log.info("base model, phase %s: %s, %s examples, %s epochs", phase, what, len(examples), epochs)
-        cfg = TrainConfig(lr=phase_lr, epochs=epochs, batch_size=batch, max_length=512, seed=seed, freeze_vision=True)
+        cfg = TrainConfig(lr=phase_lr, epochs=epochs, batch_size=batch, max_length=512, seed=seed, freeze_vision=True,
+                          device=device)
 
         def progress(step: int, total: int, loss: float) -> None:
             if step == 1 or step % 25 == 0 or step == total:
@@ -307,7 +311,7 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
                                       max(64, pretrain_steps * batch_size // 2), **world)
         examples = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts]
         # after a perception phase the lesson states what the model itself answers, not the gold answer
-        own = own_answers(seeing, prompts) if seeing is not None else None
+        own = own_answers(seeing, prompts, device=device) if seeing is not None else None
         examples += format_examples(prompts, rng, round(len(examples) * format_share / (1 - format_share)), own)
         if reading_steps > 0:
             examples += reading_examples(prompts, rng, len(examples) // 10)

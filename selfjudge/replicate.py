@@ -1,7 +1,7 @@
 """`selfjudge replicate`: the method in miniature, on CPU, from one command.
 
-1. Build the tiny base VLM (scene captioning/QA plus a verdict-format lesson whose verdicts are
-   random: no preference information) - `selfjudge.basemodel`.
+1. Build the tiny base VLM (scene captioning/QA plus a judge-format lesson whose verdicts follow the
+   model's own answers, never the gold ones: no preference information) - `selfjudge.basemodel`.
 2. Run the ordinary loop, unchanged, in embedded mode for `iterations` iterations - once with
    majority-vote labels on closed-ended prompts (the paper) and once with the generator's gold
    answers instead (the paper's ablation), from the same base model and seed.
@@ -11,6 +11,9 @@
    held-out accuracy per iteration and the numbers as JSON go next to it.
 
     selfjudge replicate --out .selfjudge/replicate [--iterations 3] [--arms majority gold]
+
+Everything runs on the loop's `model.device` (`--set model.device=cuda` on a GPU machine: the base
+model's training and answers, the base skills, `--ceiling` and both arms).
 """
 from __future__ import annotations
 
@@ -177,7 +180,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
-def judge_accuracy(model: Path, pairs: list, batch_size: int = 32) -> dict[str, dict]:
+def judge_accuracy(model: Path, pairs: list, batch_size: int = 32, device: str = "cpu") -> dict[str, dict]:
     """Greedy verdicts on the held-out pairs in both orders, scored as the evaluator scores them
     (`summarize_heldout`: accuracy over judgments with its CI, per question type and overall; an
     unparseable verdict is wrong), plus the share of [[A]] verdicts."""
@@ -187,7 +190,7 @@ def judge_accuracy(model: Path, pairs: list, batch_size: int = 32) -> dict[str, 
     from selfjudge.shared.verdict import parse_verdict
 
     requests, shown = judge_requests(pairs)
-    judged = TransformersBackend(str(model), batch_size=batch_size).generate(
+    judged = TransformersBackend(str(model), batch_size=batch_size, device=device).generate(
         requests, SamplingParams(max_new_tokens=128),
         progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
     rows = [{"item_id": p.pair_id, "category": p.question_type, "order": "AB" if right == "A" else "BA",
@@ -224,7 +227,7 @@ def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int) -> dict
     result = train(str(base), examples, folder, cfg, progress=lambda step, total, loss: log.info(
         "ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None,
         spec_dir=out)
-    scores = judge_accuracy(folder, pairs)
+    scores = judge_accuracy(folder, pairs, device=loop.model.device)
     return {"examples": len(examples), "steps": result.steps, "lr": cfg.lr, "epochs": cfg.epochs, "scores": scores}
 
 
@@ -259,12 +262,12 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
         build_base_model(base, seed=0, pretrain_steps=base_steps, perception_steps=perception_steps, lr=BASE_LR,
                          format_share=BASE_FORMAT_SHARE, reading_steps=BASE_READING_STEPS,
                          image_size=world.image_size, max_objects=world.max_objects, object_scale=world.object_scale,
-                         layout=world.layout)
+                         layout=world.layout, device=loop.model.device)
     timings = {"base_model": time.perf_counter() - start}
     # what the base judge can do before any iteration, on the held-out pairs the loop is scored on
     pairs = heldout_pairs(loop.run.seed, loop.run.heldout_pairs, image_size=world.image_size,
                           max_objects=world.max_objects, object_scale=world.object_scale, layout=world.layout)
-    skills = base_skills(base, pairs)
+    skills = base_skills(base, pairs, device=loop.model.device)
     print(format_skills(skills), flush=True)
     timings["base_skills"] = time.perf_counter() - start - timings["base_model"]
     bound = None

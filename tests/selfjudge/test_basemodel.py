@@ -5,6 +5,9 @@ import random
 import re
 from collections import Counter
 
+import pytest
+import torch
+
 from selfjudge.basemodel import format_examples, gold_judge_examples, judge_reasoning, parse_reasoning
 from selfjudge.shared.judge import JUDGE_SYSTEM
 from selfjudge.shared.sources.scenes import pretraining_prompts
@@ -193,3 +196,16 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
     backend = TransformersBackend(str(out))
     [gen] = backend.generate([ChatRequest(text=p.instruction, images=[image])], SamplingParams(max_new_tokens=4))
     assert gen.prompt_tokens < 80                   # 56 px: 4 image tokens, not 16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens where CUDA is missing")
+def test_base_model_trains_and_answers_on_the_device_asked_for(tmp_path, tiny_base):
+    """`device` reaches the base model's trainer and the backend that scores it: asked for CUDA on a
+    machine without it, both stop with an error that says so (nothing silently runs on the CPU)."""
+    from selfjudge.basemodel import base_skills, build_base_model
+    from selfjudge.shared.sources.scenes import heldout_pairs
+
+    with pytest.raises(RuntimeError, match="TrainConfig.device is 'cuda'.*sees no CUDA device"):
+        build_base_model(tmp_path / "base", pretrain_steps=2, device="cuda")
+    with pytest.raises(AssertionError, match="CUDA"):
+        base_skills(tiny_base, heldout_pairs(3, 4), device="cuda")
