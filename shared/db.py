@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event)
+                        UniqueConstraint, create_engine, event, text)
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -217,14 +218,36 @@ def make_sessionmaker(url: str) -> sessionmaker:
     return sessionmaker(make_engine(url), expire_on_commit=False)
 
 
+# One key for "a selfjudge schema migration is running" (any 64-bit number unlikely to collide).
+MIGRATION_LOCK_KEY = 0x5E1F_1D6E
+
+
 def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision.
+
+    Safe when many processes start at once (compose starts every worker and the launcher together):
+    migrations are serialised, on Postgres by a transaction-level advisory lock taken in the same
+    transaction as the upgrade, on SQLite by a lock file beside the database. The first process
+    upgrades; the others wait, then find the schema at head and do nothing."""
     from alembic import command
     from alembic.config import Config
 
-    if url.startswith("sqlite:///"):
-        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    if url.startswith("sqlite"):
+        from filelock import FileLock
+
+        db_file = Path(url.split("///", 1)[1])
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db_file) + ".migrate.lock"):
+            command.upgrade(cfg, "head")
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:        # the lock is released when this transaction commits
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            cfg.attributes["connection"] = conn     # migrations/env.py runs in this transaction
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()

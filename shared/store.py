@@ -88,8 +88,18 @@ class S3Store:
         self._call(self._ensure_bucket)
 
     def _ensure_bucket(self) -> None:
-        if not self.client.bucket_exists(self.bucket):
+        """Create the bucket unless it exists. Idempotent under a race: when several processes start at
+        once, each may find no bucket and try to create it; the losers' "already exists" means done."""
+        from minio.error import S3Error
+
+        if self.client.bucket_exists(self.bucket):
+            return
+        try:
             self.client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists") or not self.client.bucket_exists(
+                    self.bucket):
+                raise
 
     def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
         """Run one client call, retrying connection errors and server-side (5xx) errors."""
