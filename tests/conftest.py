@@ -150,3 +150,54 @@ def tiny_base(tmp_path_factory) -> Path:
     if os.environ.get("SELFJUDGE_TEST_BASE"):       # local iteration speed-up: reuse a built base model
         return Path(os.environ["SELFJUDGE_TEST_BASE"])
     return build_base_model(tmp_path_factory.mktemp("base") / "tiny", seed=0, pretrain_steps=300)
+
+
+# Helpers of the Python runtime itself that live exactly as long as the pytest process: not started by a test.
+RUNTIME_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "_inductor/compile_worker")
+
+
+def leftover_processes(basetemp: Path) -> list:
+    """Processes this session started that are still alive: descendants of pytest, and anything whose
+    command line names this session's temporary folder (a server that detached from its parent)."""
+    import psutil
+
+    me = psutil.Process()
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(basetemp) in " ".join(proc.info["cmdline"] or []) and proc.pid != me.pid:
+            found[proc.pid] = proc
+    alive = []
+    for proc in found.values():
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and not any(
+                    helper in " ".join(proc.cmdline()) for helper in RUNTIME_HELPERS):
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    _, still = psutil.wait_procs(alive, timeout=10)      # a server still shutting down gets a moment
+    return still
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ANN201
+    """The final check: every server and worker the suite started was stopped in teardown, pass or fail.
+    Anything left is named, killed, and fails the session."""
+    import psutil
+
+    basetemp = session.config._tmp_path_factory.getbasetemp()
+    left = leftover_processes(basetemp)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not left:
+        if reporter is not None:
+            reporter.write_line("leftover check: no server or worker of this session is still running")
+        return
+    lines = []
+    for proc in left:
+        try:
+            lines.append(f"  pid {proc.pid}: {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if reporter is not None:
+        reporter.write_line("leftover check FAILED: still running after the suite (now killed):\n" + "\n".join(lines),
+                            red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -88,7 +88,11 @@ class Prometheus:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 class Cluster:
@@ -241,12 +245,15 @@ def distributed_run(cluster_factory, postgres_url, s3_server, tmp_path_factory, 
     from selfjudge.shared.store import S3Store
 
     prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), free_port())
-    cluster = cluster_factory("it-distributed", prometheus=prometheus)
-    cluster.wait(cluster.launch())
-    time.sleep(3)                 # let Prometheus scrape the final values before the workers go
-    scraped_at = time.time()
-    cluster.stop()
-    settings = load_settings(environ=cluster.env)
-    yield {"cluster": cluster, "root": cluster.root, "sessions": make_sessionmaker(postgres_url),
-           "store": S3Store(settings.store), "settings": settings, "prometheus": prometheus, "scraped_at": scraped_at}
-    prometheus.stop()
+    try:                          # stopped whether the run passes or fails
+        cluster = cluster_factory("it-distributed", prometheus=prometheus)
+        cluster.wait(cluster.launch())
+        time.sleep(3)             # let Prometheus scrape the final values before the workers go
+        scraped_at = time.time()
+        cluster.stop()
+        settings = load_settings(environ=cluster.env)
+        yield {"cluster": cluster, "root": cluster.root, "sessions": make_sessionmaker(postgres_url),
+               "store": S3Store(settings.store), "settings": settings, "prometheus": prometheus,
+               "scraped_at": scraped_at}
+    finally:
+        prometheus.stop()
