@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from sqlalchemy import select
 
 from selfjudge.replicate import PROFILES, Record, figure_lines, watch
@@ -77,8 +78,9 @@ def test_gpu_profile_runs_at_tiny_sizes_on_cpu(tmp_path, tiny_base):
     assert summary["profile"] == "gpu" and summary["recipe"]["size"]["hidden"] == 512
     assert summary["heldout_pairs"] == 12 and summary["errors"] == {}
     for arm in ("majority", "gold"):
-        cfg = (out / f"{arm}.yaml").read_text()        # the profile's settings, --set over them
-        assert "micro_batch_tokens: -1" in cfg and "dtype: float32" in cfg and "shard_size: 12" in cfg
+        cfg = yaml.safe_load((out / f"{arm}.yaml").read_text())    # the profile's settings, --set over them
+        assert cfg["train"]["micro_batch_tokens"] == -1 and cfg["train"]["warmup_ratio"] == 0.1
+        assert cfg["model"]["dtype"] == "float32" and int(cfg["run"]["shard_size"]) == 12
         first, last = summary["results"][arm]
         paired = last["vs_first"]
         assert paired["n"] == 12 and abs(paired["difference"] - (last["accuracy"] - first["accuracy"])) < 1e-9
