@@ -167,13 +167,18 @@ def evaluated(work: Path) -> list[int]:
 
     from selfjudge.shared.db import EvalSummary, Run, make_sessionmaker
 
+    from sqlalchemy.exc import OperationalError
+
     if not (work / "selfjudge.db").exists():
         return []
-    with make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")() as s:
-        run = s.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))
-        return sorted(set(s.scalars(select(EvalSummary.iteration).where(
-            EvalSummary.run_id == run, EvalSummary.benchmark == "heldout", EvalSummary.category == "overall",
-            EvalSummary.metric == "accuracy")))) if run is not None else []
+    try:
+        with make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")() as s:
+            run = s.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))
+            return sorted(set(s.scalars(select(EvalSummary.iteration).where(
+                EvalSummary.run_id == run, EvalSummary.benchmark == "heldout", EvalSummary.category == "overall",
+                EvalSummary.metric == "accuracy")))) if run is not None else []
+    except OperationalError:      # the schema is not there yet (the loop is starting)
+        return []
 
 
 def arm_results(work: Path) -> list[dict]:
@@ -397,7 +402,7 @@ class Record:
     """results.json, rewritten whenever something new is measured (a later crash keeps the rest)."""
     path: Path
     summary: dict
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)   # the ceiling writes from its thread
 
     def update(self, **parts: object) -> None:
         with self.lock:
@@ -412,13 +417,17 @@ class Record:
     def arm(self, arm: str, rows: list[dict]) -> None:
         with self.lock:
             self.summary["results"][arm] = rows
-        self.update()
+            self.update()
+
+    def seconds(self, part: str, value: float) -> None:
+        with self.lock:
+            self.summary["seconds"][part] = value
 
 
 def watch(arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadline: float | None,
-          every: float = 10.0) -> None:
+          every: float = 10.0) -> list[str]:
     """Until every arm process has ended: each new held-out score goes to results.json and one
-    progress line; at `deadline` (time.monotonic) the arms still running are stopped."""
+    progress line; at `deadline` (time.monotonic) the arms still running are stopped (returned)."""
     seen = {arm: 0 for arm in arms}
     while True:
         running = [arm for arm, (proc, _) in arms.items() if proc.poll() is None]
@@ -436,24 +445,25 @@ def watch(arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadli
             except Exception as exc:  # noqa: BLE001 - a read while the loop writes: next time
                 log.debug("replicate: could not read %s yet: %s", arm, exc)
         if not running:
-            return
+            return []
         if deadline is not None and time.monotonic() > deadline:
             for arm in running:
                 say(f"{arm}: stopped at the deadline (what it measured is kept)")
                 stop(arms[arm][0])
-            return
+            return running
         time.sleep(every)
 
 
 def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop: dict, record: Record,
              deadline: float | None, side_by_side: bool, meanwhile=None) -> dict[str, str]:  # noqa: ANN001
-    """Run each arm's loop (all at once, or one after the other), `meanwhile()` in this process while
-    the first ones run; returns each arm's error ('' when it finished)."""
+    """Run each arm's loop (all at once, or one after the other), `meanwhile()` in a thread of this
+    process while the first ones run (this thread watches the arms and the deadline); returns each
+    arm's error (none when it finished)."""
     import shutil
 
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
     errors: dict[str, str] = {}
-    timings = record.summary["seconds"]
+    ended: set[str] = set()       # arms whose loop ran to its end (or failed on its own)
     groups = [arms] if side_by_side else [(arm,) for arm in arms]
     try:
         for group in groups:
@@ -468,18 +478,25 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
                 batch[arm] = (start_arm(arm_config(out, arm, base, iterations, None, loop), out / f"{arm}.log"),
                               out / arm)
             procs.update(batch)
-            if meanwhile is not None:
-                meanwhile()
+            beside = None
+            if meanwhile is not None:     # a daemon: a SIGTERM ends the process whatever it is doing
+                beside = threading.Thread(target=meanwhile, name="beside-the-arms", daemon=True)
+                beside.start()
                 meanwhile = None
-            watch(batch, record, deadline)
+            late = watch(batch, record, deadline)
+            if beside is not None:
+                beside.join()
             for arm, (proc, work) in batch.items():
-                timings[arm] = time.perf_counter() - started
+                record.seconds(arm, time.perf_counter() - started)
                 record.arm(arm, arm_results(work) if evaluated(work) else [])
-                if proc.returncode != 0:
+                ended.add(arm)
+                if arm in late:
+                    errors[arm] = "stopped at the deadline"
+                elif proc.returncode != 0:
                     errors[arm] = f"the loop exited with {proc.returncode}; its log: {out / f'{arm}.log'}"
     finally:
         for arm, (proc, work) in procs.items():      # stopped from outside: end the loops, keep their scores
-            if proc.poll() is None:
+            if arm not in ended:
                 stop(proc)
                 errors[arm] = "stopped before it finished"
                 try:
@@ -587,7 +604,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
             except Exception as exc:  # noqa: BLE001 - a diagnostic: the loop's results matter more
                 log.exception("replicate: the supervised ceiling failed")
                 bound = {"error": f"{type(exc).__name__}: {exc}"}
-            timings["ceiling"] = time.perf_counter() - mark
+            record.seconds("ceiling", time.perf_counter() - mark)
             record.update(ceiling=bound)
 
         measure = measure_ceiling if ceiling > 0 else None
@@ -602,7 +619,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
         if main:
             signal.signal(signal.SIGTERM, previous)
     summary = record.summary
-    summary["seconds"]["total"] = time.perf_counter() - start
+    record.seconds("total", time.perf_counter() - start)
     for arm in arms:
         if summary["results"].get(arm):
             print(format_table(arm, summary["results"][arm]), flush=True)

@@ -104,8 +104,8 @@ def test_a_deadline_stops_a_running_arm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     record = Record(tmp_path / "results.json", {"results": {}, "seconds": {}, "errors": {}})
     began = time.monotonic()
-    watch({"majority": (proc, tmp_path / "majority")}, record, deadline=began + 1, every=0.2)
-    assert proc.poll() is not None and time.monotonic() - began < 30
+    late = watch({"majority": (proc, tmp_path / "majority")}, record, deadline=began + 1, every=0.2)
+    assert late == ["majority"] and proc.poll() is not None and time.monotonic() - began < 30
     record.arm("majority", [])
     assert json.loads((tmp_path / "results.json").read_text())["results"] == {"majority": []}
 
