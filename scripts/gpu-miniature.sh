@@ -5,8 +5,8 @@
 #
 #   scripts/gpu-miniature.sh OUT_DIR [more `selfjudge replicate` options, e.g. --set run.prompts_per_iteration=512]
 #
-# Environment: BUDGET   seconds after which the arms still running are stopped (default 330; what they
-#                       measured is kept); the whole command is killed at BUDGET + 60
+# Environment: BUDGET   seconds after which the arms still running are stopped (default 320; what they
+#                       measured is kept); the whole command is killed at BUDGET + 50
 #              CEILING  gold traces of the supervised ceiling (default 3000; 0 = none)
 #              ITERATIONS (default 3), PYTHON (default python3)
 # Needs `selfjudge` installed (not editable is fine): it runs from OUT_DIR, outside the source tree.
@@ -17,13 +17,13 @@ set -u
 out=${1:?usage: $0 OUT_DIR [selfjudge replicate options]}
 shift
 mkdir -p "$out" && out=$(cd "$out" && pwd)
-budget=${BUDGET:-330}
+budget=${BUDGET:-320}
 ceiling=${CEILING:-3000}
 iterations=${ITERATIONS:-3}
 py=${PYTHON:-python3}
 now() { date -u +%H:%M:%S; }
 
-echo "[$(now)] gpu-miniature: out $out, arms stopped at ${budget}s, killed at $((budget + 60))s, ceiling $ceiling"
+echo "[$(now)] gpu-miniature: out $out, arms stopped at ${budget}s, killed at $((budget + 50))s, ceiling $ceiling"
 monitor=""
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -32,7 +32,7 @@ if command -v nvidia-smi >/dev/null; then
 fi
 
 cd "$out" || exit 1      # outside the source tree: the installed package is imported
-timeout -k 20 $((budget + 60)) "$py" -m selfjudge.cli replicate --profile gpu --out "$out/run" \
+timeout -k 20 $((budget + 50)) "$py" -m selfjudge.cli replicate --profile gpu --out "$out/run" \
     --set model.device=cuda --iterations "$iterations" --ceiling "$ceiling" --deadline "$budget" "$@" \
     2> "$out/replicate.log" | tee "$out/replicate.out"
 rc=${PIPESTATUS[0]}
