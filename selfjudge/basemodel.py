@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
-from selfjudge.shared.models.tiny import build_tiny
+from selfjudge.shared.models.tiny import TinySize, build_tiny
 from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
 from selfjudge.shared.sources.scenes import (
     COLOURS, LETTERS, SHAPES, grid_descriptions, perturb, pretraining_prompts, tokenizer_corpus, wrong_answer,
@@ -90,8 +90,8 @@ def judge_requests(pairs: list) -> tuple[list, list[tuple]]:
     return requests, shown
 
 
-def base_skills(model: str | Path, pairs: list, batch_size: int = 32,
-                device: str = "cpu") -> dict[str, dict[str, float | int]]:
+def base_skills(model: str | Path, pairs: list, batch_size: int = 32, device: str = "cpu",
+                dtype: str = "float32") -> dict[str, dict[str, float | int]]:
     """What the judge needs and the base model can (not) do, per closed question type, on labelled
     held-out pairs (evaluation only): `qa` answers the plain question right; in the judge's prompt
     (both orders, greedy), `format` writes the reasoning format, `restates` copies both responses,
@@ -101,7 +101,7 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32,
     from selfjudge.shared.verdict import parse_verdict
 
     closed = [p for p in pairs if p.question_type in ("count", "colour", "choice", "position")]
-    backend = TransformersBackend(str(model), batch_size=batch_size, device=device)
+    backend = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype)
     answers = backend.generate([ChatRequest(text=p.instruction, images=[p.image]) for p in closed],
                                SamplingParams(max_new_tokens=8))
     requests, shown = judge_requests(closed)
@@ -202,12 +202,13 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
     return examples
 
 
-def own_answers(model: str | Path, prompts: list, batch_size: int = 32, device: str = "cpu") -> list[str | None]:
+def own_answers(model: str | Path, prompts: list, batch_size: int = 32, device: str = "cpu",
+                dtype: str = "float32") -> list[str | None]:
     """The model's greedy answers to the closed-ended prompts (None for open-ended ones)."""
     from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
 
     closed = [i for i, (_, p) in enumerate(prompts) if p.kind == "closed"]
-    backend = TransformersBackend(str(model), batch_size=batch_size, device=device)
+    backend = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype)
     gens = backend.generate([ChatRequest(text=prompts[i][1].instruction, images=[prompts[i][0]]) for i in closed],
                             SamplingParams(max_new_tokens=8),
                             progress=lambda done, total: log.info("base model: own answers %s/%s", done, total))
@@ -238,10 +239,14 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
                      image_size: int = 112, batch_size: int = 8, lr: float = 1e-3, max_objects: int = 5,
                      object_scale: float = 1.0, layout: str = "free", perception_steps: int = 0,
                      format_share: float = 0.2, reading_steps: int = 0, reading_lr: float = 1e-3,
-                     device: str = "cpu") -> Path:
+                     device: str = "cpu", size: TinySize | None = None, max_examples: int = 0,
+                     micro_batch_tokens: int = 0, answer_batch: int = 32, answer_dtype: str = "float32") -> Path:
     """Build the tiny base VLM and teach it the scenes world it will see (`image_size`, `max_objects`,
     `object_scale`, `layout`: the world's source settings), training and answering on `device`
-    ("cpu", "cuda", ...).
+    ("cpu", "cuda", ...). `size`: the model's shape (default: the CPU miniature's ~4M parameters).
+    `max_examples` > 0 caps the distinct examples of each phase (steps x batch beyond it repeat them as
+    epochs: encoding examples costs CPU time on a fast device); `micro_batch_tokens` as in TrainConfig;
+    `answer_batch` and `answer_dtype` for the phase-1 model's own answers.
 
     Up to three phases of supervised training from the random init, all with the vision encoder
     frozen and its projector trained, as LLaVA-style recipes do: its random-init features already
@@ -264,7 +269,7 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     out_dir = Path(out_dir)
     raw = out_dir.with_name(out_dir.name + ".init")
     log.info("building a tiny %s from a config (offline)", arch)
-    build_tiny(arch, raw, tokenizer_corpus(), seed=seed, image_size=image_size)
+    build_tiny(arch, raw, tokenizer_corpus(), seed=seed, image_size=image_size, size=size)
     if pretrain_steps <= 0 and perception_steps <= 0 and reading_steps <= 0:
         raw.rename(out_dir)
         return out_dir
@@ -278,7 +283,7 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
         epochs = max(1, round(steps * batch / len(examples)))
         log.info("base model, phase %s: %s, %s examples, %s epochs", phase, what, len(examples), epochs)
         cfg = TrainConfig(lr=phase_lr, epochs=epochs, batch_size=batch, max_length=512, seed=seed, freeze_vision=True,
-                          device=device)
+                          device=device, micro_batch_tokens=micro_batch_tokens)
 
         def progress(step: int, total: int, loss: float) -> None:
             if step == 1 or step % 25 == 0 or step == total:
@@ -288,11 +293,15 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
         done.append(target)
         return target
 
+    def distinct(seen: int) -> int:
+        """Examples to make for a phase that trains on `seen` (more steps repeat them as epochs)."""
+        return min(seen, max_examples) if max_examples > 0 else seen
+
     seeing = None
     if perception_steps > 0:
         grid = layout == "grid"
         # ~2/3 of the prompts are closed-ended: steps x batch examples, half of them descriptions on a grid
-        prompts = pretraining_prompts(seed, perception_steps * batch_size * 3 // (4 if grid else 2), **world)
+        prompts = pretraining_prompts(seed, distinct(perception_steps * batch_size) * 3 // (4 if grid else 2), **world)
         looking = [SFTExample(text=p.instruction, images=[img], answer=p.gold)
                    for img, p in prompts if p.kind == "closed"]
         if grid:
@@ -303,15 +312,16 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
                        batch_size)
     if reading_steps > 0:
         prompts = pretraining_prompts(seed, 200, **world)
-        reading = reading_examples(prompts, random.Random(seed), reading_steps * batch_size * 2)
+        reading = reading_examples(prompts, random.Random(seed), distinct(reading_steps * batch_size * 2))
         train("reading back and comparing (text only)", reading_steps, reading, reading_lr, batch_size * 2)
     if pretrain_steps > 0:
         rng = random.Random(seed)
         prompts = pretraining_prompts(seed + 1 if perception_steps > 0 else seed,
-                                      max(64, pretrain_steps * batch_size // 2), **world)
+                                      max(64, distinct(pretrain_steps * batch_size) // 2), **world)
         examples = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts]
         # after a perception phase the lesson states what the model itself answers, not the gold answer
-        own = own_answers(seeing, prompts, device=device) if seeing is not None else None
+        own = own_answers(seeing, prompts, batch_size=answer_batch, device=device,
+                          dtype=answer_dtype) if seeing is not None else None
         examples += format_examples(prompts, rng, round(len(examples) * format_share / (1 - format_share)), own)
         if reading_steps > 0:
             examples += reading_examples(prompts, rng, len(examples) // 10)

@@ -190,6 +190,29 @@ def compare(a: dict[str, int], b: dict[str, int], n_boot: int = N_BOOT, seed: in
     return out
 
 
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], weights: dict[str, float] | None = None,
+                     n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
+    """The difference b - a of two accuracies measured on the same items, each the ratio
+    sum(right) / sum(weight) (a[i], b[i]: right judgments of item i; weights[i]: its judgments,
+    default 1), with a percentile-bootstrap interval that resamples the items of both together
+    (paired: an item drawn counts for a and for b). Items in one of them only are left out.
+    {"n", "difference", "ci", "p"}; p: two-sided share of resampled differences on the other side of 0."""
+    common = sorted(set(a) & set(b))
+    out: dict = {"n": len(common), "difference": None, "ci": None, "p": 1.0}
+    if not common:
+        return out
+    x = np.array([a[i] for i in common], dtype=float)
+    y = np.array([b[i] for i in common], dtype=float)
+    w = np.array([1.0 if weights is None else weights[i] for i in common], dtype=float)
+    out["difference"] = float((y.sum() - x.sum()) / max(w.sum(), 1e-12))
+    idx = np.random.default_rng(seed).integers(0, len(common), size=(n_boot, len(common)))
+    diffs = (y[idx].sum(1) - x[idx].sum(1)) / np.maximum(w[idx].sum(1), 1e-12)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    out["ci"] = (float(lo), float(hi))
+    out["p"] = float(min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())))
+    return out
+
+
 # --- summaries: what goes to eval_summaries ---------------------------------------------------
 
 def _ci_rows(category: str, metric: str, ci: tuple[float, float] | None, n: int) -> list[tuple]:

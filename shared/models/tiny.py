@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,20 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
+@dataclass(frozen=True)
+class TinySize:
+    """The tiny Qwen2.5-VL's shape (defaults: the CPU miniature's ~4M parameters). Text heads are
+    64 wide (hidden / heads = 64: the mrope sections [8, 12, 12] cover half a head)."""
+
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 512
+    vision_depth: int = 4
+    vision_hidden: int = 128
+
+
 def build_qwen_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Qwen2Tokenizer:
     """Byte-level BPE trained on `corpus`, inside Qwen2Tokenizer, specials appended after the vocab."""
     base = Qwen2Tokenizer()  # the real Qwen2 pipeline (regex split + byte-level), empty vocab
@@ -99,9 +114,11 @@ def build_tiny_qwen25vl(
     seed: int = 0,
     vocab_size: int = 1024,
     image_size: int = 112,
+    size: TinySize | None = None,
 ) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    size = size or TinySize()
     tok = build_qwen_tokenizer(corpus, vocab_size)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
 
@@ -116,15 +133,15 @@ def build_tiny_qwen25vl(
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
 
-    hidden, heads = 256, 4
+    hidden, heads = size.hidden, size.heads
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tok),
             hidden_size=hidden,
-            intermediate_size=512,
-            num_hidden_layers=4,
+            intermediate_size=size.intermediate,
+            num_hidden_layers=size.layers,
             num_attention_heads=heads,
-            num_key_value_heads=2,
+            num_key_value_heads=size.kv_heads,
             max_position_embeddings=32768,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
             bos_token_id=ids["<|endoftext|>"],
@@ -132,15 +149,15 @@ def build_tiny_qwen25vl(
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=4,
-            hidden_size=128,
-            intermediate_size=256,
+            depth=size.vision_depth,
+            hidden_size=size.vision_hidden,
+            intermediate_size=2 * size.vision_hidden,
             num_heads=4,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
             window_size=112,
-            fullatt_block_indexes=[1, 3],
+            fullatt_block_indexes=list(range(1, size.vision_depth, 2)),  # every other block (4 deep: [1, 3])
             out_hidden_size=hidden,
         ),
         image_token_id=ids["<|image_pad|>"],
@@ -149,7 +166,8 @@ def build_tiny_qwen25vl(
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    assert sum(config.text_config.rope_parameters["mrope_section"]) * 2 == hidden // heads
+    if sum(config.text_config.rope_parameters["mrope_section"]) * 2 != hidden // heads:
+        raise ValueError(f"tiny Qwen2.5-VL: hidden {hidden} / heads {heads} must be 64 per head (mrope sections [8, 12, 12])")
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
@@ -331,11 +349,14 @@ def build_tiny_idefics3(
 ARCHS = ("qwen2_5_vl", "mllama", "idefics3")
 
 
-def build_tiny(arch: str, out_dir: str | Path, corpus: Iterable[str], seed: int = 0, image_size: int = 112) -> Path:
+def build_tiny(arch: str, out_dir: str | Path, corpus: Iterable[str], seed: int = 0, image_size: int = 112,
+               size: TinySize | None = None) -> Path:
     """Build a tiny checkpoint of model family `arch` (one of ARCHS) into `out_dir`, its processor
-    sized for `image_size` x `image_size` images (a multiple of 28)."""
+    sized for `image_size` x `image_size` images (a multiple of 28). `size`: Qwen2.5-VL only."""
+    if size is not None and size != TinySize() and arch != "qwen2_5_vl":
+        raise NotImplementedError(f"a tiny {arch} comes in one size; `size` is for qwen2_5_vl")
     if arch == "qwen2_5_vl":
-        return build_tiny_qwen25vl(out_dir, corpus, seed=seed, image_size=image_size)
+        return build_tiny_qwen25vl(out_dir, corpus, seed=seed, image_size=image_size, size=size)
     if arch == "mllama":
         return build_tiny_mllama(out_dir, corpus, seed=seed, image_size=image_size)
     if arch == "idefics3":

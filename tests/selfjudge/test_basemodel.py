@@ -209,3 +209,32 @@ def test_base_model_trains_and_answers_on_the_device_asked_for(tmp_path, tiny_ba
         build_base_model(tmp_path / "base", pretrain_steps=2, device="cuda")
     with pytest.raises(AssertionError, match="CUDA"):
         base_skills(tiny_base, heldout_pairs(3, 4), device="cuda")
+
+
+def test_base_model_of_another_shape_with_capped_examples(tmp_path, caplog):
+    """The GPU profile's knobs at toy size: the model's shape (TinySize), distinct examples capped per
+    phase (more steps repeat them as epochs), exactly batch_size examples per forward pass."""
+    import json
+    import logging
+
+    from selfjudge.basemodel import build_base_model
+    from selfjudge.shared.models.tiny import TinySize
+    from selfjudge.shared.models.training import META_FILE
+
+    size = TinySize(hidden=64, layers=1, heads=1, kv_heads=1, intermediate=128, vision_depth=2, vision_hidden=32)
+    with caplog.at_level(logging.INFO, logger="selfjudge.basemodel"):
+        out = build_base_model(tmp_path / "base", pretrain_steps=4, perception_steps=4, reading_steps=2, batch_size=4,
+                               image_size=56, max_objects=2, object_scale=1.6, layout="grid", size=size,
+                               max_examples=8, micro_batch_tokens=-1, answer_batch=5)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["text_config"]["hidden_size"], config["text_config"]["num_hidden_layers"]) == (64, 1)
+    assert (config["vision_config"]["depth"], config["vision_config"]["fullatt_block_indexes"]) == (2, [1])
+    phases = [r.getMessage() for r in caplog.records if "examples," in r.getMessage()]
+    assert len(phases) == 3
+    for line in phases[:2]:   # "base model, phase N: what, E examples, K epochs": 16 seen, ~8 distinct
+        examples, epochs = map(int, re.search(r"(\d+) examples, (\d+) epochs", line).groups())
+        assert examples <= 10 and epochs == 2, line     # (phase 3 makes at least 64 prompts, as before)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["config"]["micro_batch_tokens"] == -1 and meta["steps"] >= 4
+    with pytest.raises(ValueError, match="64 per head"):
+        build_base_model(tmp_path / "bad", size=TinySize(hidden=96, heads=1))

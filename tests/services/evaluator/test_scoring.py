@@ -217,6 +217,39 @@ def test_exact_mcnemar_and_paired_comparison():
     assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["bootstrap_p"] == 1.0
 
 
+def test_paired_bootstrap_of_two_iterations_on_the_same_items():
+    """Known answers: no change gives [0, 0]; a fixed share p of items gaining one judgment of two
+    gives p/2 with the binomial interval; pairing makes the interval far narrower than the two
+    accuracies' own intervals; item weights make it a ratio of sums; unpaired items are left out."""
+    a = {f"i{n}": n % 3 % 2 * 2 for n in range(300)}           # right judgments of 2 per item
+    same = scoring.paired_bootstrap(a, a, {i: 2 for i in a})
+    assert same["n"] == 300 and same["difference"] == 0 and same["ci"] == (0.0, 0.0) and same["p"] == 1.0
+    # 120 of 1,000 items gain one right judgment of their 2: +0.06, its 95% interval
+    # 0.5 * (0.12 +- 1.96 * sqrt(0.12 * 0.88 / 1000)) = [0.050, 0.070]; everything else unchanged
+    before = {f"i{n}": n % 2 for n in range(1000)}
+    after = {i: v + (int(i[1:]) % 50 < 6) for i, v in before.items()}
+    r = scoring.paired_bootstrap(before, after, {i: 2 for i in before}, n_boot=4000)
+    assert r["difference"] == pytest.approx(0.06)
+    assert r["ci"][0] == pytest.approx(0.050, abs=0.002) and r["ci"][1] == pytest.approx(0.070, abs=0.002)
+    assert r["p"] < 0.001
+    # on 200 of those items the accuracies' own (unpaired) intervals overlap; the paired one is above 0
+    few = sorted(before)[:200]
+    lo_after = scoring.bootstrap_ci([after[i] for i in few], [2] * 200)[0]
+    hi_before = scoring.bootstrap_ci([before[i] for i in few], [2] * 200)[1]
+    paired = scoring.paired_bootstrap({i: before[i] for i in few}, {i: after[i] for i in few}, {i: 2 for i in few})
+    assert lo_after < hi_before and paired["ci"][0] > 0
+    # a loss is negative; half the items gaining, half losing: no change, interval around 0
+    down = scoring.paired_bootstrap(after, before, {i: 2 for i in before})
+    assert down["difference"] == pytest.approx(-0.06) and down["ci"][1] < 0
+    mixed = {i: v + (1 if int(i[1:]) % 4 == 0 else -1 if int(i[1:]) % 4 == 1 else 0) for i, v in after.items()}
+    m = scoring.paired_bootstrap(after, {i: max(0, min(2, v)) for i, v in mixed.items()}, {i: 2 for i in before})
+    assert m["ci"][0] < m["difference"] < m["ci"][1]
+    # weights: per-item judgment counts (a ratio of sums); items of one side only are not paired
+    r = scoring.paired_bootstrap({"x": 0, "y": 1}, {"x": 2, "y": 1, "z": 4}, {"x": 2, "y": 2})
+    assert r["n"] == 2 and r["difference"] == pytest.approx(0.5)
+    assert scoring.paired_bootstrap({}, {"x": 1})["ci"] is None
+
+
 def test_summaries_carry_counts_cis_and_both_order_metrics():
     official = (vl_rows("g", "general", [AGREE]) + vl_rows("h", "hallucination", [UNPARSED])
                 + vl_rows("r", "reasoning", [REJECT]))
