@@ -52,8 +52,12 @@ def _release_in_process(engine_core: Any) -> None:
     _live_in_process -= 1
     if _live_in_process == 0:
         engine_core.shutdown()
-    else:
-        gc.unfreeze()  # what shutdown would undo too: the engine's gc.freeze() at start
+    else:  # what shutdown does, but the shared distributed state: its model and KV cache go
+        if engine_core.model_executor:
+            engine_core.model_executor.shutdown()
+        if engine_core.scheduler:
+            engine_core.scheduler.shutdown()
+        gc.unfreeze()  # the engine's gc.freeze() at start
 
 
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
