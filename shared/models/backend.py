@@ -236,9 +236,13 @@ class TransformersBackend:
         return int(stops.nonzero()[0, 0]) + 1 if stops.any() else len(row)
 
     def close(self) -> None:
-        """Drop the model and free its memory (GPU memory back to what it was before loading)."""
-        if self.__dict__.pop("model", None) is not None:
-            free_memory()
+        """Drop the model and free its memory (GPU memory back to what it was before loading).
+        Static decode on CUDA: torch.compile's graphs hold the weights, so its caches are reset."""
+        if self.__dict__.pop("model", None) is None:
+            return
+        if self.decode == "static" and self.device.type == "cuda":
+            torch.compiler.reset()
+        free_memory()
 
 
 BACKENDS = ("transformers", "vllm", "openai")
