@@ -7,7 +7,7 @@ On one model folder (the ~1.9B random-init Qwen2.5-VL that bench/gpu_bench.py bu
 - plain: TransformersBackend(decode="plain") (a dynamic KV cache), bf16 on CUDA;
 - static: TransformersBackend(decode="static") (a static KV cache; transformers compiles the
   decode step with torch.compile, CUDA graphs, on CUDA), after one warm-up call of the same shape
-  that pays for the compile (its seconds are printed);
+  that pays for the compile (its seconds are printed; plain gets a short warm-up);
 
 each on `--batch` judge prompts with one image, greedy, `--tokens` new tokens, in one batch.
 Prints tokens/s of both, their ratio, the share of identical completions, and for each backend
@@ -15,7 +15,7 @@ the memory before loading and after close() (torch.cuda.memory_allocated on CUDA
 on CPU). transformers' continuous batching (`generate_batch`) takes token ids only, not images,
 so it cannot run these requests and is not measured.
 
-    python bench/gpu_generate.py                        # on a GPU machine (about a minute)
+    python bench/gpu_generate.py                        # on a GPU machine (1-3 minutes)
     python bench/gpu_generate.py --device cpu --tiny    # smoke check of the same code paths
 
 `main(argv)` is what bench/gpu_bench.py calls (pass `--model FOLDER` to reuse its model).
@@ -29,7 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+try:  # an installed selfjudge stays first: common.py would put the source folder (no shared/) ahead of it
+    import selfjudge.shared  # noqa: F401
+
+    sys.path.append(str(BENCH.parent))
+except ImportError:
+    pass
 
 from common import build_model, chat_requests  # noqa: E402
 
@@ -63,7 +70,10 @@ def measure(folder: Path, device: str, decode: str, batch: int, tokens: int) -> 
     loaded = memory(device)
     reqs, params = chat_requests(batch, seed=5), SamplingParams(max_new_tokens=tokens)
     t0 = time.perf_counter()
-    be.generate(reqs, params)  # warm-up of the very same shape (static: the compile happens here)
+    if decode == "static":  # warm-up of the very same shape: the compile happens here
+        be.generate(reqs, params)
+    else:
+        be.generate(reqs[:2], SamplingParams(max_new_tokens=4))
     sync(device)
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -94,7 +94,6 @@ class ModelCache:
         folder) is loaded into them by name. Anything else is refused: never a silent mismatch."""
         from .models.backend import load_backend
         from .models.openai_backend import adapter_name
-        from .models.vllm_backend import is_adapter
 
         m = self.settings.model
         backend = load_backend("openai", "", model_id=identity, endpoints=m.endpoints,
@@ -103,7 +102,7 @@ class ModelCache:
         if iteration == 0:
             return backend
         path = self.local_path(checkpoint_id)
-        if not is_adapter(path):
+        if not (Path(path) / "adapter_config.json").is_file():
             backend.close()
             raise ValueError(f"checkpoint {checkpoint_id} (iteration {iteration}) is a full model folder: the "
                              "openai backend can only bring LoRA adapters to its servers (train.method lora, "
