@@ -62,7 +62,7 @@ class VLLMConfig(Section):
     max_num_seqs: int | None = Field(None, ge=1)    # sequences decoded at once (None: vLLM's default)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     max_images: int = Field(1, ge=1)    # images one request may carry
-    kv_cache_gib: float = Field(1, gt=0)   # vLLM on CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gib: int = Field(1, ge=1)   # vLLM on CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE, whole GiB)
     in_process: bool = True   # the engine in the worker's process; false: vLLM's engine/worker processes
     engine_kwargs: dict[str, Any] = {}   # any further vllm.LLM arguments, applied last
 
