@@ -10,9 +10,13 @@
 #       docker build -t selfjudge:latest .
 #   CPU image (smaller, used by docker-compose.cpu.yml):
 #       docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t selfjudge:cpu .
+#   GPU image with vLLM (model.backend: vllm), the `gpu` target: the default image + vLLM, whose
+#   pins (torch==2.13.0, torchvision==0.28.0 for vllm 0.32.0) match the torch above:
+#       docker build --target gpu --build-arg VLLM_VERSION=0.32.0 -t selfjudge:gpu .
+#   (the default target is the last stage, `default` = the image without vLLM.)
 
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM python:${PYTHON_VERSION}-slim-bookworm AS app
 
 # torch is installed before the project so that `pip install .` keeps this build of it
 # (pyproject only asks for torch>=2.4). torchvision is needed by Qwen2-VL-style processors.
@@ -72,3 +76,22 @@ EXPOSE 9100
 
 ENTRYPOINT ["selfjudge-entrypoint"]
 CMD ["--help"]
+
+# ---------------------------------------------------------------------------------------------
+# `gpu` target: + vLLM. VLLM_VERSION is empty by default, so that a builder that runs every
+# stage on the way to the default target (Docker's legacy builder; BuildKit skips this stage)
+# installs nothing here (and says so). torch is pinned to the version already installed: a vLLM
+# release that wants another torch fails the build instead of swapping torch underneath.
+FROM app AS gpu
+ARG VLLM_VERSION=
+USER root
+RUN if [ -z "$VLLM_VERSION" ]; then \
+        echo "gpu target: no VLLM_VERSION given, vLLM not installed (--build-arg VLLM_VERSION=0.32.0)" ; \
+    else \
+        pip install "vllm==${VLLM_VERSION}" "torch==$(python -c 'import torch; print(torch.__version__.split("+")[0])')" \
+     && python -I -c "import vllm, selfjudge.shared.models.vllm_backend" ; \
+    fi
+USER 10001:10001
+
+# The default target: the image without vLLM (the stage above adds nothing to it).
+FROM app AS default

@@ -87,6 +87,7 @@ def stage_handlers(settings: Settings, bus, metrics, sessions, store) -> dict:  
 
 def cmd_run(args: argparse.Namespace) -> int:
     from selfjudge.shared import loop, shards
+    from selfjudge.shared.models.openai_backend import plan_problem
     from selfjudge.shared.context import make_context
     from selfjudge.shared.db import make_sessionmaker, migrate
     from selfjudge.shared.metrics import Metrics
@@ -96,6 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     start = time.perf_counter()
+    plan = plan_problem(settings.model.backend, settings.train.method, settings.train.lora_merge)
+    if plan:   # before any server is touched: the plan itself is wrong
+        raise ConfigError(f"cannot start: {plan}")
     preflight(settings, need_broker=not settings.embedded)
     apply_cpu_threads(settings)
     migrate(settings.database_url())

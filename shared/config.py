@@ -53,6 +53,37 @@ class StoreConfig(Section):
     retries: int = Field(6, ge=0)  # S3: a failed call is tried again this often (backoff 0.5 s .. 10 s)
 
 
+class VLLMConfig(Section):
+    """Engine settings of model.backend "vllm" (arguments of `vllm.LLM`)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)   # share of the GPU's memory the engine may take
+    max_model_len: int | None = Field(None, ge=1)   # None: the model's own context length
+    tensor_parallel_size: int = Field(1, ge=1)      # GPUs one engine spans (> 1 needs in_process: false)
+    enforce_eager: bool | None = None   # None: eager on CPU, CUDA graphs on CUDA
+    max_num_seqs: int | None = Field(None, ge=1)    # sequences decoded at once (None: vLLM's default)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_images: int = Field(1, ge=1)    # images one request may carry
+    kv_cache_gib: int = Field(1, ge=1)   # vLLM on CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE, whole GiB)
+    in_process: bool = True   # the engine in the worker's process; false: vLLM's engine/worker processes
+    engine_kwargs: dict[str, Any] = {}   # any further vllm.LLM arguments, applied last
+
+    @model_validator(mode="after")
+    def _tp_needs_processes(self) -> "VLLMConfig":
+        if self.tensor_parallel_size > 1 and self.in_process:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} needs one process per GPU: "
+                             "set model.vllm.in_process: false")
+        return self
+
+    def backend_kwargs(self) -> dict[str, Any]:
+        """VLLMBackend keyword arguments (engine settings that are None are left to vLLM)."""
+        engine = {k: v for k, v in (("gpu_memory_utilization", self.gpu_memory_utilization),
+                                    ("tensor_parallel_size", self.tensor_parallel_size),
+                                    ("max_num_seqs", self.max_num_seqs),
+                                    ("max_num_batched_tokens", self.max_num_batched_tokens)) if v is not None}
+        return dict(max_model_len=self.max_model_len, enforce_eager=self.enforce_eager, max_images=self.max_images,
+                    kv_cache_gib=self.kv_cache_gib, in_process=self.in_process,
+                    engine_kwargs=engine | self.engine_kwargs)
+
+
 class ModelConfig(Section):
     base: str = "tiny"            # "tiny" (built offline) | a local folder | a hub id
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
@@ -68,6 +99,14 @@ class ModelConfig(Section):
     concurrency: int = Field(16, ge=1)   # requests in flight
     request_timeout: float = Field(120, gt=0)   # seconds per HTTP request
     api_key: str = ""                # else env OPENAI_API_KEY; masked by redacted()
+    # openai + train.method lora: each new judge is loaded into the servers as a LoRA adapter
+    # (POST /v1/load_lora_adapter; the servers run with --enable-lora and
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). The adapter folder's path as the servers see it:
+    # adapter_dir/<checkpoint hash> ("" = the worker's own path, i.e. the same filesystem).
+    adapter_dir: str = ""
+    # transformers backend: "static" = a static KV cache (decode compiled by torch.compile on CUDA)
+    hf_decode: Literal["plain", "static"] = "plain"
+    vllm: VLLMConfig = VLLMConfig()
 
     @field_validator("endpoints", mode="before")
     @classmethod

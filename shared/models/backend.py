@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -54,6 +55,25 @@ class GenerationBackend(Protocol):
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DECODE_MODES = ("plain", "static")
+STATIC_PAD = 64  # static decode: prompts padded to a multiple of this, so compiled shapes repeat
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA blocks back to the driver (what a model swap needs)."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def close_backend(backend: object) -> None:
+    """Shut a backend down (its `close()`, when it has one) and free its memory now, not at
+    some later garbage collection: a checkpoint swap must not hold two models at once."""
+    close = getattr(backend, "close", None)
+    if callable(close):
+        close()
+    free_memory()
 
 
 def chat_messages(text: str, images: list[Image.Image], system: str | None = None) -> list[dict[str, Any]]:
@@ -74,6 +94,14 @@ def stop_token_ids(processor: Any, model: Any) -> list[int]:
 
 
 class TransformersBackend:
+    """A GenerationBackend over transformers' `generate`, in batches of `batch_size` requests.
+
+    `decode`: "plain" (a dynamic KV cache), or "static": a static KV cache, which transformers
+    decodes through `torch.compile` (CUDA graphs) on CUDA; prompts are then left-padded to a
+    multiple of STATIC_PAD tokens so that compiled shapes repeat across batches. Both give the same
+    greedy tokens (tested on CPU); bench/gpu_generate.py measures them on the card.
+    """
+
     def __init__(
         self,
         model_path: str,
@@ -82,9 +110,13 @@ class TransformersBackend:
         dtype: str = "float32",
         batch_size: int = 8,
         trust_remote_code: bool = False,
+        decode: str = "plain",
     ):
         from .chat_format import answer_format
 
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
+        self.decode = decode
         self.model_id = model_id or str(model_path)
         self.device, self.batch_size = torch.device(device), batch_size
         self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -133,6 +165,7 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
             bos_token_id=self.model.generation_config.bos_token_id,
             use_cache=True,
+            cache_implementation="static" if self.decode == "static" else None,
         )
 
     def _encode(self, reqs: list[ChatRequest]) -> dict[str, torch.Tensor]:
@@ -143,7 +176,8 @@ class TransformersBackend:
             for r in reqs
         ]
         images = [list(r.images) for r in reqs] if any(r.images for r in reqs) else None
-        enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        pad = {"pad_to_multiple_of": STATIC_PAD} if self.decode == "static" else {}
+        enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt", **pad)
         return {k: v.to(self.device) for k, v in enc.items()}
 
     @torch.inference_mode()
@@ -201,6 +235,15 @@ class TransformersBackend:
         stops = torch.isin(row, torch.tensor(self.stop_ids))
         return int(stops.nonzero()[0, 0]) + 1 if stops.any() else len(row)
 
+    def close(self) -> None:
+        """Drop the model and free its memory (GPU memory back to what it was before loading).
+        Static decode on CUDA: torch.compile's graphs hold the weights, so its caches are reset."""
+        if self.__dict__.pop("model", None) is None:
+            return
+        if self.decode == "static" and self.device.type == "cuda":
+            torch.compiler.reset()
+        free_memory()
+
 
 BACKENDS = ("transformers", "vllm", "openai")
 # what the openai backend takes from load_backend's keywords (ModelConfig field -> OpenAIBackend argument)
@@ -213,17 +256,21 @@ def load_backend(kind: str, model_path: str, **kw: Any) -> GenerationBackend:
 
     Every ModelConfig setting may be passed to every kind; each takes what applies to it.
     transformers / vllm: load `model_path` here (model_id, device, dtype, batch_size,
-    trust_remote_code, ...; vllm ignores device and batch_size; the openai-only endpoints,
-    served_model_name, api_key, concurrency, request_timeout are dropped). openai: `model_path` is
-    not read (the servers serve the model); model_id and those openai settings are used.
+    trust_remote_code, ...; vllm ignores batch_size; the openai-only endpoints,
+    served_model_name, api_key, concurrency, request_timeout are dropped). transformers also takes
+    `decode` (ModelConfig.hf_decode); vllm takes `vllm`, a dict of its engine settings
+    (ModelConfig.vllm.backend_kwargs()). openai: `model_path` is not read (the servers serve the
+    model); model_id and those openai settings are used.
     """
     local = {k: v for k, v in kw.items() if k not in _OPENAI_KW or k == "model_id"}  # server settings dropped
+    engine = local.pop("vllm", None) or {}
     if kind == "transformers":
         return TransformersBackend(model_path, **local)
     if kind == "vllm":
         from .vllm_backend import VLLMBackend
 
-        return VLLMBackend(model_path, **local)
+        local.pop("decode", None)
+        return VLLMBackend(model_path, **(local | engine))
     if kind == "openai":
         from .openai_backend import OpenAIBackend
 

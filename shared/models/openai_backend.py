@@ -17,6 +17,11 @@ TransformersBackend.
 - `vllm_extras` (default on) sends vLLM's sampling fields top_k and repetition_penalty=1.0 so the
   server's generation_config.json defaults do not change sampling; turn off for servers that
   reject unknown fields.
+- A new judge reaches the servers as a LoRA adapter: `load_adapter(name, path)` POSTs vLLM's
+  /v1/load_lora_adapter to every endpoint (the servers run with --enable-lora and
+  VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; `path` is the adapter folder as the servers see it), and
+  requests then ask for `name`. A full fine-tuned checkpoint cannot reach a running server, so
+  `selfjudge run` refuses that plan at start (`plan_problem`).
 """
 
 from __future__ import annotations
@@ -121,11 +126,14 @@ class OpenAIBackend:
 
     # --- HTTP with retries -----------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, start: int, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One API call with retries; attempt k goes to endpoint (start + k) mod len(endpoints)."""
+    def _call(
+        self, method: str, path: str, start: int, body: dict[str, Any] | None = None, only: str | None = None
+    ) -> dict[str, Any]:
+        """One API call with retries; attempt k goes to endpoint (start + k) mod len(endpoints), or
+        always to endpoint `only`. A reply that is not JSON comes back as {"text": ...}."""
         last = ""
         for attempt in range(self.max_retries + 1):
-            url = self.endpoints[(start + attempt) % len(self.endpoints)] + path
+            url = (only or self.endpoints[(start + attempt) % len(self.endpoints)]) + path
             resp = None
             try:
                 resp = self._client.request(method, url, json=body, headers=self._headers)
@@ -133,7 +141,8 @@ class OpenAIBackend:
                 last = f"{url}: {type(exc).__name__}: {exc}"
             else:
                 if resp.status_code < 300:
-                    return resp.json()
+                    json_reply = resp.headers.get("content-type", "").startswith("application/json")
+                    return resp.json() if json_reply else {"text": resp.text}
                 last = f"{url}: HTTP {resp.status_code}: {resp.text[:500]}"
                 if resp.status_code != 429 and resp.status_code < 500:
                     raise OpenAIBackendError(last)
@@ -156,6 +165,24 @@ class OpenAIBackend:
                     raise OpenAIBackendError(f"{self.endpoints[0]}/models lists no model")
                 self.model = data[0]["id"]
             return self.model
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load the LoRA adapter folder `path` into every server as `name`; requests then use it.
+        A server that already holds `name` keeps it (names carry the checkpoint's content hash)."""
+        for endpoint in self.endpoints:
+            try:
+                self._call("POST", "/load_lora_adapter", 0, {"lora_name": name, "lora_path": path}, only=endpoint)
+            except OpenAIBackendError as exc:
+                if "has already been loaded" in str(exc):
+                    continue
+                raise OpenAIBackendError(
+                    f"could not load LoRA adapter {name!r} from {path} into {endpoint}: {exc} (the server needs "
+                    "--enable-lora, a --max-lora-rank at least the adapter's rank, "
+                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and the folder at that path: model.adapter_dir)"
+                ) from None
+        with self._lock:
+            self.model = name
+        log.info("openai backend: LoRA adapter %s (%s) loaded into %d server(s)", name, path, len(self.endpoints))
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -220,3 +247,24 @@ class OpenAIBackend:
         finally:  # on failure: drop what has not started, do not wait for what is in flight
             pool.shutdown(wait=False, cancel_futures=True)
         return results  # type: ignore[return-value]
+
+
+def adapter_name(content_hash: str) -> str:
+    """The name a judge checkpoint's adapter is served under."""
+    return f"selfjudge-{content_hash[:16]}"
+
+
+def plan_problem(backend: str, method: str, lora_merge: bool) -> str | None:
+    """Why a run with these settings would judge with a model other than its checkpoints, or None.
+
+    Every trained checkpoint is evaluated (and judges the next iteration), so with the openai
+    backend each one must reach the servers: only LoRA adapters can (train.method lora,
+    train.lora_merge false); a full or merged checkpoint would need the servers restarted on it.
+    """
+    if backend != "openai" or (method == "lora" and not lora_merge):
+        return None
+    what = "full fine-tuning" if method == "full" else "LoRA merged into full weights (train.lora_merge true)"
+    return (f"model.backend openai with {what}: the trained checkpoints cannot be loaded into the running "
+            "servers, so they would be evaluated and used as judges with whatever model the servers hold. "
+            "Set train.method lora and train.lora_merge false (each new adapter is loaded into the servers "
+            "by name), or use model.backend transformers or vllm")

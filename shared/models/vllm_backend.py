@@ -34,7 +34,7 @@ vision_compat.ensure_torchvision()
 import torch  # noqa: E402
 from transformers import AutoProcessor, GenerationConfig  # noqa: E402
 
-from .backend import ChatRequest, Generation, SamplingParams, chat_messages, stop_token_ids  # noqa: E402
+from .backend import ChatRequest, Generation, SamplingParams, chat_messages, free_memory, stop_token_ids  # noqa: E402
 
 MLLAMA_REFUSAL = (
     "vLLM does not serve Mllama (Llama-3.2-Vision) checkpoints ({path}); "
@@ -52,8 +52,12 @@ def _release_in_process(engine_core: Any) -> None:
     _live_in_process -= 1
     if _live_in_process == 0:
         engine_core.shutdown()
-    else:
-        gc.unfreeze()  # what shutdown would undo too: the engine's gc.freeze() at start
+    else:  # what shutdown does, but the shared distributed state: its model and KV cache go
+        if engine_core.model_executor:
+            engine_core.model_executor.shutdown()
+        if engine_core.scheduler:
+            engine_core.scheduler.shutdown()
+        gc.unfreeze()  # the engine's gc.freeze() at start
 
 
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
@@ -104,10 +108,12 @@ def import_vllm() -> Any:
 class VLLMBackend:
     """A GenerationBackend over `vllm.LLM`. Arguments TransformersBackend takes are accepted alike.
 
-    `device` and `batch_size` are accepted for interface parity and unused (vLLM picks its
-    platform and schedules batches itself). `max_images` is the most images one request may carry
-    (vLLM's limit_mm_per_prompt). `engine_kwargs` go to `vllm.LLM` last, overriding the defaults
-    here (e.g. `{"enforce_eager": False}` for CUDA graphs on GPU, `gpu_memory_utilization`).
+    `batch_size` is accepted for interface parity and unused (vLLM schedules batches itself);
+    `device` only picks the default of `enforce_eager` (None: eager on CPU, CUDA graphs on CUDA).
+    `max_images` is the most images one request may carry (vLLM's limit_mm_per_prompt).
+    `engine_kwargs` go to `vllm.LLM` last (config `model.vllm`: gpu_memory_utilization,
+    tensor_parallel_size, max_num_seqs, ...). `close()` shuts the engine down and frees its memory
+    (tested: the process's memory and child processes return to what they were before).
     """
 
     def __init__(
@@ -123,10 +129,13 @@ class VLLMBackend:
         seed: int = 0,
         in_process: bool = True,
         kv_cache_gib: float = 1,
+        enforce_eager: bool | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ):
         global _live_in_process
-        del device, batch_size
+        del batch_size
+        if enforce_eager is None:
+            enforce_eager = not str(device).startswith("cuda")
         self._in_process = in_process
         self.model_id = model_id or str(model_path)
         refuse_unsupported(model_path)
@@ -149,7 +158,7 @@ class VLLMBackend:
             model=self.base,  # its tokenizer too (an adapter folder has no config.json for vLLM to read)
             dtype=dtype,
             seed=seed,
-            enforce_eager=True,
+            enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code,
             limit_mm_per_prompt={"image": max_images},
             max_model_len=max_model_len,
@@ -288,4 +297,5 @@ class VLLMBackend:
             except Exception:  # noqa: BLE001 - best effort: the engine may be half gone already
                 pass
         del llm
-        gc.collect()
+        free_memory()
+

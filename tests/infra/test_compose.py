@@ -241,12 +241,18 @@ def test_gpu_reservations_on_model_stages_only(services):
     for name in ("filter", "launcher", "migrate"):
         assert "deploy" not in services[name], f"{name} needs no GPU"
     assert services["filter"]["environment"]["SELFJUDGE__MODEL__DEVICE"] == "cpu"
-    # each model stage claims one GPU of its own pool (see infra/docker/entrypoint.sh)
+    # each model stage sees the GPUs of its own pool and every replica claims one (or
+    # <STAGE>_GPUS_PER_REPLICA) of them (see infra/docker/entrypoint.sh)
     for stage in GPU_STAGES:
         env = services[stage]["environment"]
         assert env["SELFJUDGE_GPU_POOL"] == stage
         assert env["SELFJUDGE_GPU_IDS"] == f"${{{stage.upper()}_GPUS:-0}}"
+        assert services[stage]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [
+            f"${{{stage.upper()}_GPUS:-0}}"]
+        assert env["SELFJUDGE_GPUS_PER_REPLICA"] == f"${{{stage.upper()}_GPUS_PER_REPLICA:-1}}"
         assert env["SELFJUDGE__MODEL__DEVICE"] == "cuda"
+    trainer = services["trainer"]["environment"]
+    assert trainer["SELFJUDGE__TRAIN__NPROC"] == trainer["SELFJUDGE_GPUS_PER_REPLICA"]   # one rank per GPU
     assert "SELFJUDGE_GPU_POOL" not in services["launcher"]["environment"]
 
 
@@ -273,10 +279,11 @@ def test_selfjudge_env_overrides_name_real_config_keys(services):
         names |= {k for k in (svc.get("environment") or {}) if k.startswith("SELFJUDGE__")}
     names |= set(re.findall(r"\bSELFJUDGE__[A-Z_]+\b", (REPO / "Dockerfile").read_text()))
     assert names
-    for name in names:
-        section, key = name[len("SELFJUDGE__"):].lower().split("__")
-        assert section in Settings.model_fields, name
-        assert key in type(getattr(Settings(), section)).model_fields, name
+    for name in names:   # SELFJUDGE__MODEL__DTYPE, SELFJUDGE__MODEL__VLLM__MAX_NUM_SEQS, ...
+        node = Settings()
+        for key in name[len("SELFJUDGE__"):].lower().split("__"):
+            assert key in type(node).model_fields, name
+            node = getattr(node, key)
 
 
 def _walk_strings(node, path=""):
@@ -333,6 +340,57 @@ def test_docker_compose_config_is_valid():
         assert run.returncode == 0, f"{' '.join(files)}: {run.stderr}"
 
 
+def _render(*env_files: str) -> dict:
+    run = subprocess.run(_compose_cmd() + [arg for f in (".env.example", *env_files) for arg in ("--env-file", f)]
+                         + ["config", "--format", "json"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)["services"]
+
+
+def gpu_layout(services: dict) -> dict:
+    """Per GPU stage: (pool ids, replicas, GPUs per replica, reservation device ids)."""
+    out = {}
+    for stage in GPU_STAGES:
+        env, deploy = services[stage]["environment"], services[stage]["deploy"]
+        ids = deploy["resources"]["reservations"]["devices"][0]["device_ids"]
+        out[stage] = (env["SELFJUDGE_GPU_IDS"], deploy["replicas"], int(env["SELFJUDGE_GPUS_PER_REPLICA"]), ids)
+    return out
+
+
+def test_gpu_layout_defaults_to_one_gpu():
+    services = _render()
+    assert gpu_layout(services) == {stage: ("0", 1, 1, ["0"]) for stage in GPU_STAGES}
+    trainer = services["trainer"]["environment"]
+    assert (trainer["SELFJUDGE__TRAIN__NPROC"], trainer["SELFJUDGE__TRAIN__DISTRIBUTED"]) == ("1", "fsdp")
+    for name in SELFJUDGE_SERVICES:   # the default image: no vLLM
+        assert services[name]["build"]["target"] == "default" and services[name]["build"]["args"] == {"VLLM_VERSION": ""}
+        assert services[name]["environment"]["SELFJUDGE__MODEL__BACKEND"] == "transformers"
+
+
+def test_eight_gpu_layout_renders_from_the_environment():
+    """infra/gpu-8.env (the README's layout): pools, replicas and GPUs per replica fit together."""
+    services = _render("infra/gpu-8.env")
+    layout = gpu_layout(services)
+    assert layout == {"synthesizer": ("0,1", 2, 1, ["0,1"]), "reasoner": ("2,3,4,5", 4, 1, ["2,3,4,5"]),
+                      "evaluator": ("6,7", 2, 1, ["6,7"]), "trainer": ("0,1,2,3,4,5,6,7", 1, 8, ["0,1,2,3,4,5,6,7"])}
+    for stage, (ids, replicas, per, _) in layout.items():   # every replica gets its own GPUs, none idle
+        assert len(ids.split(",")) == replicas * per, stage
+    generation = sorted(g for s in ("synthesizer", "reasoner", "evaluator") for g in layout[s][0].split(","))
+    assert generation == [str(i) for i in range(8)]   # one engine per GPU
+    trainer = services["trainer"]["environment"]
+    assert (trainer["SELFJUDGE__TRAIN__NPROC"], trainer["SELFJUDGE__TRAIN__DISTRIBUTED"]) == ("8", "fsdp")
+    for name in SELFJUDGE_SERVICES:
+        svc = services[name]
+        assert svc["build"]["target"] == "gpu" and svc["build"]["args"] == {"VLLM_VERSION": "0.32.0"}, name
+        assert svc["image"] == "selfjudge:gpu" and svc["environment"]["SELFJUDGE__MODEL__BACKEND"] == "vllm", name
+        assert svc["environment"]["SELFJUDGE__MODEL__VLLM__GPU_MEMORY_UTILIZATION"] == "0.45", name
+    from selfjudge.shared.config import load_settings
+
+    env = {k: v for k, v in services["trainer"]["environment"].items() if k.startswith("SELFJUDGE__")}
+    settings = load_settings(environ=env)   # the stack's settings are valid ones
+    assert (settings.train.nproc, settings.train.distributed, settings.model.vllm.gpu_memory_utilization) == (8, "fsdp", 0.45)
+
+
 def test_compose_refuses_to_start_without_credentials(tmp_path):
     cmd = _compose_cmd()
     empty = tmp_path / "empty.env"
@@ -361,6 +419,20 @@ def test_cpu_override_drops_gpus():
 
 
 # --- image ---------------------------------------------------------------------------------
+
+def test_dockerfile_gpu_target_adds_vllm_only():
+    """`--target gpu` = the default image + vLLM at the same torch; the default target stays last
+    and adds nothing; without VLLM_VERSION the gpu stage installs nothing (a builder that runs
+    every stage on the way to the default target must not fetch vLLM)."""
+    text = (REPO / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", text, re.MULTILINE)
+    assert [name for _, name in stages] == ["app", "gpu", "default"]
+    assert stages[1][0] == "app" and stages[2][0] == "app"
+    gpu = text.split("FROM app AS gpu", 1)[1].split("FROM app AS default", 1)[0]
+    assert "ARG VLLM_VERSION=\n" in gpu and 'if [ -z "$VLLM_VERSION" ]' in gpu
+    assert 'pip install "vllm==${VLLM_VERSION}" "torch==' in gpu and "USER 10001:10001" in gpu
+    assert not text.split("FROM app AS default", 1)[1].strip()
+
 
 def test_dockerfile():
     text = (REPO / "Dockerfile").read_text()

@@ -97,3 +97,98 @@ def test_uuid_and_user_pinning(env):
     assert run(env, "w", SELFJUDGE_GPU_POOL="p", SELFJUDGE_GPU_IDS="GPU-1a2b")[:2] == (0, "CVD=GPU-1a2b ARGS=w")
     assert run(env, "w", SELFJUDGE_GPU_POOL="p", SELFJUDGE_GPU_IDS="0", CUDA_VISIBLE_DEVICES="3")[:2] == \
         (0, "CVD=3 ARGS=w")
+
+
+def _hold(env, tmp_path, name, extra):
+    """Start the entrypoint with the holding stand-in; return (process, hold file) once it runs."""
+    hold = tmp_path / name
+    hold.touch()
+    proc = subprocess.Popen(["sh", str(ENTRYPOINT), "worker", "trainer"], env={**env, **extra, "HOLD_FILE": str(hold)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not Path(f"{hold}.started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    return proc, hold
+
+
+def test_several_gpus_per_replica_claim_disjoint_groups(env, tmp_path):
+    """SELFJUDGE_GPUS_PER_REPLICA=2 over a pool of 5: {4,5} and {6,7} (the fifth id is left over)."""
+    pool = {"SELFJUDGE_GPU_POOL": "trainer", "SELFJUDGE_GPU_IDS": "4,5,6,7,2", "SELFJUDGE_GPUS_PER_REPLICA": "2",
+            "NVIDIA_VISIBLE_DEVICES": "all"}
+    holders = []
+    try:
+        holders = [_hold(env, tmp_path, f"hold{i}", pool) for i in range(2)]
+        code, _, err = run(env, "worker", "trainer", **pool)
+        assert code == 75 and "held by another replica" in err and "SELFJUDGE_GPUS_PER_REPLICA (2)" in err
+    finally:
+        outputs = []
+        for proc, hold in holders:
+            hold.unlink(missing_ok=True)
+            outputs.append(proc.communicate(timeout=10)[0].strip())
+    assert sorted(outputs) == ["CVD=4,5 ARGS=worker trainer", "CVD=6,7 ARGS=worker trainer"]
+    # a subset visible (device_ids 6,7,2,3): the group is renumbered like a single GPU is
+    assert run(env, "w", SELFJUDGE_GPU_POOL="t2", SELFJUDGE_GPU_IDS="6,7", SELFJUDGE_GPUS_PER_REPLICA="2",
+               NVIDIA_VISIBLE_DEVICES="6,7,2,3")[:2] == (0, "CVD=2,3 ARGS=w")
+
+
+def test_gpus_per_replica_is_checked(env):
+    code, _, err = run(env, "w", SELFJUDGE_GPU_POOL="t", SELFJUDGE_GPU_IDS="0,1", SELFJUDGE_GPUS_PER_REPLICA="4")
+    assert code == 78 and "fewer than SELFJUDGE_GPUS_PER_REPLICA=4" in err
+    for bad in ("0", "two", "-1"):
+        code, _, err = run(env, "w", SELFJUDGE_GPU_POOL="t", SELFJUDGE_GPU_IDS="0,1", SELFJUDGE_GPUS_PER_REPLICA=bad)
+        assert code == 78 and "whole number" in err, bad
+
+
+RANK_SCRIPT = """import os, sys
+line = (f"rank={os.environ['RANK']} local={os.environ['LOCAL_RANK']} world={os.environ['WORLD_SIZE']} "
+        f"gpu={os.environ['CUDA_VISIBLE_DEVICES'].split(',')[int(os.environ['LOCAL_RANK'])]}")
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.txt"), "w") as f:
+    f.write(line)
+"""
+
+
+def test_trainer_replica_runs_torchrun_over_its_gpus(env, tmp_path):
+    """The trainer's path: the entrypoint claims N GPUs, then the worker starts torchrun with
+    --nproc-per-node N (train.nproc, set from the same variable in compose): rank r uses cuda:r,
+    which is the r-th GPU of the claimed group."""
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    launcher = tmp_path / "torchrun-stand-in"
+    launcher.write_text(f"""#!/bin/sh
+exec {sys.executable} -m torch.distributed.run --standalone --nproc-per-node="$SELFJUDGE__TRAIN__NPROC" {script} {tmp_path}
+""")
+    launcher.chmod(0o755)
+    out = subprocess.run(["sh", str(ENTRYPOINT), "worker", "trainer"], capture_output=True, text=True, timeout=120,
+                         env={**env, "SELFJUDGE_EXEC": str(launcher), "SELFJUDGE_GPU_POOL": "trainer",
+                              "SELFJUDGE_GPU_IDS": "2,3,4,5", "SELFJUDGE_GPUS_PER_REPLICA": "2",
+                              "SELFJUDGE__TRAIN__NPROC": "2", "NVIDIA_VISIBLE_DEVICES": "all"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    ranks = sorted(f.read_text() for f in tmp_path.glob("rank*.txt"))
+    assert ranks == ["rank=0 local=0 world=2 gpu=2", "rank=1 local=1 world=2 gpu=3"]
+    assert "claimed host GPU 2,3 (CUDA_VISIBLE_DEVICES=2,3)" in out.stderr
+
+
+def test_eight_gpu_layout_replicas_claim_disjoint_gpus(env, tmp_path):
+    """Each stage of infra/gpu-8.env as compose renders it: its replicas, started together with the
+    stage's environment and the GPUs Docker shows them (NVIDIA_VISIBLE_DEVICES = the reservation's
+    device ids), claim disjoint GPUs that cover the pool."""
+    from test_compose import _render, gpu_layout
+
+    services = _render("infra/gpu-8.env")
+    for stage, (ids, replicas, per, device_ids) in gpu_layout(services).items():
+        stage_env = {k: v for k, v in services[stage]["environment"].items() if k.startswith("SELFJUDGE_GPU")}
+        stage_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(device_ids)
+        holders, outputs = [], []
+        try:
+            holders = [_hold(env, tmp_path, f"{stage}{i}", stage_env) for i in range(replicas)]
+        finally:
+            for proc, hold in holders:
+                hold.unlink(missing_ok=True)
+                outputs.append(proc.communicate(timeout=10)[0].strip())
+        visible = sorted(ids.split(","), key=int)   # CUDA numbers the visible GPUs in PCI (= id) order
+        claimed = [[visible[int(i)] for i in out.split()[0].removeprefix("CVD=").split(",")] for out in outputs]
+        assert all(len(c) == per for c in claimed), (stage, outputs)
+        assert sorted(g for c in claimed for g in c) == sorted(ids.split(",")), (stage, outputs)

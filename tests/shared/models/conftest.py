@@ -123,8 +123,9 @@ class VLLMServer:
             "--served-model-name", model, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
             "--enforce-eager", "--max-model-len", "2048", "--limit-mm-per-prompt", '{"image": 2}',
             "--seed", "0", "--api-key", api_key,
+            "--enable-lora", "--max-lora-rank", "8",  # judges arrive as adapters (POST /v1/load_lora_adapter)
         ]  # fmt: skip
-        env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server needs its engine process
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

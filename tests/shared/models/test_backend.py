@@ -81,3 +81,28 @@ def test_checkpoint_sampling_defaults_are_ignored(tiny_qwen: Path, backend: Tran
     reqs = requests()[:2]
     for params in (SamplingParams(max_new_tokens=12), SamplingParams(n=2, temperature=1.0, max_new_tokens=8)):
         assert other.generate(reqs, params) == backend.generate(reqs, params)
+
+
+def test_static_decode_gives_the_same_tokens(tiny_qwen: Path, backend: TransformersBackend) -> None:
+    """decode="static" (a static KV cache; compiled on CUDA): prompts padded to a multiple of
+    STATIC_PAD, and the same greedy completions as plain decoding, for 0, 1 and 2 images."""
+    from selfjudge.shared.models.backend import STATIC_PAD
+
+    static = load_backend("transformers", str(tiny_qwen), model_id="tiny", batch_size=4, decode="static")
+    reqs = requests()
+    assert static._encode(reqs[:2])["input_ids"].shape[1] % STATIC_PAD == 0
+    params = SamplingParams(max_new_tokens=12)
+    assert static.generate(reqs, params) == backend.generate(reqs, params)
+    with pytest.raises(ValueError, match="decode 'compiled'"):
+        TransformersBackend(str(tiny_qwen), decode="compiled")
+
+
+def test_close_frees_the_model(tiny_qwen: Path) -> None:
+    import weakref
+
+    from selfjudge.shared.models.backend import close_backend
+
+    be = TransformersBackend(str(tiny_qwen))
+    model = weakref.ref(be.model)
+    close_backend(be)
+    assert model() is None and not hasattr(be, "model")   # gone now, while `be` itself is still referenced

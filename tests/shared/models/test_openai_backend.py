@@ -289,3 +289,107 @@ def test_vllm_server_samples_discovery_and_auth(vllm_server) -> None:
     with pytest.raises(OpenAIBackendError, match="HTTP 401") as err:
         wrong.generate(requests()[:1], SamplingParams(max_new_tokens=2))
     assert "sk-wrong" not in str(err.value)
+
+
+# --- a new judge reaches the servers: LoRA adapters loaded by name ---------------------------------
+
+def _adapter_and_merged(tiny_qwen: Path, out: Path) -> tuple[Path, Path]:
+    """A LoRA adapter over tiny_qwen (non-zero B, so it changes outputs) and its merged full folder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from selfjudge.shared.models.training import LORA_TARGET
+
+    torch.manual_seed(2)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET, init_lora_weights=False))
+    processor = AutoProcessor.from_pretrained(tiny_qwen)
+    peft_model.save_pretrained(out / "adapter")
+    processor.save_pretrained(out / "adapter")
+    peft_model.merge_and_unload().save_pretrained(out / "merged")
+    processor.save_pretrained(out / "merged")
+    return out / "adapter", out / "merged"
+
+
+def test_load_adapter_is_sent_to_every_endpoint(stubs) -> None:
+    """Each server gets POST /v1/load_lora_adapter; "already loaded" is fine; requests then name it."""
+    already = "The lora adapter 'j1' has already been loaded. If you want to load the adapter in place, ..."
+    one = stubs()
+    two = stubs(lambda i, body: (400, {"error": {"message": already}}) if "lora_name" in body else completion(body))
+    be = OpenAIBackend([one.url, two.url], model="base", api_key=KEY)
+    be.load_adapter("j1", "/adapters/h1")
+    for stub in (one, two):
+        assert [(c["path"], c["body"]) for c in stub.calls] == [
+            ("/v1/load_lora_adapter", {"lora_name": "j1", "lora_path": "/adapters/h1"})]
+    be.generate([ChatRequest("a", [])], SamplingParams())
+    chat = [c for c in one.calls + two.calls if c["path"] == "/v1/chat/completions"]
+    assert len(chat) == 1 and chat[0]["body"]["model"] == "j1"
+    refusing = stubs(lambda i, body: (404, {"error": {"message": "Not Found"}}))
+    with pytest.raises(OpenAIBackendError, match="could not load LoRA adapter 'j2'.*--enable-lora"):
+        OpenAIBackend([refusing.url], model="base").load_adapter("j2", "/adapters/h2")
+
+
+def test_openai_run_plan_is_refused_unless_judges_are_adapters() -> None:
+    from selfjudge.shared.models.openai_backend import plan_problem
+
+    assert plan_problem("openai", "lora", lora_merge=False) is None
+    assert plan_problem("transformers", "full", lora_merge=True) is None
+    assert "full fine-tuning" in plan_problem("openai", "full", lora_merge=False)
+    assert "lora_merge true" in plan_problem("openai", "lora", lora_merge=True)
+
+
+def test_selfjudge_run_refuses_a_full_finetune_plan_with_the_openai_backend(tmp_path: Path, capsys) -> None:
+    """Refused at start with the reason, before anything is touched (the endpoint does not exist)."""
+    from selfjudge import cli
+
+    argv = ["run", "--set", f"run.work_dir={tmp_path / 'work'}", "--set", "model.backend=openai",
+            "--set", "model.endpoints=http://127.0.0.1:9", "--set", "train.method=full"]
+    assert cli.main(argv) == 2
+    message = capsys.readouterr().err
+    assert "cannot start" in message and "train.lora_merge false" in message
+    assert not (tmp_path / "work").exists()   # nothing was created
+
+
+def test_each_new_judge_reaches_the_vllm_server(
+    request: pytest.FixtureRequest, tiny_qwen: Path, tmp_path: Path
+) -> None:
+    """The loop's model cache on the openai backend: iteration 0 judges with the served base; a
+    trained adapter (iteration 1) is loaded into vLLM's server and judges token for token like its
+    merged weights; a full checkpoint is refused with the reason."""
+    from selfjudge.shared import loop
+    from selfjudge.shared.config import load_settings
+    from selfjudge.shared.context import make_context
+    from selfjudge.shared.db import migrate
+    from selfjudge.shared.models.openai_backend import adapter_name
+    from selfjudge.shared.queue import LocalBus
+
+    adapter, merged = _adapter_and_merged(tiny_qwen, tmp_path)
+    reqs = [r for r in requests() if len(r.images) <= 1][:3]
+    params = SamplingParams(max_new_tokens=8)
+    want_base = TransformersBackend(str(tiny_qwen)).generate(reqs, params)
+    want_judge = TransformersBackend(str(merged)).generate(reqs, params)
+    assert want_judge != want_base
+    server = request.getfixturevalue("vllm_server")
+    settings = load_settings(environ={}, overrides={
+        "run": {"work_dir": str(tmp_path / "work")},
+        "model": {"backend": "openai", "endpoints": [server.url], "served_model_name": server.model,
+                  "api_key": server.api_key, "adapter_dir": str(tmp_path / "served-adapters")},
+        "train": {"method": "lora", "lora_merge": False}})
+    migrate(settings.database_url())
+    ctx = make_context(settings, "reasoner", LocalBus())
+    base_id = loop.register_checkpoint(ctx, None, 0, str(tiny_qwen))
+    judge_id = loop.register_checkpoint(ctx, None, 1, str(adapter), parent_id=base_id)
+    full_id = loop.register_checkpoint(ctx, None, 2, str(merged), parent_id=judge_id)
+
+    base = ctx.models.backend(base_id)
+    assert base.model == server.model and base.generate(reqs, params) == want_base
+    judge = ctx.models.backend(judge_id)
+    assert judge.model.startswith("selfjudge-") and judge.model == adapter_name(judge.model_id)
+    assert (tmp_path / "served-adapters" / judge.model_id / "adapter_config.json").is_file()
+    assert judge.generate(reqs, params) == want_judge
+    listed = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {server.api_key}"}).json()
+    assert judge.model in [m["id"] for m in listed["data"]]
+    ctx.models.release()
+    assert ctx.models.backend(judge_id).generate(reqs, params) == want_judge   # loaded again: no error
+    with pytest.raises(ValueError, match="full model folder.*LoRA adapters"):
+        ctx.models.backend(full_id)

@@ -151,3 +151,31 @@ def test_load_backend_dispatch(monkeypatch: pytest.MonkeyPatch, tiny_qwen: Path)
                                                  "dtype": "float32", "batch_size": 8}  # fmt: skip
     with pytest.raises(NotImplementedError, match="transformers, vllm, openai"):
         backend_mod.load_backend("nope", str(tiny_qwen))
+
+
+def test_config_engine_settings_reach_the_engine(vllm_tiny, tiny_qwen: Path) -> None:
+    """model.vllm (YAML / SELFJUDGE__MODEL__VLLM__*) -> load_backend -> vllm.LLM's own config."""
+    from selfjudge.shared.config import ConfigError, load_settings
+
+    m = load_settings(environ={"SELFJUDGE__MODEL__VLLM__MAX_NUM_SEQS": "3"}, overrides={"model": {"vllm": {
+        "max_model_len": 512, "gpu_memory_utilization": 0.5, "max_num_batched_tokens": 1024, "max_images": 2,
+        "engine_kwargs": {"seed": 11}}}}).model  # fmt: skip
+    be = backend_mod.load_backend("vllm", str(tiny_qwen), dtype="float32", device="cpu", decode="plain",
+                                  vllm=m.vllm.backend_kwargs())  # fmt: skip
+    try:
+        cfg = be.llm.llm_engine.vllm_config
+        assert cfg.scheduler_config.max_num_seqs == 3 and cfg.model_config.max_model_len == 512
+        assert cfg.scheduler_config.max_num_batched_tokens == 1024 and cfg.cache_config.gpu_memory_utilization == 0.5
+        assert cfg.model_config.seed == 11 and be.max_images == 2
+        assert cfg.model_config.enforce_eager  # None on CPU: eager
+        assert be.generate(requests()[:2], SamplingParams(max_new_tokens=4))[0].token_counts[0] >= 1
+    finally:
+        be.close()
+    # enforce_eager: None follows the device (CUDA graphs on CUDA), an explicit value is kept
+    assert load_settings(environ={}).model.vllm.backend_kwargs()["enforce_eager"] is None
+    assert load_settings(environ={"SELFJUDGE__MODEL__VLLM__ENFORCE_EAGER": "false"}).model.vllm.backend_kwargs()[
+        "enforce_eager"] is False  # fmt: skip
+    with pytest.raises(ConfigError, match="in_process: false"):
+        load_settings(environ={}, overrides={"model": {"vllm": {"tensor_parallel_size": 2}}})
+    tp = load_settings(environ={}, overrides={"model": {"vllm": {"tensor_parallel_size": 2, "in_process": False}}})
+    assert tp.model.vllm.backend_kwargs()["engine_kwargs"]["tensor_parallel_size"] == 2
