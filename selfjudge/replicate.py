@@ -490,7 +490,7 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
                 record.seconds(arm, time.perf_counter() - started)
                 record.arm(arm, arm_results(work) if evaluated(work) else [])
                 ended.add(arm)
-                if arm in late:
+                if arm in late and len(evaluated(work)) <= iterations:   # (stopped after its last score: done)
                     errors[arm] = "stopped at the deadline"
                 elif proc.returncode != 0:
                     errors[arm] = f"the loop exited with {proc.returncode}; its log: {out / f'{arm}.log'}"
@@ -498,7 +498,8 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
         for arm, (proc, work) in procs.items():      # stopped from outside: end the loops, keep their scores
             if arm not in ended:
                 stop(proc)
-                errors[arm] = "stopped before it finished"
+                if len(evaluated(work)) <= iterations:
+                    errors[arm] = "stopped before it finished"
                 try:
                     record.arm(arm, arm_results(work) if evaluated(work) else [])
                 except Exception as exc:  # noqa: BLE001
