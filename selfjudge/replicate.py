@@ -490,8 +490,9 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
                 record.seconds(arm, time.perf_counter() - started)
                 record.arm(arm, arm_results(work) if evaluated(work) else [])
                 ended.add(arm)
-                if arm in late and len(evaluated(work)) <= iterations:   # (stopped after its last score: done)
-                    errors[arm] = "stopped at the deadline"
+                if arm in late:       # stopped after its last iteration was scored (writing its report): done
+                    if len(evaluated(work)) <= iterations:
+                        errors[arm] = "stopped at the deadline"
                 elif proc.returncode != 0:
                     errors[arm] = f"the loop exited with {proc.returncode}; its log: {out / f'{arm}.log'}"
     finally:
