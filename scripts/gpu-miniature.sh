@@ -9,10 +9,13 @@
 #                       measured is kept); the whole command is killed at BUDGET + 50
 #              CEILING  gold traces of the supervised ceiling (default 3000; 0 = none)
 #              ITERATIONS (default 3), PYTHON (default python3)
-# Needs `selfjudge` installed (not editable is fine): it runs from OUT_DIR, outside the source tree.
-# Writes OUT_DIR/run/{results.json,heldout_accuracy.png,majority.log,gold.log,...}, OUT_DIR/replicate.out
-# (the tables and progress lines), OUT_DIR/replicate.log (stderr), OUT_DIR/gpu.csv (utilisation every 5 s),
-# and prints the progress lines, then one `FIGURE ...` line per measured figure.
+#              WORK     where the models, checkpoints and databases go (default /tmp/selfjudge-gpu-miniature;
+#                       hundreds of MB, not copied to OUT_DIR)
+# Needs `selfjudge` installed (not editable is fine): it runs from WORK, outside the source tree.
+# Writes OUT_DIR/{results.json,heldout_accuracy.png,majority.log,gold.log,majority.yaml,gold.yaml} (copied
+# from WORK/run at the end, whatever happened), OUT_DIR/replicate.out (the tables and progress lines),
+# OUT_DIR/replicate.log (stderr), OUT_DIR/gpu.csv (utilisation every 5 s), and prints the progress
+# lines, then one `FIGURE ...` line per measured figure.
 set -u
 out=${1:?usage: $0 OUT_DIR [selfjudge replicate options]}
 shift
@@ -20,6 +23,8 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 budget=${BUDGET:-320}
 ceiling=${CEILING:-3000}
 iterations=${ITERATIONS:-3}
+work=${WORK:-/tmp/selfjudge-gpu-miniature}
+mkdir -p "$work" && work=$(cd "$work" && pwd)
 py=${PYTHON:-python3}
 now() { date -u +%H:%M:%S; }
 
@@ -31,20 +36,23 @@ if command -v nvidia-smi >/dev/null; then
     monitor=$!
 fi
 
-cd "$out" || exit 1      # outside the source tree: the installed package is imported
-timeout -k 20 $((budget + 50)) "$py" -m selfjudge.cli replicate --profile gpu --out "$out/run" \
+cd "$work" || exit 1     # outside the source tree: the installed package is imported
+timeout -k 20 $((budget + 50)) "$py" -m selfjudge.cli replicate --profile gpu --out "$work/run" \
     --set model.device=cuda --iterations "$iterations" --ceiling "$ceiling" --deadline "$budget" "$@" \
     2> "$out/replicate.log" | tee "$out/replicate.out"
 rc=${PIPESTATUS[0]}
 [ -n "$monitor" ] && kill "$monitor" 2>/dev/null
+for f in results.json heldout_accuracy.png majority.log gold.log majority.yaml gold.yaml; do
+    [ -f "$work/run/$f" ] && cp "$work/run/$f" "$out/"
+done
 echo "[$(now)] gpu-miniature: replicate exited with $rc (124: killed at the limit; 1: an arm or the ceiling failed)"
 if [ "$rc" -ne 0 ]; then
     echo "--- last lines of $out/replicate.log:"
     grep -v "Loading weights\|Writing model shards" "$out/replicate.log" | tail -n 25
 fi
 
-if [ -f "$out/run/results.json" ]; then
-    "$py" - "$out/run/results.json" <<'EOF'
+if [ -f "$out/results.json" ]; then
+    "$py" - "$out/results.json" <<'EOF'
 import json
 import sys
 

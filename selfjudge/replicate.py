@@ -440,7 +440,7 @@ def watch(arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadli
                     for r in rows[seen[arm]:]:
                         say(f"{arm}: iteration {r['iteration']} held-out {100 * r['accuracy']:.1f}% "
                             f"(both orders {100 * (r['both_orders'] or 0):.1f}%, position bias "
-                            f"{100 * (r['position_bias'] or 0):.1f}%, kept {r['kept_examples'] or '-'})")
+                            f"{100 * (r['position_bias'] or 0):.1f}%, kept {'-' if r['kept_examples'] is None else r['kept_examples']})")
                     seen[arm] = len(rows)
             except Exception as exc:  # noqa: BLE001 - a read while the loop writes: next time
                 log.debug("replicate: could not read %s yet: %s", arm, exc)
@@ -490,15 +490,17 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
                 record.seconds(arm, time.perf_counter() - started)
                 record.arm(arm, arm_results(work) if evaluated(work) else [])
                 ended.add(arm)
-                if arm in late:
-                    errors[arm] = "stopped at the deadline"
+                if arm in late:       # stopped after its last iteration was scored (writing its report): done
+                    if len(evaluated(work)) <= iterations:
+                        errors[arm] = "stopped at the deadline"
                 elif proc.returncode != 0:
                     errors[arm] = f"the loop exited with {proc.returncode}; its log: {out / f'{arm}.log'}"
     finally:
         for arm, (proc, work) in procs.items():      # stopped from outside: end the loops, keep their scores
             if arm not in ended:
                 stop(proc)
-                errors[arm] = "stopped before it finished"
+                if len(evaluated(work)) <= iterations:
+                    errors[arm] = "stopped before it finished"
                 try:
                     record.arm(arm, arm_results(work) if evaluated(work) else [])
                 except Exception as exc:  # noqa: BLE001
@@ -511,18 +513,23 @@ def figure_lines(summary: dict) -> list[str]:
     """One line per figure of a results.json (what the device script prints)."""
     lines = [f"seconds {k}: {v:.0f}" for k, v in summary.get("seconds", {}).items()]
     lines.append(f"held-out pairs: {summary.get('heldout_pairs')}")
+    for qtype, skill in (summary.get("base_skills") or {}).items():
+        lines.append(f"base skills {qtype}: " + ", ".join(
+            f"{k} {100 * v:.1f}" for k, v in skill.items() if k != "pairs"))
     ceiling = summary.get("ceiling") or {}
     if "scores" in ceiling:
         o = ceiling["scores"]["overall"]
+        lo, hi = o.get("ci_low", float("nan")), o.get("ci_high", float("nan"))
         lines.append(f"ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps): "
-                     f"{100 * o['accuracy']:.1f} [{100 * o['ci_low']:.1f}, {100 * o['ci_high']:.1f}]")
+                     f"{100 * o['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]; by type: " + ", ".join(
+                         f"{k} {100 * v['accuracy']:.1f}" for k, v in ceiling["scores"].items() if k != "overall"))
     elif ceiling:
         lines.append(f"ceiling: {ceiling.get('error')}")
     for arm, rows in summary.get("results", {}).items():
         for r in rows:
             lines.append(f"{arm} iteration {r['iteration']}: held-out {100 * r['accuracy']:.1f}, both orders "
                          f"{100 * (r['both_orders'] or 0):.1f}, position bias {100 * (r['position_bias'] or 0):.1f}, "
-                         f"kept {r['kept_examples'] or '-'}")
+                         f"kept {'-' if r['kept_examples'] is None else r['kept_examples']}")
         best = (summary.get("best_vs_0") or {}).get(arm)
         if best:
             lo, hi = best["ci"]
