@@ -76,10 +76,16 @@ class ModelConfig(Section):
 
 
 class SourceConfig(Section):
-    kind: Literal["scenes", "jsonl", "folder", "llava_onevision"] = "scenes"
+    kind: Literal["scenes", "jsonl", "folder", "llava_onevision", "hf_datasets"] = "scenes"
     # jsonl: the manifest; folder: the image folder; llava_onevision: a parquet file, a folder of
-    # them (searched recursively, e.g. a local copy of lmms-lab/LLaVA-OneVision-Data) or a glob
+    # them (searched recursively, e.g. a local copy of lmms-lab/LLaVA-OneVision-Data) or a glob;
+    # hf_datasets: a Hugging Face datasets folder (save_to_disk arrow files or parquet shards).
+    # Any of them may be s3://bucket/key on the store's S3 server (store.endpoint and keys).
+    # Every iteration draws its prompts by a seeded permutation of the records (shared/sources/stream.py).
     path: str = ""
+    instructions: str = ""          # folder: a text file of instructions, one per line (default: the folder's
+    #                                 instructions.txt if present, else "Describe the image.")
+    cache_dir: str = ""             # line offsets / listings / S3 arrow copies (empty = <work_dir>/cache/sources)
     image_size: int = 112
     max_objects: int = Field(5, ge=2, le=8)   # scenes: objects per image (1..max_objects); 2+ for position questions
     object_scale: float = Field(1.0, gt=0, le=3)  # scenes: object size multiplier (objects are 18-31 px at 1.0)
