@@ -117,7 +117,10 @@ class SynthConfig(Section):
     # --- open-ended: how the rejected response gets its errors
     injection: Literal["model", "rule", "both"] = "model"   # both: each prompt drawn with model_share
     model_share: float = Field(0.5, ge=0, le=1)
-    fallback_to_rule: bool = True      # a rejected model alteration falls back to the rule-based perturber
+    # a rejected model alteration falls back to the rule-based perturber; None = only in the built-in
+    # scenes world (source.kind scenes), where word swaps are true errors; elsewhere the prompt is set aside.
+    # The share of open pairs that fell back is in `selfjudge status` and the report, per iteration.
+    fallback_to_rule: bool | None = None
     style_mimic_share: float = Field(0.5, ge=0, le=1)   # model alterations that use the style-mimic prompt
     max_length_ratio: float = Field(1.3, ge=1)          # style-mimic: len(rejected)/len(original) in [1/r, r]
     detail_max_length_ratio: float = Field(2.0, ge=1)   # detail alteration and rule perturbation
@@ -127,6 +130,9 @@ class SynthConfig(Section):
     alter_temperature: float = 0.7
     alter_top_p: float = 0.9
     alter_max_new_tokens: int = Field(128, ge=1)
+    # an alteration may generate at least this times the original's budget (open_max_new_tokens), so a
+    # rewrite of a full-length answer is not cut short (and then failed by the length check)
+    alter_budget_ratio: float = Field(1.3, ge=1)
     rule_max_edits: int = Field(2, ge=1)       # rule perturber: error types injected per response (1..n)
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from selfjudge.shared.db import Checkpoint, EvalSummary, Iteration, Run, SetAside
+from selfjudge.shared.status import injection_counts
 
 from . import scoring
 from .protocols import HELDOUT, make_protocol
@@ -37,7 +38,8 @@ def collect(s, run_id: int) -> dict:  # noqa: ANN001
     for it in s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.number)):
         ckpt = s.get(Checkpoint, it.output_checkpoint_id) if it.output_checkpoint_id else None
         iterations.append({"iteration": it.number, "status": it.status, "checkpoint_id": it.output_checkpoint_id,
-                           "checkpoint_uri": ckpt.uri if ckpt else None})
+                           "checkpoint_uri": ckpt.uri if ckpt else None,
+                           "injection": injection_counts(s, run_id, it.number)})
     order = {HELDOUT: 0}
     return {"run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations},
             "iterations": iterations,
@@ -199,6 +201,13 @@ def render_markdown(data: dict, comps: list[dict], image: str = PLOT) -> str:
              "| iteration | status | checkpoint |", "|---|---|---|"]
     lines += [f"| {i['iteration']} | {i['status']} | {i['checkpoint_id']}: {i['checkpoint_uri'] or '-'} |"
               for i in data["iterations"]]
+    injected = [i for i in data["iterations"] if (i.get("injection") or {}).get("open_pairs")]
+    if injected:
+        lines += ["", "## Open-ended pairs: how the rejected response got its errors", "",
+                  "| iteration | open pairs | model alteration | rule (asked) | rule fallback | fallback share |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {i['iteration']} | {j['open_pairs']} | {j['model']} | {j['rule']} | {j['rule_fallback']} | "
+                  f"{100 * j['fallback_share']:.1f}% |" for i in injected for j in [i["injection"]]]
     for name, its in data["benchmarks"].items():
         official = "accuracy over judgments, both orders" if name == HELDOUT else "official protocol"
         lines += ["", f"## {name}", "", f"### Accuracy ({official}), % [95% bootstrap CI]", "", *_table(its, "accuracy")]
