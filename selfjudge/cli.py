@@ -422,6 +422,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    """The checkpoint to ship, chosen without labels (shared/selection.py); printed and recorded."""
+    from selfjudge.shared import selection
+    from selfjudge.shared.db import make_sessionmaker
+    from selfjudge.shared.store import open_store
+
+    settings = _settings(args)
+    sessions = make_sessionmaker(settings.database_url())
+    with sessions() as s:
+        choice = selection.choose(selection.signals(s, args.run))
+    if choice is None:
+        raise ConfigError(f"run {args.run} has no selection scores: the run needs filter.selection_holdout > 0 and "
+                          f"an evaluated iteration 1")
+    selection.record_choice(sessions, open_store(settings.store, settings.run.work_dir), args.run, choice)
+    print(json.dumps(choice, indent=2) if args.json else
+          f"run {args.run}: checkpoint {choice['checkpoint_id']} (iteration {choice['iteration']})\n"
+          f"reason: {choice['reason']}")
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from selfjudge.replicate import replicate
 
@@ -502,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", nargs=2, metavar="RUN[:ITER]",
                    help="instead: a paired comparison (McNemar, bootstrap) of two evaluated checkpoints, as JSON")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("select", help="choose a run's checkpoint without labels (its selection-set score)")
+    common(p)
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_select)
 
     p = sub.add_parser("plan", help="GPU memory, tokens and GPU-hours of a config, from config.json (no weights)")
     common(p)

@@ -159,6 +159,9 @@ class FilterConfig(Section):
     # share of prompts (chosen by a hash of their source id, so the same prompts every iteration) whose
     # pairs are judged but never trained on: the label-free checkpoint-selection set. 0 = use all pairs.
     selection_holdout: float = Field(0.0, ge=0, le=1)
+    # the selection set (shared/selection.py): at most this many of iteration 1's holdout pairs, judged by
+    # every checkpoint (the base by iteration 1's reasoner, checkpoint k by the evaluator of iteration k)
+    selection_max_pairs: int = Field(256, ge=1)
 
 
 class TrainConfig(Section):
