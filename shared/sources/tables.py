@@ -1,8 +1,8 @@
 """Prompts from tables: parquet or arrow files, local or on S3, read a row group at a time.
 
 `TableSource(path)` takes one .parquet/.arrow file, a folder searched recursively for them
-(sorted; hidden parts skipped: a Hugging Face `save_to_disk` folder, a hub-style folder of
-parquet shards) or, locally, a glob. Rows are numbered across the files in order; `read(indices)`
+(sorted; hidden parts skipped: a Hugging Face `save_to_disk` folder - of a DatasetDict, its
+`train` split -, a hub-style folder of parquet shards) or, locally, a glob. Rows are numbered across the files in order; `read(indices)`
 reads only the row groups (parquet) or record batches (arrow, memory-mapped: zero-copy) that
 hold a drawn row, and decodes only the drawn rows' images. An arrow file on S3 is copied once
 to the cache folder (arrow's stream format has no index to read it by range); parquet on S3 is
@@ -132,6 +132,8 @@ class TableSource:
 
     def files_list(self) -> list[str]:
         p = self.path
+        if self.fs.stat(Files.join(p, "dataset_dict.json")) is not None:   # a DatasetDict: its train split
+            p = Files.join(p, "train")
         if Files.is_s3(p):
             if self.fs.stat(p) is not None:
                 return [p]

@@ -138,8 +138,13 @@ def test_hf_datasets_folder_save_to_disk_and_parquet(tmp_path):
         assert sorted(int(i.prompt_id.removeprefix("hf:q")) for i in items) == sorted(drawn)
         assert all(i.gold == i.prompt_id.removeprefix("hf:q") and i.source == "hf_datasets" for i in items)
         assert items[0].instruction.startswith("How many things")
-    bad = list(TableSource(tmp_path / "saved", cache_dir=tmp_path / "c").read([min(set(range(n)) - drawn)]))
-    assert bad == []
+    undrawn = TableSource(tmp_path / "saved", cache_dir=tmp_path / "c")
+    first_undrawn = min(set(range(n)) - drawn)
+    assert list(undrawn.read([first_undrawn])) == []           # its corrupt image: set aside, named
+    assert undrawn.rejected == [(f"q{first_undrawn}", f"not a recognised image 'q{first_undrawn}'")]
+    datasets.DatasetDict({"train": ds.select(range(10)), "test": ds.select(range(10, 15))}).save_to_disk(
+        tmp_path / "dict")
+    assert TableSource(tmp_path / "dict", cache_dir=tmp_path / "c").count() == 10      # the train split
 
 
 def test_make_source_and_draw_prompts_repeat_after_a_restart(tmp_path):
