@@ -431,7 +431,11 @@ def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int)
     if iteration >= 1 and ctx.settings.filter.selection_holdout > 0:    # the label-free selection set
         from selfjudge.shared.selection import judge_selection
 
-        judge_selection(ctx, run_id, iteration, checkpoint_id)
+        try:        # after the summaries are written: a failure here must not stop the hand-off below
+            judge_selection(ctx, run_id, iteration, checkpoint_id)
+        except Exception:  # noqa: BLE001
+            log.exception("evaluator: run %s iter %s: the selection set could not be judged; `selfjudge select` "
+                          "will choose among the other checkpoints", run_id, iteration)
     loop.on_evaluated(ctx, EvalTask(run_id=run_id, iteration=iteration, checkpoint_id=checkpoint_id))
     _report_if_done(ctx, run_id)
 
