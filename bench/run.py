@@ -32,6 +32,7 @@ COMPARISONS: dict[str, str] = {
     "train": "train_bench",
     "vllm": "vllm_bench",
     "pipeline": "pipeline_bench",
+    "source": "source_bench",
 }
 
 

@@ -1,4 +1,4 @@
-"""`selfjudge` command line: build-model, run, worker, status, migrate."""
+"""`selfjudge` command line: build-model, run, worker, status, plan, select, migrate."""
 from __future__ import annotations
 
 import argparse
@@ -402,6 +402,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """What the config will cost (memory, tokens, GPU-hours), from config.json only: shared/plan.py."""
+    from dataclasses import fields
+
+    from selfjudge.shared.plan import Assumptions, THROUGHPUTS, format_plan, make_plan
+
+    settings = _settings(args)
+    pairs = dict(item.partition("=")[::2] for item in args.throughput or [])
+    unknown = set(pairs) - set(THROUGHPUTS)
+    assumed = dict(item.partition("=")[::2] for item in args.assume or [])
+    types = {f.name: f.type for f in fields(Assumptions)}
+    unknown |= set(assumed) - set(types)
+    if unknown:
+        raise ConfigError(f"unknown --throughput/--assume names {sorted(unknown)}; known: {sorted(THROUGHPUTS)} "
+                          f"and {sorted(types)}")
+    try:
+        assumptions = Assumptions(**{k: (float if types[k] == "float" else int)(v) for k, v in assumed.items()})
+        plan = make_plan(settings, assumptions, {k: float(v) for k, v in pairs.items()})
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"cannot plan: {exc}") from None
+    print(json.dumps(plan.to_dict(), indent=2, default=str) if args.json else format_plan(plan))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """The checkpoint to ship, chosen without labels (shared/selection.py); printed and recorded."""
+    from selfjudge.shared import selection
+    from selfjudge.shared.db import make_sessionmaker
+    from selfjudge.shared.store import open_store
+
+    settings = _settings(args)
+    sessions = make_sessionmaker(settings.database_url())
+    with sessions() as s:
+        choice = selection.choose(selection.signals(s, args.run))
+    if choice is None:
+        raise ConfigError(f"run {args.run} has no selection scores: the run needs filter.selection_holdout > 0 and "
+                          f"an evaluated iteration 1")
+    selection.record_choice(sessions, open_store(settings.store, settings.run.work_dir), args.run, choice)
+    print(json.dumps(choice, indent=2) if args.json else
+          f"run {args.run}: checkpoint {choice['checkpoint_id']} (iteration {choice['iteration']})\n"
+          f"reason: {choice['reason']}")
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from selfjudge.replicate import replicate
 
@@ -492,6 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", nargs=2, metavar="RUN[:ITER]",
                    help="instead: a paired comparison (McNemar, bootstrap) of two evaluated checkpoints, as JSON")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("select", help="choose a run's checkpoint without labels (its selection-set score)")
+    common(p)
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_select)
+
+    p = sub.add_parser("plan", help="GPU memory, tokens and GPU-hours of a config, from config.json (no weights)")
+    common(p)
+    p.add_argument("--throughput", action="append", metavar="name=tokens_per_s",
+                   help="override a throughput (per GPU, at 8.3B params): generate_vllm, train_full, ...")
+    p.add_argument("--assume", action="append", metavar="name=value",
+                   help="override an assumption: gpu_memory_gib, closed_share, keep_rate, sequences_in_flight, ...")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("replicate", help="the method in miniature: base model, loop, held-out table and plot")
     p.add_argument("--out", default=".selfjudge/replicate", help="output folder (base model, runs, plot, JSON)")

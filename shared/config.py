@@ -115,10 +115,16 @@ class ModelConfig(Section):
 
 
 class SourceConfig(Section):
-    kind: Literal["scenes", "jsonl", "folder", "llava_onevision"] = "scenes"
+    kind: Literal["scenes", "jsonl", "folder", "llava_onevision", "hf_datasets"] = "scenes"
     # jsonl: the manifest; folder: the image folder; llava_onevision: a parquet file, a folder of
-    # them (searched recursively, e.g. a local copy of lmms-lab/LLaVA-OneVision-Data) or a glob
+    # them (searched recursively, e.g. a local copy of lmms-lab/LLaVA-OneVision-Data) or a glob;
+    # hf_datasets: a Hugging Face datasets folder (save_to_disk arrow files or parquet shards).
+    # Any of them may be s3://bucket/key on the store's S3 server (store.endpoint and keys).
+    # Every iteration draws its prompts by a seeded permutation of the records (shared/sources/stream.py).
     path: str = ""
+    instructions: str = ""          # folder: a text file of instructions, one per line (default: the folder's
+    #                                 instructions.txt if present, else "Describe the image.")
+    cache_dir: str = ""             # line offsets / listings / S3 arrow copies (empty = <work_dir>/cache/sources)
     image_size: int = 112
     max_objects: int = Field(5, ge=2, le=8)   # scenes: objects per image (1..max_objects); 2+ for position questions
     object_scale: float = Field(1.0, gt=0, le=3)  # scenes: object size multiplier (objects are 18-31 px at 1.0)
@@ -150,7 +156,10 @@ class SynthConfig(Section):
     # --- open-ended: how the rejected response gets its errors
     injection: Literal["model", "rule", "both"] = "model"   # both: each prompt drawn with model_share
     model_share: float = Field(0.5, ge=0, le=1)
-    fallback_to_rule: bool = True      # a rejected model alteration falls back to the rule-based perturber
+    # a rejected model alteration falls back to the rule-based perturber; None = only in the built-in
+    # scenes world (source.kind scenes), where word swaps are true errors; elsewhere the prompt is set aside.
+    # The share of open pairs that fell back is in `selfjudge status` and the report, per iteration.
+    fallback_to_rule: bool | None = None
     style_mimic_share: float = Field(0.5, ge=0, le=1)   # model alterations that use the style-mimic prompt
     max_length_ratio: float = Field(1.3, ge=1)          # style-mimic: len(rejected)/len(original) in [1/r, r]
     detail_max_length_ratio: float = Field(2.0, ge=1)   # detail alteration and rule perturbation
@@ -160,6 +169,9 @@ class SynthConfig(Section):
     alter_temperature: float = 0.7
     alter_top_p: float = 0.9
     alter_max_new_tokens: int = Field(128, ge=1)
+    # an alteration may generate at least this times the original's budget (open_max_new_tokens), so a
+    # rewrite of a full-length answer is not cut short (and then failed by the length check)
+    alter_budget_ratio: float = Field(1.3, ge=1)
     rule_max_edits: int = Field(2, ge=1)       # rule perturber: error types injected per response (1..n)
 
     @model_validator(mode="after")
@@ -186,6 +198,9 @@ class FilterConfig(Section):
     # share of prompts (chosen by a hash of their source id, so the same prompts every iteration) whose
     # pairs are judged but never trained on: the label-free checkpoint-selection set. 0 = use all pairs.
     selection_holdout: float = Field(0.0, ge=0, le=1)
+    # the selection set (shared/selection.py): at most this many of iteration 1's holdout pairs, judged by
+    # every checkpoint (the base by iteration 1's reasoner, checkpoint k by the evaluator of iteration k)
+    selection_max_pairs: int = Field(256, ge=1)
 
 
 class TrainConfig(Section):

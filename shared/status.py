@@ -78,12 +78,30 @@ def reason_kind(reason: str) -> str:
     return _NAMES.sub("", reason).split(":")[0].strip() or reason[:80]
 
 
+def injection_counts(s: Session, run_id: int, k: int) -> dict:
+    """Open-ended pairs of iteration k by how the rejected response got its errors: the model's
+    alteration, the rule perturber as asked (synth.injection rule/both), or the rule perturber as
+    the fallback for a rejected alteration; `fallback_share` = fallback / open pairs."""
+    counts = {"model": 0, "rule": 0, "rule_fallback": 0}
+    fell_back = Pair.meta["fallback"].as_string()     # one expression object: one bound parameter in SELECT and GROUP BY
+    for method, fallback, n in s.execute(
+            select(Pair.method, fell_back, func.count()).where(
+                Pair.run_id == run_id, Pair.iteration == k, Pair.method.in_(
+                    ("rule_perturb", "model_detail", "model_style_mimic")))
+            .group_by(Pair.method, fell_back)):
+        key = "model" if method.startswith("model") else "rule_fallback" if fallback == "rule" else "rule"
+        counts[key] += n
+    total = sum(counts.values())
+    return {**counts, "open_pairs": total,
+            "fallback_share": round(counts["rule_fallback"] / total, 4) if total else None}
+
+
 def _data_reports(s: Session, run_id: int, k: int) -> dict:
     """keep_rate_by, parse_failures, selection (services/filter/report.py)."""
     from selfjudge.services.filter.report import keep_rate_by, parse_failures, selection_signal
 
     return {"keep_rate_by": keep_rate_by(s, run_id, k), "parse_failures": parse_failures(s, run_id, k),
-            "selection": selection_signal(s, run_id, k)}
+            "selection": selection_signal(s, run_id, k), "injection": injection_counts(s, run_id, k)}
 
 
 def format_table(status: dict) -> str:
@@ -98,6 +116,11 @@ def format_table(status: dict) -> str:
                      f"{pct(r['eval_both_orders']):>11} {pct(r['eval_position_bias']):>9}  "
                      f"{r['checkpoint_uri'] or '-'}")
     for r in status["iterations"]:
+        inj = r.get("injection") or {}
+        if inj.get("open_pairs"):
+            lines.append(f"  iteration {r['iteration']} open pairs {inj['open_pairs']}: model alteration "
+                         f"{inj['model']}, rule {inj['rule']}, rule fallback {inj['rule_fallback']} "
+                         f"({pct(inj['fallback_share']).strip()})")
         for f in r.get("failures", []):
             lines.append(f"  iteration {r['iteration']} {f['stage']} shard {f['shard']} {f['state']} after "
                          f"{f['attempts']} attempt(s): {(f['error'] or '')[:160]}")

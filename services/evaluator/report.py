@@ -16,6 +16,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from selfjudge.shared.db import Checkpoint, EvalSummary, Iteration, Run, SetAside
+from selfjudge.shared import selection
+from selfjudge.shared.status import injection_counts
 
 from . import scoring
 from .protocols import HELDOUT, make_protocol
@@ -37,10 +39,14 @@ def collect(s, run_id: int) -> dict:  # noqa: ANN001
     for it in s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.number)):
         ckpt = s.get(Checkpoint, it.output_checkpoint_id) if it.output_checkpoint_id else None
         iterations.append({"iteration": it.number, "status": it.status, "checkpoint_id": it.output_checkpoint_id,
-                           "checkpoint_uri": ckpt.uri if ckpt else None})
+                           "checkpoint_uri": ckpt.uri if ckpt else None,
+                           "injection": injection_counts(s, run_id, it.number)})
     order = {HELDOUT: 0}
+    benchmarks.pop(selection.BENCHMARK, None)      # shown in its own section
+    by_iteration = selection.signals(s, run_id)
+    choice = selection.recorded_choice(s, run_id) or selection.choose(by_iteration)
     return {"run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations},
-            "iterations": iterations,
+            "iterations": iterations, "selection": {"signals": by_iteration, "choice": choice},
             "benchmarks": {b: {it: {c: dict(m) for c, m in cats.items()} for it, cats in sorted(its.items())}
                            for b, its in sorted(benchmarks.items(), key=lambda kv: (order.get(kv[0], 1), kv[0]))}}
 
@@ -191,6 +197,27 @@ def _table(its: dict, metric: str) -> list[str]:
     return lines
 
 
+def _selection_section(data: dict) -> list[str]:
+    """The label-free choice beside each benchmark's overall accuracy (shared/selection.py)."""
+    sel = data.get("selection") or {}
+    signals, choice = sel.get("signals") or {}, sel.get("choice")
+    if not signals:
+        return []
+    names = [n for n in data["benchmarks"] if n != HELDOUT] or [n for n in data["benchmarks"]]
+    lines = ["", "## Checkpoint selection (label-free)", "",
+             "Selection score: share of the run's fixed synthetic selection pairs (never trained on) judged right "
+             "in both orders. " + (f"Chosen: {choice['reason']}." if choice else ""), "",
+             "| iteration | selection score | consistency | parse rate | " + " | ".join(
+                 f"{n} overall %" for n in names) + " | chosen |", "|---|---|---|---|" + "---|" * len(names) + "---|"]
+    for k, sig in sorted(signals.items(), key=lambda kv: int(kv[0])):
+        accs = [cell(data["benchmarks"][n].get(int(k), data["benchmarks"][n].get(str(k), {})).get("overall", {}),
+                     "accuracy") for n in names]
+        chosen = "**yes**" if choice and int(choice["iteration"]) == int(k) else ""
+        lines.append(f"| {k} | {100 * sig['score']:.1f} | {100 * sig['consistency']:.1f} | "
+                     f"{100 * sig['parse_rate']:.1f} | " + " | ".join(accs) + f" | {chosen} |")
+    return lines
+
+
 def render_markdown(data: dict, comps: list[dict], image: str = PLOT) -> str:
     run = data["run"]
     lines = [f"# Evaluation report: run {run['id']} ({run['name']})", "",
@@ -199,6 +226,14 @@ def render_markdown(data: dict, comps: list[dict], image: str = PLOT) -> str:
              "| iteration | status | checkpoint |", "|---|---|---|"]
     lines += [f"| {i['iteration']} | {i['status']} | {i['checkpoint_id']}: {i['checkpoint_uri'] or '-'} |"
               for i in data["iterations"]]
+    injected = [i for i in data["iterations"] if (i.get("injection") or {}).get("open_pairs")]
+    if injected:
+        lines += ["", "## Open-ended pairs: how the rejected response got its errors", "",
+                  "| iteration | open pairs | model alteration | rule (asked) | rule fallback | fallback share |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {i['iteration']} | {j['open_pairs']} | {j['model']} | {j['rule']} | {j['rule_fallback']} | "
+                  f"{100 * j['fallback_share']:.1f}% |" for i in injected for j in [i["injection"]]]
+    lines += _selection_section(data)
     for name, its in data["benchmarks"].items():
         official = "accuracy over judgments, both orders" if name == HELDOUT else "official protocol"
         lines += ["", f"## {name}", "", f"### Accuracy ({official}), % [95% bootstrap CI]", "", *_table(its, "accuracy")]

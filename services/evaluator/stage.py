@@ -12,8 +12,9 @@ Does:  plan (once per message): each benchmark file is loaded once per run into 
            benchmarks: the official protocol (protocols.py) under the benchmark's name, plus one
            greedy judgment in each order under "<name>:both".
        finish (the last shard): scores every benchmark from the database rows (scoring.py), writes
-         eval_summaries and the Prometheus gauges, then hands on to the loop; a report is written
-         when the run is done.
+         eval_summaries and the Prometheus gauges; with filter.selection_holdout > 0 it judges the
+         run's fixed selection set with the checkpoint (shared/selection.py, benchmark "selection");
+         then hands on to the loop; a report is written when the run is done.
 Out:   `eval_results` rows per item, order and sample; `eval_summaries` rows per benchmark, category
        and metric (accuracy with bootstrap CIs, macro, both_orders, position_bias, item counts);
        `set_aside` rows (stage "evaluator", "<benchmark>:<record id>") for excluded records.
@@ -427,6 +428,14 @@ def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int)
                      get("overall", "accuracy")[0], get("overall", "accuracy")[1], get("macro", "accuracy")[0],
                      get("overall", "both_orders")[0], get("overall", "position_bias")[0],
                      int(get("overall", "items_excluded")[0]), int(get("overall", "items_total")[0]))
+    if iteration >= 1 and ctx.settings.filter.selection_holdout > 0:    # the label-free selection set
+        from selfjudge.shared.selection import judge_selection
+
+        try:        # after the summaries are written: a failure here must not stop the hand-off below
+            judge_selection(ctx, run_id, iteration, checkpoint_id)
+        except Exception:  # noqa: BLE001
+            log.exception("evaluator: run %s iter %s: the selection set could not be judged; `selfjudge select` "
+                          "will choose among the other checkpoints", run_id, iteration)
     loop.on_evaluated(ctx, EvalTask(run_id=run_id, iteration=iteration, checkpoint_id=checkpoint_id))
     _report_if_done(ctx, run_id)
 

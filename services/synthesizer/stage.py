@@ -14,7 +14,9 @@ Does:  1. duplicates (same image bytes + normalised instruction, `source.dedup`)
        4. open: the greedy response is preferred; the rejected one gets injected errors
        (inject.py, synth.injection = model | rule | both): the model rewrites its response with a
        detail-alteration or style-mimic prompt, the candidate is checked (changed? length within
-       the bound? still an edit?), and a rejected alteration falls back to the rule perturber.
+       the bound? still an edit?). The alteration may write synth.alter_budget_ratio (1.3) x the
+       original's token budget. A rejected alteration falls back to the rule perturber only where
+       synth.fallback_to_rule says so (default: in the scenes world only); else it is set aside.
 Out:   pairs JSONL runs/<run>/iter<k>/pairs/<i>.jsonl; rows in `pairs` (method, errors, meta with
        every decision: votes, label source, injection variant, attempts and why they failed);
        set-aside rows with reasons.
@@ -23,6 +25,7 @@ Next:  loop.on_synthesized -> reasoner.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -220,6 +223,16 @@ def _closed_pair(p: dict, texts: list[str], cfg, rng, aside: list) -> dict | Non
                 errors=["wrong_answer"], vote_count=vote.count, n_samples=vote.total, meta=meta)
 
 
+def alteration_budget(cfg) -> int:  # noqa: ANN001 - SynthConfig
+    """New tokens for an alteration: at least synth.alter_budget_ratio x the original's budget."""
+    return max(cfg.alter_max_new_tokens, math.ceil(cfg.alter_budget_ratio * cfg.open_max_new_tokens))
+
+
+def fallback_to_rule(cfg, source_kind: str) -> bool:  # noqa: ANN001 - SynthConfig
+    """synth.fallback_to_rule, or by default: only in the built-in scenes world."""
+    return cfg.fallback_to_rule if cfg.fallback_to_rule is not None else source_kind == "scenes"
+
+
 def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng, aside: list,  # noqa: ANN001
                 seed: int) -> list[dict]:
     todo = []
@@ -240,7 +253,7 @@ def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng,
                             images=[p["image"]], key=str(p["prompt_id"])) for p in to_model]
     alter_gens = _generate_requests(ctx, backend, requests, SamplingParams(
         n=cfg.alter_samples, temperature=cfg.alter_temperature, top_p=cfg.alter_top_p,
-        max_new_tokens=cfg.alter_max_new_tokens, seed=seed + 1), "alteration")
+        max_new_tokens=alteration_budget(cfg), seed=seed + 1), "alteration")
     candidates = {p["prompt_id"]: (req.text, g.texts) for p, req, g in zip(to_model, requests, alter_gens)}
 
     pairs = []
@@ -258,7 +271,7 @@ def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng,
             good = next((c for c in checks if c.ok), None)
             if good is not None:
                 result = (good.text, good.errors, f"model_{variant}", good)
-            elif not cfg.fallback_to_rule:
+            elif not fallback_to_rule(cfg, ctx.settings.source.kind):
                 aside.append((p["source_id"], "open_alteration_rejected",
                               ",".join(sorted({c.reason for c in checks}))))
                 continue

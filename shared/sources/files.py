@@ -14,16 +14,19 @@ ignored. `kind` is "open", "closed" or "auto" ("auto": the synthesizer decides).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from selfjudge.shared.sources.scenes import SourceItem
+from selfjudge.shared.sources.stream import Files, LineIndex, default_cache_dir
 
 KINDS = ("open", "closed", "auto")
 
@@ -43,6 +46,18 @@ def load_image_bytes(data: bytes | None, label: str) -> Image.Image | str:
     if not data:
         return f"empty image bytes {label!r}"
     return _decode(io.BytesIO(data), label)
+
+
+def load_uri(files: Files, uri: str) -> Image.Image | str:
+    """`load_image` for a path or s3:// URI read through `files`."""
+    if not Files.is_s3(uri):
+        return load_image(Path(uri))
+    stat = files.stat(uri)
+    if stat is None:
+        return f"missing image file {uri!r}"
+    if stat[0] == 0:
+        return f"empty (zero-byte) image file {uri!r}"
+    return load_image_bytes(files.read(uri), uri)
 
 
 def _decode(source, label: str) -> Image.Image | str:  # noqa: ANN001 - a path or a file object
@@ -73,22 +88,43 @@ def _decode(source, label: str) -> Image.Image | str:  # noqa: ANN001 - a path o
 
 class JsonlSource:
     """Lines: {"id"?, "image": path (relative to the JSONL's folder), "instruction": str,
-    "kind"?: "open"|"closed"|"auto", "gold"?: str, "options"?: [str]}."""
+    "kind"?: "open"|"closed"|"auto", "gold"?: str, "options"?: [str]}. Record i is line i + 1;
+    `read(indices)` reads just those lines (by the offsets in stream.LineIndex) and their images.
+    `path` is a local file or s3://bucket/key (then `files` says which S3 server)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, files: Files | None = None, cache_dir: str | Path | None = None) -> None:
+        self.uri = str(path)
+        self.path = Path(self.uri) if not Files.is_s3(self.uri) else Path(self.uri.rsplit("/", 1)[-1])
+        self.files = files or Files()
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.rejected: list[tuple[str, str]] = []
+        self._index: LineIndex | None = None
+
+    def index(self) -> LineIndex | None:
+        if self._index is None and self.files.stat(self.uri) is not None:
+            self._index = LineIndex(self.files, self.uri, self.cache_dir)
+        return self._index
+
+    def count(self) -> int:
+        index = self.index()
+        return len(index) if index is not None else 0
 
     def __len__(self) -> int:
-        return len(self.path.read_bytes().splitlines()) if self.path.is_file() else 0
+        return self.count()
 
     def __iter__(self) -> Iterator[SourceItem]:
         return self.items()
 
     def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
+        """Lines [offset, offset + n) in file order (`split` is accepted for parity with ScenesSource)."""
+        count = self.count()
+        return self.read(range(offset, count if n is None else min(count, offset + n)))
+
+    def read(self, indices: Sequence[int]) -> Iterator[SourceItem]:
         self.rejected = []
-        if not self.path.is_file():
-            self.rejected.append((str(self.path), "manifest file not found"))
+        index = self.index()
+        if index is None:
+            self.rejected.append((self.uri, "manifest file not found"))
             return
         seen: set[str] = set()
         reported: set[str] = set()
@@ -100,10 +136,7 @@ class JsonlSource:
             reported.add(record_id)
             self.rejected.append((record_id, reason))
 
-        lines = self.path.read_bytes().splitlines()
-        stop = len(lines) if n is None else min(len(lines), offset + n)
-        for lineno in range(offset, stop):
-            raw = lines[lineno]
+        for lineno, raw in index.lines(indices):
             record_id = f"{self.path.name}:{lineno + 1}"
             if not raw.strip():
                 continue
@@ -124,8 +157,7 @@ class JsonlSource:
             if reason:
                 reject(record_id, reason, lineno)
                 continue
-            image_path = Path(rec["image"]) if Path(rec["image"]).is_absolute() else self.path.parent / rec["image"]
-            image = load_image(image_path)
+            image_path, image = self._image(rec["image"])
             if isinstance(image, str):
                 reject(record_id, image, lineno)
                 continue
@@ -141,6 +173,14 @@ class JsonlSource:
                 source="jsonl",
                 meta={"path": str(image_path), "line": lineno + 1},
             )
+
+    def _image(self, name: str) -> tuple[str, Image.Image | str]:
+        """(where, the image or why not): relative names are read beside the manifest."""
+        if Files.is_s3(self.uri):
+            where = name if Files.is_s3(name) else Files.join(Files.parent(self.uri), name)
+            return where, load_uri(self.files, where)
+        where_path = Path(name) if Path(name).is_absolute() else self.path.parent / name
+        return str(where_path), load_image(where_path)
 
     @staticmethod
     def _check(rec: dict, record_id: str, seen: set[str]) -> str | None:
@@ -183,55 +223,115 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
-class FolderSource:
-    """Every non-hidden file under `folder` (recursively, sorted) with each instruction.
-    Files that are not images are rejected like corrupt ones."""
+INSTRUCTIONS_FILE = "instructions.txt"
 
-    def __init__(self, folder: str | Path, instructions: list[str] | None = None, kind: str = "auto") -> None:
-        self.folder = Path(folder)
+
+def read_instructions(files: Files, uri: str) -> list[str]:
+    """One instruction per non-empty line of a text file (local or s3://)."""
+    return [line.strip() for line in files.read(uri).decode("utf-8-sig").splitlines() if line.strip()]
+
+
+class FolderSource:
+    """Every non-hidden file under `folder` (recursively, sorted by path) paired with each
+    instruction: record i is file i // m with instruction i % m (m instructions). The
+    instructions are the given list, else the folder's own `instructions.txt` (one per line;
+    not an image), else "Describe the image.". Files that are not images are rejected like
+    corrupt ones. The sorted listing is written once per source object to the cache folder and
+    read by offset, so a draw decodes only the images it draws. `folder` may be s3://bucket/prefix."""
+
+    def __init__(self, folder: str | Path, instructions: list[str] | None = None, kind: str = "auto",
+                 files: Files | None = None, cache_dir: str | Path | None = None) -> None:
+        self.uri = str(folder)
+        self.folder = Path(self.uri)
+        self.files = files or Files()
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        own = Files.join(self.uri, INSTRUCTIONS_FILE)
+        if instructions is None and self.files.stat(own) is not None:
+            instructions = read_instructions(self.files, own)
+            self.own_instructions = True
+        else:
+            self.own_instructions = False
         self.instructions = ["Describe the image."] if instructions is None else instructions
         self.kind = kind
         self.rejected: list[tuple[str, str]] = []
+        self._listing: LineIndex | None = None
 
-    def _files(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
+    def _names(self) -> list[str]:
         return sorted(
-            p for p in self.folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.folder).parts)
+            rel for rel in self.files.walk(self.uri)
+            if not any(part.startswith(".") for part in rel.split("/"))
+            and not (self.own_instructions and rel == INSTRUCTIONS_FILE)
         )
 
+    def listing(self) -> LineIndex | None:
+        """The sorted file names, one per line, indexed by line (built on first use)."""
+        if self._listing is None and self.files.is_dir(self.uri):
+            names = self._names()
+            data = b"".join(os.fsencode(n) + b"\n" for n in names)
+            del names
+            path = self.cache_dir / f"{hashlib.sha256(self.uri.encode() + data).hexdigest()[:32]}.listing"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+            self._listing = LineIndex(Files(), str(path), self.cache_dir)
+        return self._listing
+
+    def _instructions(self) -> list[str]:
+        return [i.strip() for i in self.instructions if isinstance(i, str) and i.strip()]
+
+    def count(self) -> int:
+        listing = self.listing()
+        return len(listing) * len(self._instructions()) if listing is not None else 0
+
     def __len__(self) -> int:
-        return len(self._files())
+        listing = self.listing()
+        return len(listing) if listing is not None else 0
 
     def __iter__(self) -> Iterator[SourceItem]:
         return self.items()
 
     def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
+        """Files [offset, offset + n) in sorted order, each with every instruction."""
+        m = max(1, len(self._instructions()))
+        files = len(self)
+        stop = files if n is None else min(files, offset + n)
+        return self.read(range(offset * m, stop * m))
+
+    def read(self, indices: Sequence[int]) -> Iterator[SourceItem]:
         self.rejected = []
-        if not self.folder.is_dir():
-            self.rejected.append((str(self.folder), "folder not found"))
+        if not self.files.is_dir(self.uri):
+            self.rejected.append((self.uri, "folder not found"))
             return
-        instructions = [i.strip() for i in self.instructions if isinstance(i, str) and i.strip()]
+        instructions = self._instructions()
         if not instructions:
-            self.rejected.append((str(self.folder), "no non-empty instruction"))
+            self.rejected.append((self.uri, "no non-empty instruction"))
             return
-        files = self._files()
-        for path in files[offset:None if n is None else offset + n]:
-            rel = _printable(path.relative_to(self.folder).as_posix())   # a non-UTF-8 file name, escaped
-            image = load_image(path)
-            if isinstance(image, str):
-                self.rejected.append((rel, image))
+        m = len(instructions)
+        wanted = [divmod(i, m) for i in indices]
+        names = dict(self.listing().lines(sorted({f for f, _ in wanted})))
+        images: dict[int, Image.Image | str] = {}
+        bad: set[int] = set()
+        for f, j in wanted:
+            rel_raw = os.fsdecode(names[f])
+            rel = _printable(rel_raw)   # a non-UTF-8 file name, escaped
+            if f in bad:
                 continue
-            for j, instruction in enumerate(instructions):
-                yield SourceItem(
-                    prompt_id=f"folder:{rel}:{j}",
-                    image=image,
-                    instruction=instruction,
-                    kind=self.kind,
-                    question_type="user",
-                    gold=None,
-                    options=None,
-                    source="folder",
-                    meta={"path": _printable(str(path))},
-                )
+            if f not in images:         # one decode per file for a run of its instructions
+                images = {f: load_uri(self.files, Files.join(self.uri, rel_raw))}
+            if isinstance(images[f], str):
+                self.rejected.append((rel, images[f]))
+                bad.add(f)
+                continue
+            yield SourceItem(
+                prompt_id=f"folder:{rel}:{j}",
+                image=images[f],
+                instruction=instructions[j],
+                kind=self.kind,
+                question_type="user",
+                gold=None,
+                options=None,
+                source="folder",
+                meta={"path": _printable(Files.join(self.uri, rel_raw))},
+            )

@@ -32,8 +32,9 @@ def bad_run(tiny_base, tmp_path_factory):
     work = tmp_path_factory.mktemp("bad_input_run")
     corpus = bi.build(work / "corpus")
     config = work / "config.yaml"
+    lines = len(corpus.manifest.read_bytes().split(b"\n")) - 1   # draw every record: only drawn ones are read
     config.write_text(f"""
-run: {{name: bad-inputs, iterations: 1, prompts_per_iteration: {len(corpus.good_ids)}, shard_size: 8,
+run: {{name: bad-inputs, iterations: 1, prompts_per_iteration: {lines}, shard_size: 8,
       heldout_pairs: 2, work_dir: "{work}"}}
 model: {{base: "{tiny_base}", cpu_threads: 1}}
 source: {{kind: jsonl, path: "{corpus.manifest}"}}

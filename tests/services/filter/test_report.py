@@ -109,3 +109,17 @@ def test_parse_failures_and_selection(db):
         assert sig["judged_in_iteration"] == 1 and sig["agreement"] == 0.0 and sig["parse_rate"] == 0.5
         assert selection_signal(s, 1, 1) is None      # no iteration 2 yet
         assert selection_signal(s, 1, 5) is None
+
+
+def test_injection_counts_and_the_fallback_share(db):
+    from selfjudge.shared.status import format_table, injection_counts, run_status
+
+    with db.begin() as s:
+        s.get(Pair, 5).meta = {"holdout": True, "fallback": "rule"}     # a rejected alteration, then the rule
+    with db() as s:
+        assert injection_counts(s, 1, 1) == {"model": 1, "rule": 1, "rule_fallback": 1, "open_pairs": 3,
+                                             "fallback_share": round(1 / 3, 4)}
+        assert injection_counts(s, 1, 0)["fallback_share"] is None
+        status = run_status(s, 1)
+    assert status["iterations"][1]["injection"]["rule_fallback"] == 1
+    assert "open pairs 3: model alteration 1, rule 1, rule fallback 1 (33.3%)" in format_table(status)

@@ -8,7 +8,7 @@ import pytest
 from selfjudge.services.synthesizer import stage
 from selfjudge.services.synthesizer.inject import (alteration_prompt, check_alteration, clean_candidate,
                                                    error_types, word_overlap)
-from selfjudge.shared.config import SynthConfig
+from selfjudge.shared.config import Settings, SynthConfig
 from selfjudge.shared.metrics import Metrics
 from selfjudge.shared.models.backend import Generation
 
@@ -78,7 +78,7 @@ class ScriptedBackend:
         return out
 
 
-CTX = SimpleNamespace(metrics=Metrics())
+CTX = SimpleNamespace(metrics=Metrics(), settings=Settings())   # source: the scenes world
 
 
 def prompt(i):
@@ -86,11 +86,11 @@ def prompt(i):
             "kind": "open", "question_type": "describe", "options": None, "holdout": False}
 
 
-def open_pairs(script, originals, **cfg):
+def open_pairs(script, originals, ctx=CTX, **cfg):
     backend = ScriptedBackend(script)
     gens = [Generation(str(i), [o], [5], 10) for i, o in enumerate(originals)]
     aside = []
-    pairs = stage._open_pairs(CTX, backend, [prompt(i) for i in range(len(originals))], gens,
+    pairs = stage._open_pairs(ctx, backend, [prompt(i) for i in range(len(originals))], gens,
                               SynthConfig(**cfg), random.Random(0), aside, seed=1)
     return pairs, aside, backend
 
@@ -121,6 +121,31 @@ def test_model_alteration_rejected_falls_back_to_rule():
     assert p["method"] == "rule_perturb" and p["meta"]["fallback"] == "rule"
     assert [a["reason"] for a in p["meta"]["attempts"]] == ["no_change", "length"]
     assert p["rejected"] != ORIGINAL and p["errors"] and p["meta"]["rule"]["reason"] == "ok"
+
+
+def test_outside_the_scenes_world_there_is_no_fallback_by_default():
+    too_long = ORIGINAL + " Also a dog, a cat, a horse, a sun and a tree stand behind them in a big field."
+    user_data = SimpleNamespace(metrics=Metrics(), settings=Settings.model_validate({"source": {"kind": "jsonl"}}))
+    pairs, aside, _ = open_pairs({ORIGINAL: [too_long]}, [ORIGINAL], ctx=user_data, injection="model",
+                                 style_mimic_share=1.0)
+    assert pairs == [] and aside == [("s:0", "open_alteration_rejected", "length")]
+    pairs, aside, _ = open_pairs({ORIGINAL: [too_long]}, [ORIGINAL], ctx=user_data, injection="model",
+                                 style_mimic_share=1.0, fallback_to_rule=True)      # asked for: it falls back
+    assert aside == [] and pairs[0]["meta"]["fallback"] == "rule"
+
+
+def test_an_alteration_gets_at_least_1_3x_the_original_budget():
+    class Budget(ScriptedBackend):
+        def generate(self, requests, params, progress=None):
+            self.params = params
+            return super().generate(requests, params, progress)
+
+    for open_tokens, alter_tokens, expected in ((96, 64, 125), (512, 128, 666), (32, 128, 128)):
+        backend = Budget({ORIGINAL: [GOOD]})
+        stage._open_pairs(CTX, backend, [prompt(0)], [Generation("0", [ORIGINAL], [5], 10)],
+                          SynthConfig(open_max_new_tokens=open_tokens, alter_max_new_tokens=alter_tokens,
+                                      injection="model"), random.Random(0), [], seed=1)
+        assert backend.params.max_new_tokens == expected >= 1.3 * open_tokens
 
 
 def test_no_fallback_sets_aside_with_the_reasons():

@@ -85,7 +85,7 @@ def test_offsets_subsets_and_wrap_around(pool):
 
 def test_missing_path_is_a_rejection(tmp_path):
     src = LlavaOneVisionSource(tmp_path / "nothing")
-    assert list(src.items(3)) == [] and src.rejected == [(str(tmp_path / "nothing"), "no parquet file found")]
+    assert list(src.items(3)) == [] and src.rejected == [(str(tmp_path / "nothing"), "no parquet or arrow file found")]
 
 
 def test_turns_and_keys():
@@ -103,8 +103,11 @@ def test_make_source_wires_the_kind(pool):
     from selfjudge.shared.loop import _draw_prompts, make_source
 
     settings = Settings.model_validate({"source": {"kind": "llava_onevision", "path": str(pool),
-                                                   "llava_subsets": ["chartqa"]}})
+                                                   "llava_subsets": ["chartqa"], "cache_dir": str(pool / ".c")}})
     ctx = SimpleNamespace(settings=settings)
     assert isinstance(make_source(ctx), LlavaOneVisionSource)
-    items, rejected = _draw_prompts(ctx, 3, 2)
-    assert [i.gold for i in items] == ["2", "3", "0"] and rejected == []
+    first, rejected = _draw_prompts(ctx, 3, 1)
+    second, _ = _draw_prompts(ctx, 3, 2)       # iteration 2 takes the one left, then a new pass
+    assert rejected == [] and len(first) == len(second) == 3
+    assert {i.gold for i in first} | {second[0].gold} == {"0", "1", "2", "3"}     # shuffled, no repeat in a pass
+    assert [i.gold for i in _draw_prompts(ctx, 3, 2)[0]] == [i.gold for i in second]   # the same after a restart
