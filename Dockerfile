@@ -12,7 +12,10 @@
 #       docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t selfjudge:cpu .
 
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim-bookworm
+# Any Debian bookworm image with Python 3.11 as `python` and `pip` (`make compose-test` builds a
+# local stand-in, infra/compose-test/python.Dockerfile, where no registry is reachable).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE_IMAGE}
 
 # torch is installed before the project so that `pip install .` keeps this build of it
 # (pyproject only asks for torch>=2.4). torchvision is needed by Qwen2-VL-style processors.
