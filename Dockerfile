@@ -61,10 +61,12 @@ RUN pip install . \
 
 WORKDIR /app
 COPY configs ./configs
-COPY --chmod=0755 infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
+COPY infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
 
 # Folders the user writes to. Named volumes mounted on them start with this ownership.
-RUN mkdir -p /app/work /cache/huggingface /cache/gpu-locks \
+# (chmod here, not COPY --chmod: that needs BuildKit, and the legacy builder must work too.)
+RUN chmod 0755 /usr/local/bin/selfjudge-entrypoint \
+ && mkdir -p /app/work /cache/huggingface /cache/gpu-locks \
  && chown -R selfjudge:selfjudge /app/work /cache
 
 # Numeric, so Kubernetes-style "runAsNonRoot" checks can verify it (= selfjudge:selfjudge).

@@ -178,7 +178,7 @@ def build_standin(name: str, debian: str, extra: dict[str, Path] | None = None,
                   texts: dict[str, str] | None = None) -> Built:
     """infra/compose-test/<name>.Dockerfile FROM the Debian image, with its scripts and `extra` files."""
     dockerfile = STANDINS / f"{name}.Dockerfile"
-    scripts = sorted(STANDINS.glob("*.sh"))
+    scripts = [s for s in sorted(STANDINS.glob("*.sh")) if s.name in dockerfile.read_text()]
     extra, texts = extra or {}, texts or {}
     key = digest(debian, dockerfile.read_bytes(), *(s.read_bytes() for s in scripts),
                  *(f"{k}:{v.name}:{v.stat().st_size}" for k, v in sorted(extra.items())),
@@ -192,17 +192,13 @@ def build_standin(name: str, debian: str, extra: dict[str, Path] | None = None,
                 shutil.copy2(script, context / script.name)
             for rel, source in extra.items():
                 (context / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.link(source, context / rel) if _same_fs(source, context) else shutil.copy2(source, context / rel)
+                shutil.copy2(source, context / rel)
             for rel, text in texts.items():
                 (context / rel).parent.mkdir(parents=True, exist_ok=True)
                 (context / rel).write_text(text)
             docker_build(tag, context, dockerfile, {"DEBIAN_IMAGE": debian})
 
     return cached(name, tag, build)
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    return a.stat().st_dev == b.stat().st_dev
 
 
 def build_project(python: str) -> Built:

@@ -74,9 +74,9 @@ class Timings:
             print(f"[compose-test] {name}: {outcome} ({seconds:.1f} s)", flush=True)
 
     def summary(self) -> str:
-        lines = [f"  {name:<58} {seconds:7.1f} s  {outcome}" for name, seconds, outcome in self.rows]
+        lines = [f"  {name:<66} {seconds:7.1f} s  {outcome}" for name, seconds, outcome in self.rows]
         total = sum(seconds for _, seconds, _ in self.rows)
-        return "\n".join(["[compose-test] summary:", *lines, f"  {'total':<58} {total:7.1f} s"])
+        return "\n".join(["[compose-test] summary:", *lines, f"  {'total':<66} {total:7.1f} s"])
 
 
 def say(message: str) -> None:
@@ -128,9 +128,10 @@ class Stack:
             cmd += ["-f", str(file)]
         return run(cmd + list(args), timeout, check=check, env=self.env(), quiet=quiet)
 
-    def containers(self, service: str, all_states: bool = True) -> list[str]:
-        out = self.compose("ps", *(["-a"] if all_states else []), "-q", service, quiet=True, timeout=60).stdout
-        return out.split()
+    def containers(self, service: str = "", all_states: bool = True) -> list[str]:
+        """Container ids of `service` (every service when empty)."""
+        args = ["ps", *(["-a"] if all_states else []), "-q", *([service] if service else [])]
+        return self.compose(*args, quiet=True, timeout=60).stdout.split()
 
     def sql(self, query: str) -> list[list[str]]:
         """Rows of `query`, run by psql inside the postgres container."""
@@ -299,7 +300,7 @@ def project_leftovers() -> dict[str, list[str]]:
 
 
 def anonymous_volumes(stack: Stack) -> list[str]:
-    ids = stack.containers("")
+    ids = stack.containers()
     if not ids:
         return []
     out = run(["docker", "inspect", "-f", "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
@@ -335,6 +336,7 @@ def test_stack(t: Timings) -> None:
             stack.compose("config", "-q", timeout=60)
 
         with t.step("4. docker compose up -d (whole stack, CPU overlay, no Grafana)"):
+            stack.compose("down", "-v", "--remove-orphans", timeout=300, quiet=True)   # a killed earlier run's
             stack.compose("up", "-d", "--no-build", timeout=600)
             say("running: " + " ".join(sorted(set(stack.compose("ps", "--services", quiet=True).stdout.split()))))
 
@@ -369,10 +371,11 @@ def test_stack(t: Timings) -> None:
 
         with t.step("9. Prometheus scraped every stage"):
             check_metrics(stack)
-    except Failed:
+    except Failed as exc:
+        print(f"[compose-test] FAILED: {exc}", file=sys.stderr, flush=True)
         if stack is not None:
             logs = stack.compose("logs", "--tail", "30", check=False, quiet=True, timeout=120)
-            print(logs.stdout[-12000:], flush=True)
+            print(logs.stdout[-12000:] + logs.stderr[-2000:], flush=True)
         raise
     finally:
         if stack is not None:
@@ -395,7 +398,7 @@ def main() -> int:
         test_stack(t)
         ok = True
     except Failed as exc:
-        print(f"[compose-test] FAILED: {exc}", file=sys.stderr, flush=True)
+        print(f"[compose-test] FAILED: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
     finally:
         if engine_started_by_us():
             with t.step("11. stop the dockerd we started"):

@@ -51,7 +51,7 @@ start() {
             echo "docker-engine: dockerd started (pid $(cat "$pidfile"), log $log)"
             return
         fi
-        ours || break
+        kill -0 "$(cat "$pidfile")" 2>/dev/null || break     # it exited
         sleep 0.5
     done
     echo "docker-engine: dockerd did not answer within 60 s; the end of $log:" >&2

@@ -21,10 +21,10 @@ trap 'kill -TERM "$weed_pid" 2>/dev/null; wait "$weed_pid"; exit 0' TERM INT
 
 # HTTP/1.0 request to the local S3 port; prints the status line.
 http() {  # METHOD PATH [BODY]
+    local body="${3:-}" status
     exec 3<>/dev/tcp/127.0.0.1/9000 || return 1
     printf '%s %s HTTP/1.0\r\nHost: 127.0.0.1:9000\r\nContent-Length: %s\r\n\r\n%s' \
-        "$1" "$2" "${#3}" "${3:-}" >&3
-    local status
+        "$1" "$2" "${#body}" "$body" >&3
     read -r status <&3 || status=""
     exec 3>&-
     echo "$status"
