@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ import compose_preflight  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".selfjudge" / "compose-test"
 PROJECT = os.environ.get("SELFJUDGE_COMPOSE_PROJECT", "selfjudge-compose-test")
-FILES = [REPO / "docker-compose.yml", REPO / "docker-compose.cpu.yml"]
+FILES = [REPO / "docker-compose.yml", REPO / "docker-compose.cpu.yml", REPO / "infra/compose-test/docker-compose.test.yml"]
 CONFIG = REPO / "configs" / "demo.yaml"       # what the CPU overlay's launcher runs
 STAGES = ["synthesizer", "reasoner", "filter", "trainer", "evaluator"]
 PORT_VARIABLES = ["POSTGRES_PORT", "RABBITMQ_PORT", "RABBITMQ_MANAGEMENT_PORT", "MINIO_API_PORT",
@@ -252,9 +253,11 @@ def check_counts(stack: Stack, killed: tuple[int, int]) -> None:
     judgments = stack.scalar("SELECT count(*) FROM judgments")
     if pairs == 0 or judgments != 2 * per_order * pairs:
         raise Failed(f"{pairs} pairs and {judgments} judgments: each pair should be judged 2 x {per_order} times")
+    # base + one per iteration that kept traces (with none kept, the judge stays as it was)
     checkpoints = stack.scalar("SELECT count(*) FROM checkpoints")
-    if checkpoints != want["iterations"] + 1:
-        raise Failed(f"{checkpoints} checkpoints; base + one per iteration = {want['iterations'] + 1}")
+    trained = stack.scalar("SELECT count(DISTINCT iteration) FROM training_examples")
+    if checkpoints != 1 + trained:
+        raise Failed(f"{checkpoints} checkpoints; base + one per iteration that kept traces = {1 + trained}")
     evals = stack.sql("SELECT iteration, count(*) FROM eval_results GROUP BY iteration ORDER BY iteration")
     if len({int(r[1]) for r in evals}) != 1 or len(evals) != want["iterations"] + 1:
         raise Failed(f"every checkpoint should be scored on the same held-out items: {evals}")
@@ -392,6 +395,7 @@ def test_stack(t: Timings) -> None:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # a CI timeout still tears down
     t = Timings()
     ok = False
     try:

@@ -43,8 +43,8 @@ start() {
     command -v dockerd >/dev/null || { echo "docker-engine: no dockerd: run 'scripts/docker-engine.sh install' first" >&2; exit 1; }
     [ "$(id -u)" = 0 ] || { echo "docker-engine: dockerd needs root; start it as root or point DOCKER_HOST at a running engine" >&2; exit 1; }
     mkdir -p "$state"
-    # niced: image builds and the test stack run as children of dockerd
-    setsid nice -n 10 dockerd >"$log" 2>&1 </dev/null &
+    # niced (SELFJUDGE_DOCKERD_NICE, default 10): image builds and the stack run as its children
+    setsid nice -n "${SELFJUDGE_DOCKERD_NICE:-10}" dockerd >"$log" 2>&1 </dev/null &
     echo $! > "$pidfile"
     for _ in $(seq 1 120); do
         if answers; then
