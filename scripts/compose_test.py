@@ -172,6 +172,8 @@ def write_env_file(images: dict[str, str]) -> tuple[Path, dict[str, str]]:
         values[var] = secrets.token_hex(16) if secret else example[var]
     values |= {var: str(free_port()) for var in PORT_VARIABLES}
     values |= images | {"COMPOSE_PROFILES": "", "SELFJUDGE_MODEL_BASE": "tiny"}
+    if os.environ.get("SELFJUDGE_TEST_PRETRAIN_STEPS"):      # infra/compose-test/docker-compose.test.yml
+        values["SELFJUDGE_TEST_PRETRAIN_STEPS"] = os.environ["SELFJUDGE_TEST_PRETRAIN_STEPS"]
     STATE.mkdir(parents=True, exist_ok=True)
     path = STATE / "compose-test.env"
     path.touch(mode=0o600)
