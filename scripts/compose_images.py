@@ -45,6 +45,9 @@ DPKG_EXCLUDES = "\n".join(f"path-exclude=/{path}/*" for path in TRIM[:4]) + "\np
 PROJECT_INPUTS = ["Dockerfile", "pyproject.toml", "README.md", "selfjudge", "shared", "services", "configs",
                   "infra/docker/entrypoint.sh"]
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"   # docker-compose.cpu.yml's build argument
+# compose's image variable -> the local image that stands in for it (build_all builds them all)
+IMAGE_VARIABLES = {"RABBITMQ_IMAGE": "rabbitmq", "POSTGRES_IMAGE": "postgres", "PROMETHEUS_IMAGE": "prometheus",
+                   "MINIO_IMAGE": "minio", "MC_IMAGE": "mc", "SELFJUDGE_CPU_IMAGE": "selfjudge"}
 
 
 @dataclass
@@ -219,15 +222,15 @@ def build_all(report=print) -> dict[str, str]:  # noqa: ANN001 - report: (str) -
         "ca-bundle.crt": ca_bundle(), "wheels/" + pip_download(TORCH).name: pip_download(TORCH)},
         texts={"wheels/requirements.txt": project_requirements()})).tag
     weed = weed_binary()
-    images = {
-        "RABBITMQ_IMAGE": done(build_standin("rabbitmq", debian)).tag,
-        "POSTGRES_IMAGE": done(build_standin("postgres", debian)).tag,
-        "PROMETHEUS_IMAGE": done(build_standin("prometheus", debian)).tag,
-        "MINIO_IMAGE": done(build_standin("minio", debian, extra={"weed": weed})).tag,
-        "MC_IMAGE": done(build_standin("mc", debian, extra={"weed": weed})).tag,
-        "SELFJUDGE_CPU_IMAGE": done(build_project(python)).tag,
+    built = {
+        "rabbitmq": done(build_standin("rabbitmq", debian)).tag,
+        "postgres": done(build_standin("postgres", debian)).tag,
+        "prometheus": done(build_standin("prometheus", debian)).tag,
+        "minio": done(build_standin("minio", debian, extra={"weed": weed})).tag,
+        "mc": done(build_standin("mc", debian, extra={"weed": weed})).tag,
+        "selfjudge": done(build_project(python)).tag,
     }
-    return images
+    return {variable: built[name] for variable, name in IMAGE_VARIABLES.items()}
 
 
 if __name__ == "__main__":
