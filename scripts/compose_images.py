@@ -230,7 +230,19 @@ def build_all(report=print) -> dict[str, str]:  # noqa: ANN001 - report: (str) -
         "mc": done(build_standin("mc", debian, extra={"weed": weed})).tag,
         "selfjudge": done(build_project(python)).tag,
     }
+    prune_old_tags([debian, python, *built.values()])
     return {variable: built[name] for variable, name in IMAGE_VARIABLES.items()}
+
+
+def prune_old_tags(current: list[str]) -> None:
+    """Untag earlier builds of the same images (their inputs changed); shared layers stay."""
+    repos = {tag.rsplit(":", 1)[0] for tag in current}
+    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    old = [tag for tag in listed if tag.rsplit(":", 1)[0] in repos and tag not in current]
+    if old:
+        subprocess.run(["docker", "rmi", *old], capture_output=True)
+    subprocess.run(["docker", "image", "prune", "-f"], capture_output=True)
 
 
 if __name__ == "__main__":
