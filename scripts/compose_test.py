@@ -172,8 +172,7 @@ def write_env_file(images: dict[str, str]) -> tuple[Path, dict[str, str]]:
         values[var] = secrets.token_hex(16) if secret else example[var]
     values |= {var: str(free_port()) for var in PORT_VARIABLES}
     values |= images | {"COMPOSE_PROFILES": "", "SELFJUDGE_MODEL_BASE": "tiny"}
-    if os.environ.get("SELFJUDGE_TEST_PRETRAIN_STEPS"):      # infra/compose-test/docker-compose.test.yml
-        values["SELFJUDGE_TEST_PRETRAIN_STEPS"] = os.environ["SELFJUDGE_TEST_PRETRAIN_STEPS"]
+    values |= test_knobs()
     STATE.mkdir(parents=True, exist_ok=True)
     path = STATE / "compose-test.env"
     path.touch(mode=0o600)
@@ -183,11 +182,17 @@ def write_env_file(images: dict[str, str]) -> tuple[Path, dict[str, str]]:
 
 # --- the checks ------------------------------------------------------------------------------
 
+def test_knobs() -> dict[str, str]:
+    """SELFJUDGE_TEST_* from the caller's environment (infra/compose-test/docker-compose.test.yml)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("SELFJUDGE_TEST_") and v}
+
+
 def expected_counts() -> dict[str, int]:
-    """What the config implies for every undisturbed run (configs/demo.yaml)."""
+    """What the config implies for every undisturbed run (configs/demo.yaml, with the test knobs)."""
     cfg = yaml.safe_load(CONFIG.read_text())["run"]
-    shards = -(-cfg["prompts_per_iteration"] // cfg["shard_size"])
-    return {"iterations": cfg["iterations"], "prompts": cfg["prompts_per_iteration"], "shards": shards}
+    prompts = int(test_knobs().get("SELFJUDGE_TEST_PROMPTS", cfg["prompts_per_iteration"]))
+    shards = -(-prompts // cfg["shard_size"])
+    return {"iterations": cfg["iterations"], "prompts": prompts, "shards": shards}
 
 
 def in_progress_shard(stack: Stack, stage: str) -> tuple[int, int] | None:
