@@ -258,8 +258,10 @@ def check_counts(stack: Stack, killed: tuple[int, int]) -> None:
     per_order = yaml.safe_load(CONFIG.read_text())["reason"]["samples_per_order"]
     pairs = stack.scalar("SELECT count(*) FROM pairs")
     judgments = stack.scalar("SELECT count(*) FROM judgments")
-    if pairs == 0 or judgments != 2 * per_order * pairs:
+    if judgments != 2 * per_order * pairs:
         raise Failed(f"{pairs} pairs and {judgments} judgments: each pair should be judged 2 x {per_order} times")
+    if pairs == 0:
+        say("no pairs: the base model made none (an untrained one, SELFJUDGE_TEST_PRETRAIN_STEPS=0, makes none)")
     # base + one per iteration that kept traces (with none kept, the judge stays as it was)
     checkpoints = stack.scalar("SELECT count(*) FROM checkpoints")
     trained = stack.scalar("SELECT count(DISTINCT iteration) FROM training_examples")
