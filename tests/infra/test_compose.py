@@ -343,7 +343,9 @@ def test_env_example_defines_every_required_variable():
 
 def test_docker_compose_config_is_valid():
     cmd = _compose_cmd()
-    for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]):
+    test_overlay = ["-f", "infra/compose-test/docker-compose.test.yml"]     # make compose-test's knobs
+    for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"],
+                  ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", *test_overlay]):
         run = subprocess.run(cmd + files + ["--env-file", ".env.example", "config", "-q"],
                              cwd=REPO, capture_output=True, text=True)
         assert run.returncode == 0, f"{' '.join(files)}: {run.stderr}"
