@@ -220,7 +220,7 @@ def test_healthchecks(services):
         check = services[name]["healthcheck"]
         return " ".join(check["test"]) if isinstance(check["test"], list) else check["test"]
 
-    assert "rabbitmq-diagnostics" in test_of("rabbitmq") and "ping" in test_of("rabbitmq")
+    assert "rabbitmq-diagnostics" in test_of("rabbitmq") and "check_port_connectivity" in test_of("rabbitmq")
     assert "pg_isready" in test_of("postgres")
     assert "/minio/health/live" in test_of("minio")
     assert "/-/ready" in test_of("prometheus")
