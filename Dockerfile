@@ -16,7 +16,10 @@
 #   (the default target is the last stage, `default` = the image without vLLM.)
 
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim-bookworm AS app
+# Any Debian bookworm image with Python 3.11 as `python` and `pip` (`make compose-test` builds a
+# local stand-in, infra/compose-test/python.Dockerfile, where no registry is reachable).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE_IMAGE} AS app
 
 # torch is installed before the project so that `pip install .` keeps this build of it
 # (pyproject only asks for torch>=2.4). torchvision is needed by Qwen2-VL-style processors.
@@ -62,10 +65,12 @@ RUN pip install . \
 
 WORKDIR /app
 COPY configs ./configs
-COPY --chmod=0755 infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
+COPY infra/docker/entrypoint.sh /usr/local/bin/selfjudge-entrypoint
 
 # Folders the user writes to. Named volumes mounted on them start with this ownership.
-RUN mkdir -p /app/work /cache/huggingface /cache/gpu-locks \
+# (chmod here, not COPY --chmod: that needs BuildKit, and the legacy builder must work too.)
+RUN chmod 0755 /usr/local/bin/selfjudge-entrypoint \
+ && mkdir -p /app/work /cache/huggingface /cache/gpu-locks \
  && chown -R selfjudge:selfjudge /app/work /cache
 
 # Numeric, so Kubernetes-style "runAsNonRoot" checks can verify it (= selfjudge:selfjudge).

@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # makes it import on CPU torch). Qwen2-VL image processors need it.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install tools vllm demo replicate status test services bench clean
+.PHONY: install tools vllm demo replicate status test services bench clean compose-test compose-preflight
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,16 @@ vllm: install
 
 test: install tools vllm services
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+# The real docker-compose.yml (+ CPU overlay) on a real Docker engine: installs and starts one if
+# needed (root, Debian), builds every image locally (cached), runs the loop through the containers
+# with a worker killed and a stage scaled mid-run, checks Postgres and Prometheus, tears it all down.
+compose-test: install
+	$(BIN)/python scripts/compose_test.py
+
+# Before `docker compose up`: .env values, free ports, a Docker engine; one line per problem.
+compose-preflight: install
+	$(BIN)/python scripts/compose_preflight.py $(PREFLIGHT_ARGS)
 
 # One line per comparison, `<name>: <ratio>x (target <t>x)` (bench/run.py); BENCH_ARGS="-v" adds details.
 bench: install

@@ -146,12 +146,28 @@ def test_stage_commands(services):
     assert (REPO / "configs" / "compose.yaml").is_file()
 
 
-def test_infra_images_are_pinned(services):
-    assert services["postgres"]["image"].startswith("postgres:16")
-    assert services["rabbitmq"]["image"].startswith("rabbitmq:")
+IMAGE_VARIABLE = re.compile(r"^\$\{([A-Z_]+)_IMAGE:-([^}]+)\}$")
+
+
+def test_infra_images_are_pinned_and_replaceable(services):
+    """Each image comes from a variable (tests point them at local stand-ins) whose default is
+    the pinned upstream image, so a user's `docker compose up` pulls what it always did."""
+    defaults = {}
     for name in INFRA:
-        image = services[name]["image"]
+        match = IMAGE_VARIABLE.match(services[name]["image"])
+        assert match, f"{name}: image should be ${{<NAME>_IMAGE:-upstream:tag}}, not {services[name]['image']}"
+        image = defaults[name] = match.group(2)
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin a version, not {image}"
+    assert defaults["postgres"].startswith("postgres:16")
+    assert defaults["rabbitmq"].startswith("rabbitmq:")
+    assert defaults["prometheus"].startswith("prom/prometheus:")
+    assert defaults["grafana"].startswith("grafana/grafana:")
+
+
+def test_grafana_is_a_profile_that_env_example_turns_on(services):
+    assert services["grafana"]["profiles"] == ["grafana"]
+    assert not any(services[name].get("profiles") for name in services if name != "grafana")
+    assert "COMPOSE_PROFILES=grafana" in ENV_EXAMPLE.read_text().splitlines()
 
 
 def test_published_ports_bind_loopback_only(services):
@@ -204,7 +220,7 @@ def test_healthchecks(services):
         check = services[name]["healthcheck"]
         return " ".join(check["test"]) if isinstance(check["test"], list) else check["test"]
 
-    assert "rabbitmq-diagnostics" in test_of("rabbitmq") and "ping" in test_of("rabbitmq")
+    assert "rabbitmq-diagnostics" in test_of("rabbitmq") and "check_port_connectivity" in test_of("rabbitmq")
     assert "pg_isready" in test_of("postgres")
     assert "/minio/health/live" in test_of("minio")
     assert "/-/ready" in test_of("prometheus")
@@ -334,7 +350,9 @@ def test_env_example_defines_every_required_variable():
 
 def test_docker_compose_config_is_valid():
     cmd = _compose_cmd()
-    for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]):
+    test_overlay = ["-f", "infra/compose-test/docker-compose.test.yml"]     # make compose-test's knobs
+    for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"],
+                  ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", *test_overlay]):
         run = subprocess.run(cmd + files + ["--env-file", ".env.example", "config", "-q"],
                              cwd=REPO, capture_output=True, text=True)
         assert run.returncode == 0, f"{' '.join(files)}: {run.stderr}"
@@ -437,7 +455,9 @@ def test_dockerfile_gpu_target_adds_vllm_only():
 def test_dockerfile():
     text = (REPO / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    assert any(line.startswith(("FROM python:", "FROM nvidia/cuda")) for line in lines)
+    base = next(line for line in lines if line.startswith("ARG BASE_IMAGE="))
+    assert base.split("=", 1)[1].startswith(("python:", "nvidia/cuda")), base
+    assert any(line.startswith("FROM ${BASE_IMAGE}") for line in lines)
     torch_at = next(i for i, line in enumerate(lines) if "torch==" in line)
     install_at = next(i for i, line in enumerate(lines) if "pip install ." in line)
     assert torch_at < install_at, "torch must be installed before the project"
