@@ -244,7 +244,8 @@ def run_ours(w: Workload, out: Path, peak: float | None, attn: str = "") -> tupl
     pad = 1 - res.tokens / res.padded_tokens
     label = f"ours{' ' + cfg.attn_implementation if cfg.attn_implementation else ''}"
     print(f"gpu_bench train {label}: {tps:.0f} tok/s, {flops / 1e12:.2f} TFLOPS model, {mfu_text(flops, peak)} "
-          f"({n} steps of {w.args.step_examples} examples, {'packed' if res.meta['packed'] else 'padded'} micro-batches "
+          f"({n} steps of {w.args.step_examples} examples, attention {res.meta['attention']}, "
+          f"{'packed' if res.meta['packed'] else 'padded'} micro-batches "
           f"of <= {cfg.micro_batch_tokens} tokens, padding {100 * pad:.1f}%, {w.p['total'] / 1e6:.0f}M params)", flush=True)  # fmt: skip
     free(w.args.device)
     return tps, flops

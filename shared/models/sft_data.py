@@ -338,7 +338,9 @@ def measure(
     dl = torch.utils.data.DataLoader(
         _Lengths(source, processor, spec), batch_size=None, sampler=list(indices), **_loader_kwargs(workers)
     )
-    for i, n, n_answer, why in dl:
+    with torch.random.fork_rng(devices=[]):  # the loader draws its workers' seed: training's RNG stream stays as it was
+        rows = list(dl)
+    for i, n, n_answer, why in rows:
         if why is None:
             out.index.append(i)
             out.length.append(n)

@@ -13,7 +13,8 @@ with `lora_merge=False`, a PEFT adapter folder) plus `selfjudge_training.json`. 
   (`max_pixels`/`min_pixels`) or is dropped and counted (`TrainResult.dropped`), never cut;
 - random optimizer steps of batch_size * grad_accum * world examples, each cut into length-sorted
   micro-batches under a token budget; on Qwen2/2.5-VL the examples of a micro-batch are packed
-  into one row without padding (per-example position ids, `packing`), elsewhere padded; the loss
+  into one row without padding (per-example position ids, `packing`; on CUDA attention runs
+  through torch's FlashAttention varlen kernel, `varlen.py`), elsewhere padded; the loss
   is a token-weighted mean over the whole step (the gradient does not depend on the cut);
   gradient clipping at 1.0, warmup + cosine/linear/constant schedule, fused AdamW;
 - bf16 autocast over fp32 master weights on CUDA (`precision="auto"`);
@@ -55,7 +56,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_scheduler  # noqa: E402
 
-from . import sft_data  # noqa: E402
+from . import sft_data, varlen  # noqa: E402
 from .backend import DTYPES  # noqa: E402
 from .sft_data import (  # noqa: E402, F401  (re-exported: the training API)
     CONCAT_KEYS,
@@ -289,6 +290,8 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
     fine-tuning merges it first.
     """
     attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if cfg.attn_implementation == varlen.NAME:
+        varlen.register()
     if is_adapter(model_path):
         from peft import PeftModel
 
@@ -703,6 +706,8 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     packed = cfg.packing == "on" or (cfg.packing == "auto" and sft_data.supports_packing(core_model(model)))
     make_batch = pack if packed else (lambda feats: collate(feats, pad_id))
+    if packed and not cfg.attn_implementation and varlen.usable(rt.device):  # CUDA: FlashAttention varlen
+        core_model(model).set_attn_implementation(varlen.register())
 
     spec = EncodeSpec(cfg.max_length, cfg.max_pixels, cfg.min_pixels)
     measured = _measure_all(rt, processor, examples, spec, cfg)
@@ -724,8 +729,10 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
     resumed_from = state["step"]
 
     batches, weights, rounds = _rank_batches(plan, resumed_from, rt)
-    micro = iter(sft_data.loader(examples, processor, spec, [[source_index[i] for i in b] for b in batches],
-                                 make_batch, cfg.loader_workers, pin_memory=rt.device.type == "cuda"))  # fmt: skip
+    dl = sft_data.loader(examples, processor, spec, [[source_index[i] for i in b] for b in batches], make_batch,
+                         cfg.loader_workers, pin_memory=rt.device.type == "cuda")  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # starting workers draws a seed: a resumed run's RNG (dropout) stays exact
+        micro = iter(dl)
     k = 0  # this rank's micro-batches so far
     for step in range(resumed_from, total):
         group = plan[step]
@@ -777,6 +784,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
         "tokens": tokens,
         "padded_tokens": state["padded_tokens"],
         "packed": packed,
+        "attention": core_model(model).config._attn_implementation,
         "resumed_from_step": resumed_from,
         "world_size": rt.world,
         "precision": cfg.precision,

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from selfjudge.shared.models import varlen
 from selfjudge.shared.models.training import (
     IGNORE,
     SFTExample,
@@ -43,7 +44,9 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_qwen: Path) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", varlen.NAME])
+def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_qwen: Path, attention: str) -> None:
+    """sdpa: a block-diagonal mask built from the position ids; varlen: per-example attention."""
     processor = AutoProcessor.from_pretrained(tiny_qwen)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, use_safetensors=True)
     enc = [encode_example(processor, ex, 1024) for ex in examples(6)]
@@ -59,6 +62,8 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_qwen: Path) -> No
     ref_loss = float(answer_loss_sum(model, padded).detach())
     ref = _grads(model)
     model.zero_grad(set_to_none=True)
+    if attention != "sdpa":
+        model.set_attn_implementation(varlen.register())
     loss = answer_loss_sum(model, packed)
     loss.backward()
     got = _grads(model)
@@ -68,9 +73,10 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_qwen: Path) -> No
     assert worst < 1e-4, worst
 
     # the packed examples really are kept apart: without the per-example positions they would not be
-    wrong = {k: v for k, v in packed.items() if k != "position_ids"}
-    with torch.no_grad():
-        assert abs(float(answer_loss_sum(model, wrong)) - ref_loss) > 1e-3 * ref_loss
+    if attention == "sdpa":
+        wrong = {k: v for k, v in packed.items() if k != "position_ids"}
+        with torch.no_grad():
+            assert abs(float(answer_loss_sum(model, wrong)) - ref_loss) > 1e-3 * ref_loss
 
 
 def test_packing_leaves_no_padding_and_trains_as_padded(tiny_qwen: Path, tmp_path: Path) -> None:
@@ -82,6 +88,10 @@ def test_packing_leaves_no_padding_and_trains_as_padded(tiny_qwen: Path, tmp_pat
     assert off.padded_tokens > off.tokens  # padded batches pad
     assert on.tokens == off.tokens and on.steps == off.steps
     assert on.losses == pytest.approx(off.losses, rel=2e-3)
+    # the varlen attention (what CUDA runs with FlashAttention; here SDPA per example) trains the same
+    vl = sft(str(tiny_qwen), examples(), tmp_path / "vl", TrainConfig(**base, attn_implementation=varlen.NAME))
+    assert vl.meta["attention"] == varlen.NAME and on.meta["attention"] == "sdpa"
+    assert vl.losses == pytest.approx(on.losses, rel=1e-4)
 
 
 def test_an_over_long_example_is_dropped_and_counted(tiny_qwen: Path, tmp_path: Path) -> None:

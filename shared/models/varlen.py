@@ -1,0 +1,114 @@
+"""Variable-length attention for packed training rows: each example attends only within itself,
+with no (L x L) mask and no work spent on the masked-out blocks.
+
+Registered with transformers' AttentionInterface as `NAME` (a name without "flash": transformers
+would look for a flash-attn package). In the text model the boundaries come from the packed row's
+text position ids (restarting at 0 per example, `sft_data.packed_positions`); Qwen-VL's vision
+tower calls it once per image/window (one segment, not causal), as it calls SDPA. On CUDA the kernel is torch's
+FlashAttention varlen (`torch.nn.attention.varlen.varlen_attn`), used only after `usable(device)`
+has checked it against SDPA on the device; elsewhere (CPU tests) each segment runs through SDPA.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+NAME = "selfjudge_varlen"
+
+
+def _cu_from_positions(position_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, int]:
+    pos = position_ids.reshape(-1)[-length:]
+    starts = (pos == 0).nonzero().flatten()
+    if len(starts) == 0 or int(starts[0]) != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    cu = torch.cat([starts, starts.new_tensor([length])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, causal: bool,
+                   scale: float | None) -> torch.Tensor:  # fmt: skip
+    """(L, H, D) in, (L, H, D) out: SDPA per segment (the reference, and the path off CUDA)."""
+    out = []
+    bounds = cu.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale, enable_gqa=qs.shape[1] != ks.shape[1])
+        out.append(o[0].transpose(0, 1))
+    return torch.cat(out)
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, causal: bool,
+           scale: float | None) -> torch.Tensor:  # fmt: skip
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kw: dict[str, Any] = {}
+    if "is_causal" in params:  # the argument's name differs across torch releases
+        kw["is_causal"] = causal
+    elif causal:
+        kw["window_size"] = (-1, 0)
+    if scale is not None and "scale" in params:
+        kw["scale"] = scale
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+
+
+def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+              position_ids: torch.Tensor | None = None, cu_seq_lens_q: torch.Tensor | None = None,
+              max_length_q: int | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+    """transformers attention function: (1, H, L, D) q/k/v in, (1, L, H, D) out."""
+    if query.shape[0] != 1 or attention_mask is not None:
+        raise ValueError(f"{NAME} takes one packed row without an attention mask (got batch {query.shape[0]})")
+    length = query.shape[2]
+    if cu_seq_lens_q is not None:  # the vision tower: images / windows, not causal
+        cu, max_len, causal = cu_seq_lens_q.to(torch.int32), int(max_length_q or length), bool(is_causal)
+    else:  # the text model: one causal segment per example
+        if position_ids is None:
+            position_ids = torch.arange(length, device=query.device)
+        cu, max_len = _cu_from_positions(position_ids, length)
+        causal = True if is_causal is None else bool(is_causal)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
+    if q.is_cuda and usable(q.device):
+        out = _flash(q, k, v, cu, max_len, causal, scaling)
+    else:
+        out = _sdpa_segments(q, k, v, cu.to(q.device), causal, scaling)
+    return out[None], None
+
+
+@functools.cache
+def usable(device: torch.device) -> bool:
+    """torch's varlen FlashAttention runs on `device` and matches SDPA (checked once per device)."""
+    if device.type != "cuda":
+        return False
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(96, 4, 64, device=device, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(96, 2, 64, device=device, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(96, 2, 64, device=device, dtype=torch.bfloat16, generator=g)
+        cu = torch.tensor([0, 40, 96], device=device, dtype=torch.int32)
+        got = _flash(q, k, v, cu, 56, True, None).float()
+        ref = _sdpa_segments(q, k, v, cu, True, None).float()
+        return bool((got - ref).abs().max() < 2e-2)
+    except Exception:  # noqa: BLE001 - no kernel for this card/torch: SDPA with a block mask instead
+        return False
+
+
+def register() -> str:
+    """Make `NAME` a transformers attention implementation (idempotent); returns NAME."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, flash_attention_mask)
+    return NAME
