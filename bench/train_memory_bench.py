@@ -11,7 +11,7 @@ steps after the first (the length pass over all traces is not in it). The sides 
 1.15x, tokens/s within 15%. Loading every trace's image first (what the trainer did before) would hold
 20,000 x 37 KB of decoded pixels.
 
-    python bench/train_memory_bench.py [--small 1000] [--large 20000] [--steps 12]
+    python bench/train_memory_bench.py [--small 1000] [--large 20000] [--steps 24]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run_child(model: Path, store: Path, key: str, steps: int, work: Path) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(work: Path, small: int = 1000, large: int = 20000, steps: int = 12, repeats: int = 2) -> list[Result]:
+def compare(work: Path, small: int = 1000, large: int = 20000, steps: int = 24, repeats: int = 2) -> list[Result]:
     model = build_model(work / "model")
     store = work / "trace-store"
     keys = {n: write_traces(store, n) for n in (small, large)}
@@ -119,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--large", type=int, default=20000)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=24)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="train-memory-bench-") as tmp:
         for r in compare(Path(tmp), args.small, args.large, args.steps):

@@ -80,7 +80,10 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
         causal = True if is_causal is None else bool(is_causal)
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
     if q.is_cuda and usable(q.device):
-        out = _flash(q, k, v, cu, max_len, causal, scaling)
+        # rotary embeddings leave q/k in fp32 under autocast; the kernel takes bf16/fp16 (as SDPA casts)
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else v.dtype
+        dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        out = _flash(q.to(dtype), k.to(dtype), v.to(dtype), cu, max_len, causal, scaling)
     else:
         out = _sdpa_segments(q, k, v, cu.to(q.device), causal, scaling)
     return out[None], None
@@ -93,13 +96,14 @@ def usable(device: torch.device) -> bool:
         return False
     try:
         g = torch.Generator(device=device).manual_seed(0)
-        q = torch.randn(96, 4, 64, device=device, dtype=torch.bfloat16, generator=g)
-        k = torch.randn(96, 2, 64, device=device, dtype=torch.bfloat16, generator=g)
-        v = torch.randn(96, 2, 64, device=device, dtype=torch.bfloat16, generator=g)
+        q, k, v = (torch.randn(96, h, 64, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+                   for h in (4, 2, 2))  # fmt: skip
         cu = torch.tensor([0, 40, 96], device=device, dtype=torch.int32)
-        got = _flash(q, k, v, cu, 56, True, None).float()
-        ref = _sdpa_segments(q, k, v, cu, True, None).float()
-        return bool((got - ref).abs().max() < 2e-2)
+        got = _flash(q, k, v, cu, 56, True, None)
+        (dq,) = torch.autograd.grad(got.float().square().sum(), [q])  # training needs its backward too
+        ref = _sdpa_segments(q, k, v, cu, True, None)
+        (rq,) = torch.autograd.grad(ref.float().square().sum(), [q])
+        return bool((got - ref).abs().max() < 2e-2) and bool((dq - rq).abs().max() < 5e-2 * (rq.abs().max() + 1))
     except Exception:  # noqa: BLE001 - no kernel for this card/torch: SDPA with a block mask instead
         return False
 
