@@ -11,8 +11,9 @@ one 224 px image each), with the same examples in every optimizer step:
   (full-vocabulary logits at every position), gradient accumulation to `--step-examples`
   examples per step, torch AdamW (its default foreach kernel), clipping at 1.0;
 - ours: `sft` (the trainer's code path): the same precision, micro-batches packed without padding
-  up to `--micro-tokens` tokens (per-example mrope position ids), logits only at answer tokens,
-  fused AdamW, examples encoded by DataLoader workers.
+  up to `--micro-tokens` tokens (per-example mrope position ids; attention through torch's
+  FlashAttention varlen kernel where it passes its check on the card), logits only at answer
+  tokens, fused AdamW, examples encoded by DataLoader workers.
 
 Each prints trained tokens/s (real tokens, no padding) and MFU = model FLOPs / (seconds x peak)
 over the steps after `--warmup-steps`. Model FLOPs per example (same formula both sides): 6 x
@@ -154,6 +155,10 @@ class Workload:
         from selfjudge.shared.models.training import IGNORE, TrainConfig, encode_example, step_plan
 
         self.folder, self.args = folder, args
+        if args.micro_tokens is None:  # varlen attention: one long row costs no more per token; else keep the mask small
+            from selfjudge.shared.models import varlen
+
+            args.micro_tokens = 16384 if varlen.usable(torch.device(args.device)) else 4096
         self.data = sft_examples(args.train_examples, seed=7)
         self.cfg = TrainConfig(
             lr=1e-5, epochs=1, batch_size=args.step_examples, device=args.device, warmup_ratio=0.0, max_length=1024,
@@ -272,7 +277,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-examples", type=int, default=None, help="examples trained on (one epoch)")
     ap.add_argument("--step-examples", type=int, default=None, help="examples per optimizer step, both sides")
     ap.add_argument("--plain-micro", type=int, default=None, help="plain side: examples per padded micro-batch")
-    ap.add_argument("--micro-tokens", type=int, default=None, help="ours: tokens per packed micro-batch")
+    ap.add_argument("--micro-tokens", type=int, default=None,
+                    help="ours: tokens per packed micro-batch (default: 16384 with varlen attention, else 4096)")
     ap.add_argument("--warmup-steps", type=int, default=None)
     ap.add_argument("--attn", default="", help="ours: attention implementation ('' = transformers' default, sdpa)")
     ap.add_argument("--also-attn", nargs="*", default=[], help="ours again with these attention implementations")
@@ -281,7 +287,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", default=None, help="folder for the model (default: a temporary one)")
     args = ap.parse_args(argv)
     small = dict(train_examples=8, step_examples=4, plain_micro=2, micro_tokens=512, warmup_steps=1)
-    big = dict(train_examples=448, step_examples=64, plain_micro=16, micro_tokens=4096, warmup_steps=2)
+    big = dict(train_examples=448, step_examples=64, plain_micro=16, warmup_steps=2)
     for k, v in (small if args.tiny else big).items():
         if getattr(args, k) is None:
             setattr(args, k, v)

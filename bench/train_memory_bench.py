@@ -33,7 +33,6 @@ def write_traces(store_root: Path, n: int) -> str:
     """n judge traces with distinct images in a local store; returns the shard key."""
     from PIL import Image
 
-    from selfjudge.shared.judge import JUDGE_SYSTEM  # noqa: F401  (the system turn every trace gets)
     from selfjudge.shared.store import LocalStore, put_image, put_jsonl
 
     store = LocalStore(store_root)

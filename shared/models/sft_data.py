@@ -14,8 +14,8 @@
 - `pack`: a padding-free micro-batch, the examples concatenated into one row with per-example
   position ids and no attention mask (transformers builds a block-diagonal mask, or varlen
   attention, from position ids that restart). Qwen2/2.5-VL's mrope positions come from the model's
-  own `get_rope_index` per example, with the text positions as row 0 of a (4, 1, L) tensor: the
-  layout transformers reads as packed sequences (`packed_positions`). `collate` pads instead, for
+  own `get_rope_index` per example (run in the workers, `rope_index`), with the text positions as
+  row 0 of a (4, 1, L) tensor: the layout transformers reads as packed sequences. `collate` pads instead, for
   families whose image tensors are per example (Mllama, Idefics3).
 - `loader`: a DataLoader over this rank's micro-batches in plan order; workers fetch and encode.
 """
@@ -237,12 +237,12 @@ def collate(examples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, t
     return batch
 
 
-def pack(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One row of the examples end to end (no padding, no attention mask) + `seq_lens`.
+def pack(examples: list[dict[str, torch.Tensor]], rope: Callable | None = None) -> dict[str, torch.Tensor]:
+    """One row of the examples end to end (no padding, no attention mask) with their position ids.
 
     Only for families whose image tensors are patch lists (Qwen-VL) or that have none: per-token
-    tensors are concatenated to (1, L), image tensors along dim 0. `packed_positions` turns
-    `seq_lens` into the position ids that keep the examples apart.
+    tensors are concatenated to (1, L), image tensors along dim 0. `rope` (`rope_index(model)`)
+    gives the mrope positions; see `packed_positions`.
     """
     batch: dict[str, torch.Tensor] = {}
     keys = list(dict.fromkeys(k for e in examples for k in e))
@@ -256,7 +256,7 @@ def pack(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             batch[k] = torch.cat([e[k] for e in examples if k in e])
         else:
             raise ValueError(f"cannot pack a per-example tensor {k!r}: use padded batches (train.packing off)")
-    batch["seq_lens"] = torch.tensor([len(e["input_ids"]) for e in examples])
+    batch["position_ids"] = packed_positions(rope, [len(e["input_ids"]) for e in examples], batch)
     return batch
 
 
@@ -266,15 +266,31 @@ def supports_packing(model: Any) -> bool:
     return hasattr(getattr(model, "model", None), "get_rope_index")
 
 
-def packed_positions(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+class _ConfigView:
+    """The model class's methods bound to a holder of its config only (what get_rope_index reads),
+    so DataLoader workers compute mrope positions without the model's weights."""
+
+    def __init__(self, cls: type, config: Any):
+        self._cls, self.config = cls, config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cls, name).__get__(self)
+
+
+def rope_index(model: Any) -> Callable | None:
+    """The model's `get_rope_index` (Qwen2/2.5-VL), usable in worker processes; None for 1-D rope."""
+    inner = getattr(model, "model", None)
+    if not hasattr(inner, "get_rope_index"):
+        return None
+    return _ConfigView(type(inner), inner.config).get_rope_index
+
+
+def packed_positions(rope: Callable | None, lens: list[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(4, 1, L) position ids of a packed row: text positions restarting at 0 per example (row 0,
-    from which transformers builds the block-diagonal mask), then the model's mrope positions
-    computed per example as in a padded batch. Call on CPU tensors (get_rope_index loops in Python).
-    """
-    lens = batch["seq_lens"].tolist()
+    from which transformers builds the block-diagonal mask, or varlen attention its boundaries),
+    then the mrope positions of each example as in a padded batch; (1, L) without `rope`."""
     text = torch.cat([torch.arange(n) for n in lens])
-    rope = getattr(getattr(model, "model", None), "get_rope_index", None)
-    if rope is None:  # 1-D rope families: the text positions are all there is
+    if rope is None:
         return text[None]
     rows = torch.split(batch["input_ids"][0], lens)
     types = torch.split(batch.get("mm_token_type_ids", torch.zeros_like(batch["input_ids"]))[0], lens)

@@ -54,7 +54,7 @@ vision_compat.ensure_torchvision()
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor, get_scheduler  # noqa: E402
+from transformers import AutoModelForImageTextToText, get_scheduler  # noqa: E402
 
 from . import sft_data, varlen  # noqa: E402
 from .backend import DTYPES  # noqa: E402
@@ -121,7 +121,9 @@ class TrainConfig:
     min_pixels: int = 0  # an over-long example's images shrink no further than this; then it is dropped
     loader_workers: int = 2  # DataLoader processes encoding micro-batches ahead (0: in this process)
     max_steps: int = 0  # stop after this many optimizer steps (0: all epochs; the schedule spans what runs)
-    attn_implementation: str = ""  # transformers attention ("" = its default, sdpa; e.g. flex_attention, flash_attention_2)
+    # transformers attention: "" = packed rows on CUDA use varlen.NAME (FlashAttention varlen) when it passes its
+    # check, else transformers' default (sdpa); or any name transformers takes (eager, sdpa, selfjudge_varlen, ...)
+    attn_implementation: str = ""
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -239,7 +241,7 @@ def answer_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed cross-entropy over answer tokens; the LM head runs only at those positions."""
     core = core_model(model)
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "seq_lens")}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = core.model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]
     keep = targets != IGNORE
@@ -705,7 +707,8 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
     tok = processor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     packed = cfg.packing == "on" or (cfg.packing == "auto" and sft_data.supports_packing(core_model(model)))
-    make_batch = pack if packed else (lambda feats: collate(feats, pad_id))
+    rope = sft_data.rope_index(core_model(model))
+    make_batch = (lambda feats: pack(feats, rope)) if packed else (lambda feats: collate(feats, pad_id))
     if packed and not cfg.attn_implementation and varlen.usable(rt.device):  # CUDA: FlashAttention varlen
         core_model(model).set_attn_implementation(varlen.register())
 
@@ -742,8 +745,6 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
         for j in range(rounds[step - resumed_from]):
             weight, batch = weights[k], next(micro)
             k += 1
-            if packed:
-                batch["position_ids"] = packed_positions(core_model(model), batch)
             padded += batch["input_ids"].numel() if weight else 0
             batch = {key: v.to(rt.device, non_blocking=True) for key, v in batch.items()}
             with rt.grad_sync(wrapped, sync=j == rounds[step - resumed_from] - 1):

@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from selfjudge.shared.models import varlen
+from selfjudge.shared.models.sft_data import rope_index
 from selfjudge.shared.models.training import (
     IGNORE,
     SFTExample,
@@ -22,7 +23,6 @@ from selfjudge.shared.models.training import (
     collate,
     encode_example,
     pack,
-    packed_positions,
     sft,
 )
 
@@ -51,8 +51,7 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_qwen: Path, atten
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, use_safetensors=True)
     enc = [encode_example(processor, ex, 1024) for ex in examples(6)]
     padded = collate(enc, processor.tokenizer.pad_token_id)
-    packed = pack(enc)
-    packed["position_ids"] = packed_positions(model, packed)
+    packed = pack(enc, rope_index(model))
     assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in enc))  # no padding at all
     assert padded["input_ids"].numel() > packed["input_ids"].numel()
     assert packed["position_ids"].shape == (4, 1, packed["input_ids"].shape[1])
