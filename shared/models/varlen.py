@@ -3,8 +3,8 @@ with no (L x L) mask and no work spent on the masked-out blocks.
 
 Registered with transformers' AttentionInterface as `NAME` (a name without "flash": transformers
 would look for a flash-attn package). In the text model the boundaries come from the packed row's
-text position ids (restarting at 0 per example, `sft_data.packed_positions`); Qwen-VL's vision
-tower calls it once per image/window (one segment, not causal), as it calls SDPA. On CUDA the kernel is torch's
+text position ids (restarting at 0 per example, `sft_data.packed_positions`), found once per
+forward; Qwen-VL's vision tower calls it once per image/window, which goes to SDPA as before. On CUDA the kernel is torch's
 FlashAttention varlen (`torch.nn.attention.varlen.varlen_attn`), used only after `usable(device)`
 has checked it against SDPA on the device; elsewhere (CPU tests) each segment runs through SDPA.
 """
@@ -71,13 +71,18 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     if query.shape[0] != 1 or attention_mask is not None:
         raise ValueError(f"{NAME} takes one packed row without an attention mask (got batch {query.shape[0]})")
     length = query.shape[2]
-    if cu_seq_lens_q is not None:  # the vision tower: images / windows, not causal
-        cu, max_len, causal = cu_seq_lens_q.to(torch.int32), int(max_length_q or length), bool(is_causal)
-    else:  # the text model: one causal segment per example
-        if position_ids is None:
-            position_ids = torch.arange(length, device=query.device)
-        cu, max_len = _cu_from_positions(position_ids, length)
-        causal = True if is_causal is None else bool(is_causal)
+    # the vision tower says is_causal=False; the text attention says nothing and is causal (as SDPA reads it)
+    causal = bool(is_causal) if is_causal is not None else bool(getattr(module, "is_causal", True))
+    if position_ids is None and cu_seq_lens_q is None:  # one segment (e.g. a vision window): plain SDPA, no sync
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=causal, scale=scaling,
+                                             enable_gqa=query.shape[1] != key.shape[1])  # fmt: skip
+        return out.transpose(1, 2), None
+    if cu_seq_lens_q is not None:
+        cu, max_len = cu_seq_lens_q.to(torch.int32), int(max_length_q or length)
+    else:  # the text model: one segment per example, found once per forward (every layer gets this tensor)
+        if not hasattr(position_ids, "_selfjudge_cu"):
+            position_ids._selfjudge_cu = _cu_from_positions(position_ids, length)
+        cu, max_len = position_ids._selfjudge_cu
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
     if q.is_cuda and usable(q.device):
         # rotary embeddings leave q/k in fp32 under autocast; the kernel takes bf16/fp16 (as SDPA casts)
