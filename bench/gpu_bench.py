@@ -162,7 +162,8 @@ class Workload:
         self.data = sft_examples(args.train_examples, seed=7)
         self.cfg = TrainConfig(
             lr=1e-5, epochs=1, batch_size=args.step_examples, device=args.device, warmup_ratio=0.0, max_length=1024,
-            dtype="bfloat16",  # of the written checkpoint only (training keeps fp32 weights under bf16 autocast)
+            # on CUDA only the written checkpoint's dtype (training keeps fp32 weights under bf16 autocast)
+            dtype="bfloat16" if args.device.startswith("cuda") else "float32",
             micro_batch_tokens=args.micro_tokens, attn_implementation=args.attn,
         )  # fmt: skip
         from selfjudge.shared.models.sft_data import load_processor
