@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python bench/run.py` from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from selfjudge.shared.models import vision_compat  # noqa: E402
+# `selfjudge` is imported as installed (`pip install -e .` or a wheel), never from ROOT: the source
+# folder ROOT/selfjudge holds only the CLI part of the package (selfjudge.shared is ROOT/shared,
+# mapped by the install), so putting ROOT first broke non-editable installs.
+try:
+    from selfjudge.shared.models import vision_compat
+except ModuleNotFoundError as exc:  # pragma: no cover - said plainly instead of a confusing trace
+    sys.exit(f"bench: selfjudge is not installed in this Python ({exc}); run `pip install .` (or `make install`) first")
 
 vision_compat.ensure_torchvision()
 
@@ -26,13 +29,19 @@ class Result:
     target: float
     detail: str = ""
     extra_ok: bool = True  # a side condition (e.g. same final loss) held
+    at_most: bool = False  # the target is an upper bound (memory ratios, shares): lower is better
+    percent: bool = False  # a share, printed as a percentage
 
     @property
     def ok(self) -> bool:
-        return self.ratio >= self.target and self.extra_ok
+        met = self.ratio <= self.target if self.at_most else self.ratio >= self.target
+        return met and self.extra_ok
 
     def line(self) -> str:
-        return f"{self.name}: {self.ratio:.2f}x (target {self.target:g}x)"
+        bound = "<= " if self.at_most else ""
+        if self.percent:
+            return f"{self.name}: {100 * self.ratio:.1f}% (target {bound}{100 * self.target:g}%)"
+        return f"{self.name}: {self.ratio:.2f}x (target {bound}{self.target:g}x)"
 
 
 def build_model(folder: Path, arch: str = "qwen2_5_vl", seed: int = 0) -> Path:

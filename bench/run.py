@@ -30,6 +30,7 @@ from common import Result  # noqa: E402
 COMPARISONS: dict[str, str] = {
     "generate": "generate_bench",
     "train": "train_bench",
+    "train_memory": "train_memory_bench",
     "vllm": "vllm_bench",
     "pipeline": "pipeline_bench",
     "source": "source_bench",

@@ -93,6 +93,11 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
     cpu_threads: int = Field(0, ge=0)   # torch CPU threads per process (0 = torch's default); 1 when many workers share few cores
     tiny_pretrain_steps: int = 300   # steps of scene captioning/QA for the tiny base model
+    # image pixel bounds given to the processor (Qwen-VL: its min/max_pixels); 0 = the checkpoint's own.
+    # max_pixels only lowers the processor's cap (e.g. 1003520 = 1280 Qwen visual tokens); an example
+    # over train.max_length gets smaller images down to min_pixels, else it is dropped (never cut)
+    max_pixels: int = Field(0, ge=0)
+    min_pixels: int = Field(0, ge=0)
     # backend "openai": OpenAI-compatible servers (e.g. `vllm serve`), requests spread round-robin
     endpoints: list[str] = []        # base URLs, http://host:8000[/v1]; env: comma-separated
     served_model_name: str = ""      # "" = the first model the server lists
@@ -227,6 +232,10 @@ class TrainConfig(Section):
     # padded tokens per micro-batch (length-sorted within each random optimizer step):
     # 0 = auto (batch_size x median example length), -1 = exactly batch_size examples each
     micro_batch_tokens: int = Field(0, ge=-1)
+    # padding-free micro-batches (examples end to end, per-example position ids): auto = where the
+    # model supports it (Qwen2/2.5-VL), on, off (padded batches)
+    packing: Literal["auto", "on", "off"] = "auto"
+    loader_workers: int = Field(2, ge=0)   # DataLoader processes fetching/encoding examples ahead (0: in-process)
 
 
 class BenchmarkConfig(Section):

@@ -41,6 +41,9 @@ class Metrics:
         self.train_loss = Gauge("selfjudge_train_loss", "Latest training loss", ["run", "iteration"], registry=r)
         self.train_tokens = Counter("selfjudge_train_tokens_total", "Tokens trained on (answer tokens)", registry=r)
         self.train_steps = Counter("selfjudge_train_steps_total", "Optimizer steps", registry=r)
+        self.train_dropped = Counter(
+            "selfjudge_train_dropped_examples_total", "Training examples left out (too long, unreadable image)",
+            ["run", "iteration", "reason"], registry=r)
         self.train_step_seconds = Histogram(
             "selfjudge_train_step_duration_seconds", "Wall time per optimizer step",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r,

@@ -38,9 +38,11 @@ def collect(s, run_id: int) -> dict:  # noqa: ANN001
     iterations = []
     for it in s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.number)):
         ckpt = s.get(Checkpoint, it.output_checkpoint_id) if it.output_checkpoint_id else None
+        meta = (ckpt.meta or {}) if ckpt else {}
         iterations.append({"iteration": it.number, "status": it.status, "checkpoint_id": it.output_checkpoint_id,
                            "checkpoint_uri": ckpt.uri if ckpt else None,
-                           "injection": injection_counts(s, run_id, it.number)})
+                           "injection": injection_counts(s, run_id, it.number),
+                           "trained_examples": meta.get("examples"), "dropped_examples": meta.get("dropped")})
     order = {HELDOUT: 0}
     benchmarks.pop(selection.BENCHMARK, None)      # shown in its own section
     by_iteration = selection.signals(s, run_id)
@@ -223,9 +225,10 @@ def render_markdown(data: dict, comps: list[dict], image: str = PLOT) -> str:
     lines = [f"# Evaluation report: run {run['id']} ({run['name']})", "",
              f"Status: {run['status']}; {run['iterations']} training iterations (iteration 0 is the base judge).", "",
              f"![accuracy per iteration]({image})", "", "## Checkpoints", "",
-             "| iteration | status | checkpoint |", "|---|---|---|"]
-    lines += [f"| {i['iteration']} | {i['status']} | {i['checkpoint_id']}: {i['checkpoint_uri'] or '-'} |"
-              for i in data["iterations"]]
+             "| iteration | status | checkpoint | trained on | dropped (too long, unreadable) |", "|---|---|---|---|---|"]
+    dash = lambda v: "-" if v is None else v  # noqa: E731
+    lines += [f"| {i['iteration']} | {i['status']} | {i['checkpoint_id']}: {i['checkpoint_uri'] or '-'} | "
+              f"{dash(i.get('trained_examples'))} | {dash(i.get('dropped_examples'))} |" for i in data["iterations"]]
     injected = [i for i in data["iterations"] if (i.get("injection") or {}).get("open_pairs")]
     if injected:
         lines += ["", "## Open-ended pairs: how the rejected response got its errors", "",

@@ -8,6 +8,12 @@ Out:   a Hugging Face folder (or, for LoRA with train.lora_merge false, a PEFT a
        in it; a `checkpoints` row with its content hash, parent and training metadata.
 Next:  loop.on_trained -> evaluator.
 
+The traces are not loaded up front: their records are copied to a local file and read one at a
+time (services/trainer/examples.py); DataLoader workers fetch each image by its store key when its
+micro-batch is encoded, so memory does not grow with the traces. A trace too long for
+train.max_length even with its image shrunk (model.min_pixels) is dropped, never cut: set aside
+with the reason (counted per iteration by `selfjudge status`), counted in
+selfjudge_train_dropped_examples_total and in the checkpoint's meta (the report shows it).
 Training runs in this process, or on train.nproc processes (train.distributed ddp|fsdp, torchrun).
 Every train.save_every optimizer steps its state goes to <work_dir>/train/run<r>-iter<k>.resume/:
 a redelivered task (the worker died mid-training) resumes from there instead of starting over.
@@ -24,12 +30,13 @@ from sqlalchemy import select
 from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
 from selfjudge.shared.failpoints import failpoint
-from selfjudge.shared.db import Iteration, Shard
-from selfjudge.shared.judge import JUDGE_SYSTEM
+from selfjudge.shared.db import Iteration, SetAside, Shard
 from selfjudge.shared.messages import TrainTask
 from selfjudge.shared.models.distributed import train
-from selfjudge.shared.models.training import SFTExample, TrainConfig
-from selfjudge.shared.store import get_image, get_jsonl
+from selfjudge.shared.models.training import TrainConfig
+from selfjudge.shared.store import open_store
+
+from .examples import StoreExamples
 
 STAGE = "trainer"
 log = logging.getLogger(__name__)
@@ -44,7 +51,8 @@ def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Set
         dtype=m.dtype, device=m.device, lr_scheduler=t.lr_scheduler, precision=t.precision, method=t.method,
         lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, lora_merge=t.lora_merge,
         freeze_vision=t.freeze_vision, save_every=t.save_every, gradient_checkpointing=t.gradient_checkpointing,
-        distributed=t.distributed, nproc=t.nproc, micro_batch_tokens=t.micro_batch_tokens,
+        distributed=t.distributed, nproc=t.nproc, micro_batch_tokens=t.micro_batch_tokens, packing=t.packing,
+        loader_workers=t.loader_workers, max_pixels=m.max_pixels, min_pixels=m.min_pixels,
     )  # fmt: skip
 
 
@@ -85,23 +93,18 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
             Shard.run_id == task.run_id, Shard.iteration == task.iteration, Shard.stage == "filter",
             Shard.state == "done").order_by(Shard.index)).all()
     start, m = time.perf_counter(), ctx.metrics
-    records = [r for key in keys for r in get_jsonl(ctx.store, key)]
-    m.items_in.labels(STAGE).inc(len(records))
-    if not records:
+    out_dir, resume_dir = work_dirs(ctx.settings, task.run_id, task.iteration)
+    settings = ctx.settings
+    examples = StoreExamples.spill(ctx.store, keys, out_dir.parent / f"{out_dir.name}.traces.jsonl",
+                                   reopen=lambda: open_store(settings.store, settings.run.work_dir))
+    m.items_in.labels(STAGE).inc(len(examples))
+    if not len(examples):
         log.warning("trainer: run %s iter %s has no kept traces; the judge stays as it was",
                     task.run_id, task.iteration)
         shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
         return task.judge_checkpoint_id
 
-    images = {}
-    examples = []
-    for r in records:
-        if r["image_key"] not in images:
-            images[r["image_key"]] = get_image(ctx.store, r["image_key"])
-        examples.append(SFTExample(text=r["prompt_text"], images=[images[r["image_key"]]], answer=r["answer"],
-                                   system=JUDGE_SYSTEM))
     train_cfg = train_config(ctx.settings, task.iteration)
-    out_dir, resume_dir = work_dirs(ctx.settings, task.run_id, task.iteration)
     shutil.rmtree(out_dir, ignore_errors=True)  # a half-written output; resume_dir is kept
     parent_path = ctx.models.local_path(task.judge_checkpoint_id)
     labels = {"run": str(task.run_id), "iteration": str(task.iteration)}
@@ -124,7 +127,10 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
                    spec_dir=out_dir.parent)
     failpoint("trainer.before_commit")   # fault tests: die after training, before recording it
     m.train_tokens.inc(result.answer_tokens)
-    meta = {"examples": len(examples), "steps": result.steps, "first_loss": result.losses[0],
+    record_dropped(ctx, task, examples, result.dropped)
+    meta = {"examples": len(examples) - len(result.dropped), "dropped": len(result.dropped),
+            "dropped_reasons": result.meta.get("dropped_reasons", {}), "steps": result.steps,
+            "first_loss": result.losses[0],
             "last_loss": result.losses[-1], "answer_tokens": result.answer_tokens,
             "train_seconds": result.seconds, "resumed_from_step": result.resumed_from,
             "world_size": result.world_size, "format": result.meta.get("format", "full"),
@@ -135,9 +141,30 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
                                        parent_id=task.judge_checkpoint_id, meta=meta)
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(resume_dir, ignore_errors=True)
+    examples.path.unlink(missing_ok=True)
     shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
     m.items_out.labels(STAGE).inc(1)
     m.shard_seconds.labels(STAGE).observe(time.perf_counter() - start)
-    log.info("trainer: run %s iter %s: %s examples, %s steps, loss %.3f -> %.3f, checkpoint %s",
-             task.run_id, task.iteration, len(examples), result.steps, result.losses[0], result.losses[-1], ckpt_id)
+    log.info("trainer: run %s iter %s: %s examples (%s dropped), %s steps, loss %.3f -> %.3f, checkpoint %s",
+             task.run_id, task.iteration, meta["examples"], meta["dropped"], result.steps, result.losses[0],
+             result.losses[-1], ckpt_id)
     return ckpt_id
+
+
+def record_dropped(ctx: Context, task: TrainTask, examples: StoreExamples, dropped: list) -> None:
+    """Traces left out of training (too long even with smaller images, or an unreadable image):
+    set aside with the reason (`selfjudge status` counts them per iteration) and counted."""
+    if not dropped:
+        return
+    with ctx.sessions.begin() as s:
+        for i, why in dropped:
+            rid = examples.record_id(i)
+            exists = s.scalar(select(SetAside.id).where(SetAside.run_id == task.run_id, SetAside.iteration == task.iteration,
+                                                        SetAside.stage == STAGE, SetAside.record_id == rid))  # fmt: skip
+            if exists is None:  # a retried task drops the same examples again
+                shards.set_aside(s, (task.run_id, task.iteration), STAGE, rid, why)
+    for _, why in dropped:
+        ctx.metrics.train_dropped.labels(run=str(task.run_id), iteration=str(task.iteration),
+                                         reason=why.split(":")[0].strip()).inc()
+    log.warning("trainer: run %s iter %s: %s traces dropped (too long or unreadable), e.g. %s",
+                task.run_id, task.iteration, len(dropped), dropped[0][1])

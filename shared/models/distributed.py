@@ -15,6 +15,7 @@ result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +33,7 @@ vision_compat.ensure_torchvision()
 
 from PIL import Image  # noqa: E402
 
+from .sft_data import identity  # noqa: E402
 from .training import SFTExample, TrainConfig, TrainResult, sft  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ ENTRY = "selfjudge.shared.models.distributed"
 
 def train(
     model_path: str,
-    examples: list[SFTExample],
+    examples: Sequence[SFTExample],
     out_dir: str | Path,
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
@@ -54,21 +56,29 @@ def train(
 
 
 def write_spec(
-    folder: Path, model_path: str, examples: list[SFTExample], out_dir: str | Path, cfg: TrainConfig,
+    folder: Path, model_path: str, examples: Sequence[SFTExample], out_dir: str | Path, cfg: TrainConfig,
     resume_from: str | Path | None,
 ) -> Path:  # fmt: skip
-    """examples.jsonl + images/N.png (each distinct image object once) + spec.json."""
+    """examples.jsonl + images/<sha256>.png (each distinct image once) + spec.json.
+
+    The examples are read one at a time (a store-backed source fetches one image at a time), so
+    writing the spec does not hold the data in memory; each line keeps the example's identity, so
+    a resumed run launched again matches its fingerprint.
+    """
     (folder / "images").mkdir(parents=True, exist_ok=True)
     names: dict[int, str] = {}
     with open(folder / "examples.jsonl", "w") as f:
-        for ex in examples:
+        for i in range(len(examples)):
+            ex = examples[i]
             refs = []
             for im in ex.images:
                 if id(im) not in names:
-                    names[id(im)] = f"{len(names)}.png"
-                    im.save(folder / "images" / names[id(im)], format="PNG")
+                    names[id(im)] = _write_image(folder / "images", im)
                 refs.append(names[id(im)])
-            f.write(json.dumps({"text": ex.text, "answer": ex.answer, "system": ex.system, "images": refs}) + "\n")
+            if len(names) > 4096:  # ids of images already freed may be reused: the cache is only a shortcut
+                names.clear()
+            row = {"text": ex.text, "answer": ex.answer, "system": ex.system, "images": refs, "id": identity(examples, i)}
+            f.write(json.dumps(row) + "\n")
     spec = {
         "model_path": str(model_path),
         "out_dir": str(Path(out_dir).resolve()),
@@ -81,22 +91,57 @@ def write_spec(
     return folder / "spec.json"
 
 
-def read_examples(folder: Path) -> list[SFTExample]:
-    cache: dict[str, Image.Image] = {}
-    out = []
-    for line in (folder / "examples.jsonl").read_text().splitlines():
-        r = json.loads(line)
+def _write_image(folder: Path, im: Image.Image) -> str:
+    name = hashlib.sha256(im.mode.encode() + str(im.size).encode() + im.tobytes()).hexdigest() + ".png"
+    if not (folder / name).exists():
+        im.save(folder / name, format="PNG")
+    return name
+
+
+class FolderExamples:
+    """The examples of a spec folder, read one at a time: a line (by its byte offset) and its images."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.offsets: list[int] = []
+        with open(self.folder / "examples.jsonl", "rb") as f:
+            pos = 0
+            for line in f:
+                self.offsets.append(pos)
+                pos += len(line)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def _row(self, i: int) -> dict:
+        if not 0 <= i < len(self.offsets):
+            raise IndexError(i)
+        with open(self.folder / "examples.jsonl", "rb") as f:
+            f.seek(self.offsets[i])
+            return json.loads(f.readline())
+
+    def __getitem__(self, i: int) -> SFTExample:
+        r = self._row(i)
+        images = []
         for name in r["images"]:
-            if name not in cache:
-                with Image.open(folder / "images" / name) as im:
-                    cache[name] = im.copy()
-        out.append(SFTExample(text=r["text"], images=[cache[n] for n in r["images"]], answer=r["answer"], system=r["system"]))
-    return out
+            with Image.open(self.folder / "images" / name) as im:
+                images.append(im.copy())
+        return SFTExample(text=r["text"], images=images, answer=r["answer"], system=r["system"])
+
+    def __iter__(self) -> Iterator[SFTExample]:
+        return (self[i] for i in range(len(self)))
+
+    def identity(self, i: int) -> str:
+        return self._row(i)["id"]
+
+
+def read_examples(folder: Path) -> FolderExamples:
+    return FolderExamples(folder)
 
 
 def launch(
     model_path: str,
-    examples: list[SFTExample],
+    examples: Sequence[SFTExample],
     out_dir: str | Path,
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,

@@ -7,10 +7,16 @@ with `lora_merge=False`, a PEFT adapter folder) plus `selfjudge_training.json`. 
   the text layers' names, so the target is a regex anchored on `language_model|text_model`);
 - answer-only loss: labels are -100 except the answer and the token that closes the assistant
   turn, and the LM head runs only at those positions;
+- the data is read one example at a time (`sft_data`): a length pass over each rank's slice, then
+  a DataLoader whose workers fetch and encode this rank's micro-batches ahead of the step, so
+  memory does not grow with the data; an example over max_length gets smaller images
+  (`max_pixels`/`min_pixels`) or is dropped and counted (`TrainResult.dropped`), never cut;
 - random optimizer steps of batch_size * grad_accum * world examples, each cut into length-sorted
-  micro-batches under a padded-token budget (little padding, same gradient); the loss is a
-  token-weighted mean over the whole step; gradient clipping at 1.0, warmup + cosine/linear/
-  constant schedule, fused AdamW;
+  micro-batches under a token budget; on Qwen2/2.5-VL the examples of a micro-batch are packed
+  into one row without padding (per-example position ids, `packing`; on CUDA attention runs
+  through torch's FlashAttention varlen kernel, `varlen.py`), elsewhere padded; the loss
+  is a token-weighted mean over the whole step (the gradient does not depend on the cut);
+  gradient clipping at 1.0, warmup + cosine/linear/constant schedule, fused AdamW;
 - bf16 autocast over fp32 master weights on CUDA (`precision="auto"`);
 - data parallel over several processes (`distributed="ddp"|"fsdp"`, launched by torchrun, see
   `distributed.py`): the global batch is `batch_size * grad_accum * world_size`, every rank cuts
@@ -36,7 +42,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,21 +54,26 @@ vision_compat.ensure_torchvision()
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor, get_scheduler  # noqa: E402
+from transformers import AutoModelForImageTextToText, get_scheduler  # noqa: E402
 
-from .backend import DTYPES, chat_messages  # noqa: E402
-from .chat_format import answer_format  # noqa: E402
+from . import sft_data, varlen  # noqa: E402
+from .backend import DTYPES  # noqa: E402
+from .sft_data import (  # noqa: E402, F401  (re-exported: the training API)
+    CONCAT_KEYS,
+    IGNORE,
+    SEQ_KEYS,
+    TOKEN_GRID_KEYS,
+    EncodeSpec,
+    ExampleTooLong,
+    SFTExample,
+    collate,
+    encode_example,
+    pack,
+    packed_positions,
+)
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 MAX_GRAD_NORM = 1.0  # as HF Trainer / TRL default
-# per-token tensors of shape (T,) after encoding: right-padded in a batch
-SEQ_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids")
-# per-token tensors with more dims (Mllama: (1, T, n_images, n_tiles)): the answer attends like the last prompt token
-TOKEN_GRID_KEYS = ("cross_attention_mask",)
-# image tensors that are lists of patches/images (Qwen-VL): concatenated along dim 0 across a batch
-CONCAT_KEYS = ("image_grid_thw", "video_grid_thw", "pixel_values_videos", "second_per_grid_ts")
 # LoRA on the language model's attention and MLP projections only (vision towers use the same names).
 LORA_TARGET = r".*(language_model|text_model).*layers\.\d+\.(self_attn|cross_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
 META_FILE = "selfjudge_training.json"
@@ -70,14 +81,6 @@ META_FILE = "selfjudge_training.json"
 # `visual.merger.*`; Mllama and Idefics3 `vision_model.*` (projectors: multi_modal_projector, connector)
 VISION_ENCODER = re.compile(r"(^|\.)(visual|vision_model|vision_tower)\.(?!merger\.)")
 METHODS, PRECISIONS, DISTRIBUTED = ("full", "lora"), ("auto", "fp32", "bf16-mixed", "bf16"), ("none", "ddp", "fsdp")
-
-
-@dataclass
-class SFTExample:
-    text: str
-    images: list[Image.Image]
-    answer: str
-    system: str | None = None
 
 
 @dataclass
@@ -111,6 +114,16 @@ class TrainConfig:
     # batch_size examples per micro-batch. An optimizer step always has batch_size * grad_accum * world examples.
     micro_batch_tokens: int = 0
     length_grouping: bool = False  # steps of similar-length examples (the older plan; see step_plan)
+    # padding-free micro-batches (examples end to end in one row, per-example position ids):
+    # auto = where the model family supports it (Qwen2/2.5-VL), on, off (padded batches)
+    packing: str = "auto"
+    max_pixels: int = 0  # images are scaled down to at most this many pixels (0: as the processor does)
+    min_pixels: int = 0  # an over-long example's images shrink no further than this; then it is dropped
+    loader_workers: int = 2  # DataLoader processes encoding micro-batches ahead (0: in this process)
+    max_steps: int = 0  # stop after this many optimizer steps (0: all epochs; the schedule spans what runs)
+    # transformers attention: "" = packed rows on CUDA use varlen.NAME (FlashAttention varlen) when it passes its
+    # check, else transformers' default (sdpa); or any name transformers takes (eager, sdpa, selfjudge_varlen, ...)
+    attn_implementation: str = ""
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -118,6 +131,7 @@ class TrainConfig:
             ("precision", self.precision, PRECISIONS),
             ("distributed", self.distributed, DISTRIBUTED),
             ("dtype", self.dtype, tuple(DTYPES)),
+            ("packing", self.packing, ("auto", "on", "off")),
         ):
             if value not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, not {value!r}")
@@ -132,91 +146,12 @@ class TrainResult:
     resumed_from: int = 0  # optimizer steps restored from a checkpoint (0: a fresh run)
     world_size: int = 1
     tokens: int = 0  # non-padding tokens (prompt + answer) run through the model, all ranks
+    padded_tokens: int = 0  # tokens of the model's input tensors (real + padding), all ranks
+    dropped: list = field(default_factory=list)  # [source index, reason] of examples left out (too long, unreadable)
     meta: dict = field(default_factory=dict)  # what was written to selfjudge_training.json
 
 
 # --- encoding and batching ------------------------------------------------------------------
-
-
-def encode_example(processor: Any, ex: SFTExample, max_length: int) -> dict[str, torch.Tensor]:
-    """Prompt (chat template + generation prompt, images expanded) followed by the answer and end of turn.
-
-    The answer is tokenized on its own, exactly as the model emits it after the generation prompt
-    (with the template's assistant prefix, e.g. Idefics3's leading space); labels are -100
-    everywhere except the answer tokens and the token closing the turn (<|im_end|>, <|eot_id|>,
-    <end_of_utterance>). Too-long examples lose the end of their answer; a prompt that leaves no
-    room raises ValueError.
-    """
-    tok = processor.tokenizer
-    fmt = answer_format(processor)
-    prompt = processor.apply_chat_template(
-        chat_messages(ex.text, ex.images, ex.system), add_generation_prompt=True, tokenize=False
-    )
-    enc = processor(text=[prompt], images=[list(ex.images)] if ex.images else None, return_tensors="pt")
-    prompt_ids = enc["input_ids"][0]
-    answer_ids = tok(fmt.prefix + ex.answer, add_special_tokens=False)["input_ids"] + [fmt.end_token_id]
-    room = max_length - len(prompt_ids)
-    if room < 1:
-        raise ValueError(f"prompt is {len(prompt_ids)} tokens, max_length is {max_length}")
-    answer = torch.tensor(answer_ids[:room], dtype=prompt_ids.dtype)
-    n = len(answer)
-    out: dict[str, torch.Tensor] = {
-        "input_ids": torch.cat([prompt_ids, answer]),
-        "attention_mask": torch.ones(len(prompt_ids) + n, dtype=torch.long),
-        "labels": torch.cat([torch.full_like(prompt_ids, IGNORE), answer]),
-    }
-    for k, v in enc.items():
-        if k in ("input_ids", "attention_mask"):
-            continue
-        if k in SEQ_KEYS:  # per-token extras (e.g. mm_token_type_ids): answer tokens are text (0)
-            out[k] = torch.cat([v[0], torch.zeros(n, dtype=v.dtype)])
-        elif k in TOKEN_GRID_KEYS:  # (1, T, ...): answer tokens see what the last prompt token sees
-            out[k] = torch.cat([v, v[:, -1:].expand(-1, n, *v.shape[2:])], dim=1)
-        else:  # image tensors (pixel_values, image_grid_thw, aspect_ratio_ids, ...)
-            out[k] = v
-    return out
-
-
-def _pad_to(t: torch.Tensor, shape: tuple[int, ...], value: int | float = 0) -> torch.Tensor:
-    pad: list[int] = []
-    for have, want in zip(reversed(t.shape), reversed(shape)):
-        pad += [0, want - have]
-    return F.pad(t, pad, value=value) if any(pad) else t
-
-
-def collate(examples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad the per-token tensors; batch the image tensors the way the model family expects.
-
-    Qwen-VL image tensors are patch lists (concatenated along dim 0). Mllama and Idefics3 ones
-    carry a batch dim of 1 per example and an image dim: they are zero-padded to the largest shape
-    in the batch (both models skip all-zero images; Mllama's aspect_ratio_mask keeps tile 0 on, as
-    its processor does for padding images) and stacked; an example without images gets zeros.
-    """
-    n = max(len(e["input_ids"]) for e in examples)
-    fill = {"input_ids": pad_id, "labels": IGNORE}
-    keys = list(dict.fromkeys(k for e in examples for k in e))
-    qwen_style = "image_grid_thw" in keys or "video_grid_thw" in keys
-    batch: dict[str, torch.Tensor] = {}
-    for k in keys:
-        have = [e[k] for e in examples if k in e]
-        if k in SEQ_KEYS:
-            rows = [e[k] if k in e else torch.zeros(len(e["input_ids"]), dtype=have[0].dtype) for e in examples]
-            batch[k] = torch.stack([F.pad(v, (0, n - len(v)), value=fill.get(k, 0)) for v in rows])
-        elif k in CONCAT_KEYS or (qwen_style and k == "pixel_values"):
-            batch[k] = torch.cat(have)
-        else:  # per-example (1, ...) tensors
-            shape = [max(v.shape[d] for v in have) for d in range(have[0].ndim)]
-            if k in TOKEN_GRID_KEYS:
-                shape[1] = n
-            rows = []
-            for e in examples:
-                v = e[k] if k in e else torch.zeros([1, *shape[1:]], dtype=have[0].dtype)
-                v = _pad_to(v, tuple(shape))
-                if k == "aspect_ratio_mask":
-                    v[..., 0] = 1
-                rows.append(v)
-            batch[k] = torch.cat(rows)
-    return batch
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -241,27 +176,33 @@ def micro_budget(lengths: list[int], cfg: TrainConfig) -> int:
     return cfg.batch_size * sorted(lengths)[len(lengths) // 2]  # auto: batch_size median-length examples
 
 
-def split_step(step: list[int], lengths: list[int], batch_size: int, budget: int) -> list[list[int]]:
+def split_step(step: list[int], lengths: list[int], batch_size: int, budget: int, packed: bool = False) -> list[list[int]]:
     """Cut one optimizer step's examples into micro-batches, longest first.
 
     Without a budget: batch_size examples each. With one: as many examples as fit in `budget`
-    padded tokens (always at least one), so short examples share a micro-batch and long ones do
-    not pad short ones. The step's gradient does not depend on the cut (the loss is a token mean
-    over the whole step); only the padding does.
+    tokens (always at least one): padded tokens (count x longest) for padded batches, the sum of
+    the lengths for packed ones, so short examples share a micro-batch and long ones do not pad
+    short ones. The step's gradient does not depend on the cut (the loss is a token mean over the
+    whole step); only the padding and the micro-batch count do.
     """
     order = sorted(step, key=lambda i: (-lengths[i], i))
     out: list[list[int]] = []
     cur: list[int] = []
+    used = 0
     for i in order:
-        full = (len(cur) + 1) * lengths[cur[0]] > budget if budget and cur else len(cur) == batch_size
+        if budget and cur:
+            full = (used + lengths[i] if packed else (len(cur) + 1) * lengths[cur[0]]) > budget
+        else:
+            full = len(cur) == batch_size
         if cur and full:
             out.append(cur)
-            cur = []
+            cur, used = [], 0
         cur.append(i)
+        used += lengths[i]
     return out + [cur]
 
 
-def step_plan(lengths: list[int], cfg: TrainConfig, world: int = 1) -> list[list[list[int]]]:
+def step_plan(lengths: list[int], cfg: TrainConfig, world: int = 1, packed: bool = False) -> list[list[list[int]]]:
     """Optimizer steps of all epochs, each a list of micro-batches (lists of example indices).
 
     Default: each epoch shuffles the examples and takes batch_size * grad_accum * world of them
@@ -284,8 +225,8 @@ def step_plan(lengths: list[int], cfg: TrainConfig, world: int = 1) -> list[list
             continue
         idx = list(range(len(lengths)))
         rng.shuffle(idx)
-        steps += [split_step(idx[g : g + per_step], lengths, cfg.batch_size, budget) for g in range(0, len(idx), per_step)]
-    return steps
+        steps += [split_step(idx[g : g + per_step], lengths, cfg.batch_size, budget, packed) for g in range(0, len(idx), per_step)]
+    return steps[: cfg.max_steps] if cfg.max_steps > 0 else steps
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -350,15 +291,18 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
     continues training that adapter (so the result is again an adapter of the same base); full
     fine-tuning merges it first.
     """
+    attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if cfg.attn_implementation == varlen.NAME:
+        varlen.register()
     if is_adapter(model_path):
         from peft import PeftModel
 
-        base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True)
+        base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True, **attn)
         if cfg.method == "lora":
             return PeftModel.from_pretrained(base, model_path, is_trainable=True)
         model = PeftModel.from_pretrained(base, model_path).merge_and_unload().requires_grad_(True)  # PEFT froze them
     else:
-        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, use_safetensors=True, **attn)
         if cfg.method == "lora":
             from peft import get_peft_model
 
@@ -465,6 +409,14 @@ class Runtime:
         if self.world > 1:
             dist.barrier()
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (a list of one without a process group)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def sum(self, x: float) -> float:
         if self.world == 1:
             return x
@@ -546,17 +498,23 @@ class Runtime:
 # --- resumable checkpoints ------------------------------------------------------------------
 
 
-def fingerprint(model_path: str, cfg: TrainConfig, examples: list[SFTExample], world: int) -> str:
+def fingerprint(model_path: str, cfg: TrainConfig, examples: Sequence[SFTExample], world: int) -> str:
     """Identity of a training run: a resume checkpoint is used only by the run that wrote it.
 
     The process count may change (same global batch: the plan is the same), the sharding may
-    not (FSDP saves its optimizer state by parameter name, the others by position).
+    not (FSDP saves its optimizer state by parameter name, the others by position). A source with
+    `identity(i)` names its examples without reading their images.
     """
     h = hashlib.sha256()
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("device", "save_every", "nproc", "distributed")}
+    skip = ("device", "save_every", "nproc", "distributed", "loader_workers")
+    keep = {k: v for k, v in asdict(cfg).items() if k not in skip}
     keep["global_accum"] = cfg.grad_accum * world
     keep["fsdp"] = cfg.distributed == "fsdp" and world > 1
     h.update(json.dumps([str(model_path), keep], sort_keys=True, default=str).encode())
+    if hasattr(examples, "identity"):
+        for i in range(len(examples)):
+            h.update(examples.identity(i).encode())
+        return h.hexdigest()
     seen: dict[int, str] = {}
     for ex in examples:
         h.update(json.dumps([ex.text, ex.answer, ex.system]).encode())
@@ -688,21 +646,37 @@ def _optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **fused)
 
 
-def _encode_all(processor: Any, examples: list[SFTExample], max_length: int) -> list[dict[str, torch.Tensor]]:
-    data = []
-    for ex in examples:
-        try:
-            data.append(encode_example(processor, ex, max_length))
-        except ValueError as e:
-            log.warning("skipping example: %s", e)
-    if not data:
-        raise ValueError("no trainable examples")
-    return data
+def _measure_all(rt: Runtime, processor: Any, examples: Sequence[SFTExample], spec: EncodeSpec, cfg: TrainConfig) -> sft_data.Measured:
+    """Every example's length, this rank measuring only its slice; the too-long and unreadable dropped."""
+    mine = sft_data.measure(examples, processor, spec, range(rt.rank, len(examples), rt.world), cfg.loader_workers)
+    measured = sft_data.merge(rt.gather(mine))
+    for i, why in measured.dropped:
+        log.warning("training example %s dropped: %s", i, why)
+    if not measured.index:
+        raise ValueError(f"no trainable examples ({len(measured.dropped)} of {len(examples)} dropped)")
+    return measured
+
+
+def _rank_batches(plan: list[list[list[int]]], start: int, rt: Runtime) -> tuple[list[list[int]], list[float], list[int]]:
+    """This rank's micro-batches from step `start` on (plan indices), their weights, and per-step counts.
+
+    Every rank runs as many micro-batches per step (DDP/FSDP collectives): a rank short of one runs
+    a stand-in (the step's first) with weight 0, which gives no gradient.
+    """
+    batches, weights, rounds = [], [], []
+    for group in plan[start:]:
+        mine = group[rt.rank :: rt.world]
+        n = math.ceil(len(group) / rt.world)
+        rounds.append(n)
+        for j in range(n):
+            batches.append(mine[j] if j < len(mine) else group[0])
+            weights.append(1.0 if j < len(mine) else 0.0)
+    return batches, weights, rounds
 
 
 def sft(
     model_path: str,
-    examples: list[SFTExample],
+    examples: Sequence[SFTExample],
     out_dir: str | Path,
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
@@ -710,6 +684,7 @@ def sft(
 ) -> TrainResult:
     """Train and write `out_dir` (rank 0). `progress(step, total, loss)` after every optimizer step.
 
+    `examples` is read one example at a time (a list, or any source with len() and [i]).
     Run under torchrun with cfg.distributed "ddp"/"fsdp", every rank calls this with the same
     arguments. With `resume_from` and cfg.save_every > 0, state is saved every save_every steps
     and a matching earlier save is resumed from.
@@ -724,58 +699,71 @@ def sft(
 
 def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> TrainResult:  # noqa: ANN001
     torch.manual_seed(cfg.seed)
-    processor = AutoProcessor.from_pretrained(model_path)
+    processor = sft_data.load_processor(model_path, cfg.max_pixels, cfg.min_pixels)
     model = load_trainable(model_path, cfg, rt.weight_dtype)
     if cfg.gradient_checkpointing:
         core_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(rt.device).train()
     tok = processor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    packed = cfg.packing == "on" or (cfg.packing == "auto" and sft_data.supports_packing(core_model(model)))
+    rope = sft_data.rope_index(core_model(model))
+    make_batch = (lambda feats: pack(feats, rope)) if packed else (lambda feats: collate(feats, pad_id))
+    if packed and not cfg.attn_implementation and varlen.usable(rt.device):  # CUDA: FlashAttention varlen
+        core_model(model).set_attn_implementation(varlen.register())
 
-    data = _encode_all(processor, examples, cfg.max_length)
-    lengths = [len(d["input_ids"]) for d in data]
-    n_answer = [int((d["labels"][1:] != IGNORE).sum()) for d in data]
-    plan = step_plan(lengths, cfg, rt.world)
+    spec = EncodeSpec(cfg.max_length, cfg.max_pixels, cfg.min_pixels)
+    measured = _measure_all(rt, processor, examples, spec, cfg)
+    source_index, lengths, n_answer = measured.index, measured.length, measured.answer
+    plan = step_plan(lengths, cfg, rt.world, packed)  # indices into the measured (kept) examples
     total = len(plan)
 
     wrapped = rt.wrap(AnswerLoss(model))
     opt = _optimizer(wrapped, cfg)
     sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
 
-    state = {"step": 0, "losses": [], "answer_tokens": 0, "tokens": 0}
+    state = {"step": 0, "losses": [], "answer_tokens": 0, "tokens": 0, "padded_tokens": 0}
     ckpt = None
     if resume_from is not None:
         ckpt = Checkpointer(resume_from, fingerprint(model_path, cfg, examples, rt.world), rt)
         found = ckpt.latest()
         if found is not None:
-            state = ckpt.restore(found, model, wrapped, opt, sched)
+            state = {"padded_tokens": 0, **ckpt.restore(found, model, wrapped, opt, sched)}
     resumed_from = state["step"]
 
+    batches, weights, rounds = _rank_batches(plan, resumed_from, rt)
+    dl = sft_data.loader(examples, processor, spec, [[source_index[i] for i in b] for b in batches], make_batch,
+                         cfg.loader_workers, pin_memory=rt.device.type == "cuda")  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # starting workers draws a seed: a resumed run's RNG (dropout) stays exact
+        micro = iter(dl)
+    k = 0  # this rank's micro-batches so far
     for step in range(resumed_from, total):
         group = plan[step]
         n_tok = sum(n_answer[i] for b in group for i in b)
-        mine = group[rt.rank :: rt.world]
-        rounds = math.ceil(len(group) / rt.world)  # every rank runs as many micro-batches (DDP/FSDP collectives)
-        local = 0.0
-        for j in range(rounds):
-            idx, weight = (mine[j], 1.0) if j < len(mine) else (group[0], 0.0)  # weight 0: a stand-in, no gradient
-            batch = {k: v.to(rt.device, non_blocking=True) for k, v in collate([data[i] for i in idx], pad_id).items()}
-            with rt.grad_sync(wrapped, sync=j == rounds - 1):
+        local = torch.zeros((), device=rt.device)
+        padded = 0
+        for j in range(rounds[step - resumed_from]):
+            weight, batch = weights[k], next(micro)
+            k += 1
+            padded += batch["input_ids"].numel() if weight else 0
+            batch = {key: v.to(rt.device, non_blocking=True) for key, v in batch.items()}
+            with rt.grad_sync(wrapped, sync=j == rounds[step - resumed_from] - 1):
                 with rt.autocast():
                     loss_sum = wrapped(batch)
                 # DDP/FSDP average gradients over ranks: scale by world so the step sees sum / n_tok
                 (loss_sum * (weight * rt.world / n_tok)).backward()
-            local += weight * loss_sum.item() / n_tok
+            local += weight * loss_sum.detach().float() / n_tok
         rt.drop_unused_grads(wrapped)
         torch.nn.utils.clip_grad_norm_(wrapped.parameters(), MAX_GRAD_NORM)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss = rt.sum(local)
+        loss = rt.sum(float(local))  # one device sync per step
         state["step"] = step + 1
         state["losses"].append(loss)
         state["answer_tokens"] += n_tok
         state["tokens"] += sum(lengths[i] for b in group for i in b)  # all ranks' micro-batches
+        state["padded_tokens"] += int(rt.sum(float(padded)))
         if ckpt is not None and cfg.save_every > 0 and state["step"] % cfg.save_every == 0 and state["step"] < total:
             ckpt.save(model, wrapped, opt, sched, state)
         if progress is not None:
@@ -783,15 +771,21 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
 
     tokens = state["tokens"]
     losses = state["losses"]
+    dropped = [[i, why] for i, why in measured.dropped]
     meta = {
         "parent": str(model_path),
-        "examples": len(data),
+        "examples": len(source_index),
+        "dropped": len(dropped),
+        "dropped_reasons": _reason_counts(dropped),
         "steps": len(losses),
         "epochs": cfg.epochs,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "answer_tokens": state["answer_tokens"],
         "tokens": tokens,
+        "padded_tokens": state["padded_tokens"],
+        "packed": packed,
+        "attention": core_model(model).config._attn_implementation,
         "resumed_from_step": resumed_from,
         "world_size": rt.world,
         "precision": cfg.precision,
@@ -804,7 +798,17 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
     return TrainResult(
         steps=len(losses), losses=losses, answer_tokens=state["answer_tokens"], seconds=time.time() - t0,
         resumed_from=resumed_from, world_size=rt.world, tokens=tokens, meta=meta,
+        padded_tokens=state["padded_tokens"], dropped=dropped,
     )  # fmt: skip
+
+
+def _reason_counts(dropped: list[list]) -> dict[str, int]:
+    """Dropped examples by the kind of reason (the text before its first ':')."""
+    out: dict[str, int] = {}
+    for _, why in dropped:
+        kind = why.split(":")[0].strip()
+        out[kind] = out.get(kind, 0) + 1
+    return out
 
 
 def _write_output(rt: Runtime, model: Any, processor: Any, out_dir: Any, cfg: TrainConfig, meta: dict, model_path: str) -> None:

@@ -15,7 +15,7 @@ from selfjudge.services.trainer import stage
 from selfjudge.shared import loop
 from selfjudge.shared.config import load_settings
 from selfjudge.shared.context import make_context
-from selfjudge.shared.db import Checkpoint, Iteration, Run, Shard, migrate
+from selfjudge.shared.db import Checkpoint, Iteration, Run, SetAside, Shard, migrate
 from selfjudge.shared.queue import LocalBus
 from selfjudge.shared.store import get_dir, put_image, put_jsonl
 
@@ -27,12 +27,12 @@ class Crash(RuntimeError):
 def test_train_config_maps_every_key() -> None:
     settings = load_settings(overrides={
         "run": {"seed": 10},
-        "model": {"device": "cpu", "dtype": "bfloat16"},
+        "model": {"device": "cpu", "dtype": "bfloat16", "max_pixels": 1003520, "min_pixels": 3136},
         "train": {"lr": 2e-5, "epochs": 3, "batch_size": 8, "grad_accum": 2, "method": "lora", "lora_r": 8,
                   "lora_alpha": 16, "lora_dropout": 0.1, "lora_merge": False, "save_every": 7,
                   "distributed": "ddp", "nproc": 2, "lr_scheduler": "linear", "precision": "bf16-mixed",
                   "gradient_checkpointing": True, "weight_decay": 0.01, "micro_batch_tokens": -1,
-                  "freeze_vision": True},
+                  "freeze_vision": True, "packing": "off", "loader_workers": 0},
     })  # fmt: skip
     cfg = stage.train_config(settings, iteration=2)
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.seed) == (2e-5, 3, 8, 2, 12)
@@ -40,6 +40,7 @@ def test_train_config_maps_every_key() -> None:
     assert (cfg.save_every, cfg.distributed, cfg.nproc, cfg.lr_scheduler) == (7, "ddp", 2, "linear")
     assert (cfg.precision, cfg.gradient_checkpointing, cfg.weight_decay) == ("bf16-mixed", True, 0.01)
     assert (cfg.dtype, cfg.device, cfg.micro_batch_tokens, cfg.freeze_vision) == ("bfloat16", "cpu", -1, True)
+    assert (cfg.packing, cfg.loader_workers, cfg.max_pixels, cfg.min_pixels) == ("off", 0, 1003520, 3136)
     default = stage.train_config(load_settings(), iteration=1)
     assert (default.lr, default.epochs, default.method, default.distributed) == (1e-5, 5, "full", "none")
     assert default.freeze_vision is False
@@ -51,8 +52,9 @@ def _png(colour: str) -> bytes:
     return buf.getvalue()
 
 
-def _setup(tiny_qwen: Path, tmp_path: Path, **train) -> tuple:  # noqa: ANN003
-    """An embedded context with a run, its base checkpoint and one done filter shard of 6 traces."""
+def _setup(tiny_qwen: Path, tmp_path: Path, long_prompt: bool = False, **train) -> tuple:  # noqa: ANN003
+    """An embedded context with a run, its base checkpoint and one done filter shard of 6 traces
+    (with long_prompt, the 4th trace's prompt is longer than train.max_length)."""
     settings = load_settings(overrides={
         "run": {"work_dir": str(tmp_path / "work"), "train_lease_seconds": 0.001},
         "train": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "max_length": 512, "save_every": 1, **train},
@@ -69,7 +71,8 @@ def _setup(tiny_qwen: Path, tmp_path: Path, **train) -> tuple:  # noqa: ANN003
     records = []
     for i, colour in enumerate(["red", "green", "blue", "red", "green", "blue"]):
         _, key = put_image(ctx.store, _png(colour))
-        records.append({"prompt_text": f"Which response is right about the {colour} circle? ({i})", "image_key": key,
+        text = f"Which response is right about the {colour} circle? ({i})" * (80 if long_prompt and i == 3 else 1)
+        records.append({"example_id": 100 + i, "prompt_text": text, "image_key": key,
                         "answer": f"The {colour} circle is right. [[{'AB'[i % 2]}]]"})  # fmt: skip
     put_jsonl(ctx.store, f"runs/{run_id}/iter1/examples/0.jsonl", records)
     with ctx.sessions.begin() as s:
@@ -133,4 +136,28 @@ def test_two_process_lora_adapter_through_the_stage(tiny_qwen: Path, tmp_path: P
     assert ckpt.meta["base_model"] == ctx.models.local_path(task["judge_checkpoint_id"])
     stored = get_dir(ctx.store, ckpt.uri.split(":", 1)[1], tmp_path / "fetched")
     assert (stored / "adapter_config.json").exists() and not (stored / "model.safetensors").exists()
+    assert [stage_ for stage_, _ in bus.pending] == ["evaluator"]
+
+
+def test_an_over_long_trace_is_dropped_counted_and_shown(tiny_qwen: Path, tmp_path: Path) -> None:
+    from selfjudge.services.evaluator.report import collect, render_markdown
+    from selfjudge.shared.status import format_table, run_status
+
+    _, ctx, bus, task = _setup(tiny_qwen, tmp_path, long_prompt=True, save_every=0)
+    stage.handle(task, ctx)
+    ckpt = _output(ctx, task)
+    assert ckpt.meta["examples"] == 5 and ckpt.meta["dropped"] == 1 and ckpt.meta["dropped_reasons"] == {"too long": 1}
+    with ctx.sessions() as s:
+        aside = s.scalars(select(SetAside).where(SetAside.stage == "trainer")).all()
+        assert [(a.record_id, a.iteration) for a in aside] == [("example:103", 1)]
+        assert aside[0].reason.startswith("too long: ") and "max_length 512" in aside[0].reason
+        status = run_status(s, task["run_id"])
+        report = collect(s, task["run_id"])
+    assert [(i["trained_examples"], i["dropped_examples"]) for i in report["iterations"]] == [(5, 1)]
+    assert "| 5 | 1 |" in render_markdown(report, [])
+    assert status["iterations"][0]["set_aside_by_stage"]["trainer"] == {"too long": 1}
+    assert "set aside by trainer (1): too long 1" in format_table(status)
+    value = ctx.metrics.registry.get_sample_value("selfjudge_train_dropped_examples_total", {
+        "run": str(task["run_id"]), "iteration": "1", "reason": "too long"})
+    assert value == 1
     assert [stage_ for stage_, _ in bus.pending] == ["evaluator"]

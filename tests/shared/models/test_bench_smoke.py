@@ -17,9 +17,11 @@ def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("gpu_bench")]
-    assert len(lines) == 3, run.stdout
-    assert re.search(r"gpu_bench generate: \d+ tok/s", lines[1])
-    assert re.search(r"gpu_bench train: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% of 0.5 TFLOPS", lines[2])
+    assert len(lines) >= 4, run.stdout
+    assert re.search(r"gpu_bench train plain: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*padded", lines[1])
+    assert re.search(r"gpu_bench train ours: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*packed.*padding 0.0%", lines[2])
+    assert re.search(r"gpu_bench train ratio: [\d.]+x ours/plain tok/s \(target 3x\); ours MFU [\d.]+%", lines[3])
+    assert "generate" in run.stdout.split(lines[3], 1)[1]  # bench/gpu_generate.py's lines, or why not
 
 
 def test_gpu_bench_refuses_cuda_without_a_gpu() -> None:

@@ -8,8 +8,10 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+from selfjudge.shared.models.sft_data import fit_pixels, load_processor
 from selfjudge.shared.models.training import (
     IGNORE,
+    ExampleTooLong,
     SFTExample,
     TrainConfig,
     answer_loss_sum,
@@ -62,13 +64,41 @@ def test_encode_example_labels_only_the_answer(processor) -> None:
             assert torch.equal(enc["pixel_values"], ref["pixel_values"])
 
 
-def test_encode_example_truncates_answer_never_prompt(processor) -> None:
-    ex = examples()[1]
-    n_prompt = int((encode_example(processor, ex, 1024)["labels"] == IGNORE).sum())
-    enc = encode_example(processor, ex, n_prompt + 3)
-    assert len(enc["input_ids"]) == n_prompt + 3 and int((enc["labels"] != IGNORE).sum()) == 3
-    with pytest.raises(ValueError):
-        encode_example(processor, ex, n_prompt)
+def _answer_text(processor, enc) -> str:  # noqa: ANN001
+    return processor.tokenizer.decode(enc["labels"][enc["labels"] != IGNORE])
+
+
+def test_an_over_long_example_gets_smaller_images_never_a_cut_answer(tiny_qwen: Path) -> None:
+    # a processor that takes 448 x 448 images (the tiny one's own cap is 112 x 112), down to 56 x 56
+    processor = AutoProcessor.from_pretrained(tiny_qwen, size={"shortest_edge": 56 * 56, "longest_edge": 448 * 448})
+    ex = SFTExample(text="Which response is right about the big picture?", images=[Image.new("RGB", (448, 448), "red")],
+                    answer="Response A is right about the red square. [[A]]")  # fmt: skip
+    full = encode_example(processor, ex, 4096)
+    image_tokens = int((full["input_ids"] == processor.image_token_id).sum())
+    assert image_tokens == 256  # 448 px / 28 px per merged patch, squared
+    fitted = encode_example(processor, ex, len(full["input_ids"]) - 100)  # must lose >= 100 image tokens
+    assert len(fitted["input_ids"]) <= len(full["input_ids"]) - 100
+    assert 0 < int((fitted["input_ids"] == processor.image_token_id).sum()) <= image_tokens - 100
+    assert _answer_text(processor, fitted) == ex.answer + "<|im_end|>"  # the verdict is kept whole
+    # images may not go below min_pixels: then the example is dropped, not cut
+    with pytest.raises(ExampleTooLong, match="too long"):
+        encode_example(processor, ex, len(full["input_ids"]) - 100, min_pixels=448 * 448)
+    # a text-only example that does not fit is dropped too
+    with pytest.raises(ExampleTooLong):
+        encode_example(processor, examples()[0], 10)
+
+
+def test_max_pixels_caps_the_image_before_the_processor(tiny_qwen: Path) -> None:
+    processor = load_processor(str(tiny_qwen), max_pixels=10**6, min_pixels=56 * 56)
+    assert processor.image_processor.size.longest_edge == 112 * 112  # a cap never raises the processor's own
+    processor = load_processor(str(tiny_qwen), max_pixels=56 * 56)
+    assert (processor.image_processor.size.shortest_edge, processor.image_processor.size.longest_edge) == (3136, 3136)
+    processor = load_processor(str(tiny_qwen), min_pixels=56 * 56)
+    ex = SFTExample(text="Describe.", images=[Image.new("RGB", (448, 224), "blue")], answer="A blue picture.")
+    enc = encode_example(processor, ex, 4096, max_pixels=112 * 56)  # fit_pixels before the processor
+    assert int((enc["input_ids"] == processor.image_token_id).sum()) == (112 // 28) * (56 // 28)
+    assert fit_pixels(ex.images[0], 112 * 56).size == (112, 56)
+    assert fit_pixels(ex.images[0], 0) is ex.images[0]
 
 
 def test_answer_loss_matches_full_logits_loss(tiny_qwen: Path, processor) -> None:
