@@ -21,7 +21,7 @@ over the steps after `--warmup-steps`. Model FLOPs per example (same formula bot
 example) + 6 x hidden x vocab per answer token + 6 x (vision params) per image patch. Peak: bf16
 dense of the detected card (H100/H200 SXM 989 TFLOPS, H100 PCIe 756, A100 312) or `--peak-tflops`.
 Then the ratio line (targets: ours >= 3x plain, >= 35% MFU), and, where bench/gpu_generate.py
-exists, its generation comparison on the same model (`gpu_generate.main(args)`, args.model the
+exists, its generation comparison on the same model (`gpu_generate.main(argv)`, --model the
 model folder).
 
     python bench/gpu_bench.py                          # on a GPU machine (~2 minutes on an H200)
@@ -265,9 +265,9 @@ def run_generate(folder: Path, args: argparse.Namespace) -> None:
         return
     import gpu_generate
 
-    args.model = str(folder)
+    argv = ["--model", str(folder), "--device", args.device, *(["--tiny"] if args.tiny else [])]
     try:
-        gpu_generate.main(args)
+        gpu_generate.main(argv)
     except Exception as exc:  # noqa: BLE001 - the training figures above stand; say why this one is missing
         print(f"gpu_bench generate: failed ({type(exc).__name__}: {exc})", flush=True)
 

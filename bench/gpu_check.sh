@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${OUT:-/tmp}/gpu_bench.log
-timeout 175 python3 bench/gpu_bench.py "$@" >"$LOG" 2>&1
+timeout ${GPU_BENCH_TIMEOUT:-240} python3 bench/gpu_bench.py "$@" >"$LOG" 2>&1
 rc=$?
 grep -E '^gpu_' "$LOG"
 echo "gpu_check: exit $rc (log $LOG)"
