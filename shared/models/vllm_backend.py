@@ -43,7 +43,9 @@ MLLAMA_REFUSAL = (
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 # In-process engines share vLLM's process-global torch.distributed / model-parallel state, which
-# EngineCore.shutdown() tears down: only the last live in-process engine may run it.
+# EngineCore.shutdown() tears down, and so does the executor's own shutdown (the other engines then
+# fail with "pipeline model parallel group is not initialized"): only the last live in-process engine
+# may run it. The loop holds one engine at a time (ModelCache closes the old one before the swap).
 _live_in_process = 0
 
 
@@ -52,11 +54,7 @@ def _release_in_process(engine_core: Any) -> None:
     _live_in_process -= 1
     if _live_in_process == 0:
         engine_core.shutdown()
-    else:  # what shutdown does, but the shared distributed state: its model and KV cache go
-        if engine_core.model_executor:
-            engine_core.model_executor.shutdown()
-        if engine_core.scheduler:
-            engine_core.scheduler.shutdown()
+    else:  # another engine still uses the shared state: this one's memory goes with garbage collection
         gc.unfreeze()  # the engine's gc.freeze() at start
 
 
