@@ -83,6 +83,25 @@ def postgres_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def fresh_database():
+    """make(prefix) -> the URL of a new, empty Postgres database; all are dropped when the session ends."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    names: list[str] = []
+
+    def make(prefix: str = "selfjudge_test") -> str:
+        names.append(f"{prefix}_{uuid.uuid4().hex[:8]}")
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{names[-1]}"'))
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{names[-1]}"
+
+    yield make
+    with admin.connect() as c:
+        for name in names:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
 def rabbit_url() -> str:
     vhost = f"selfjudge_test_{uuid.uuid4().hex[:8]}"
     subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)

@@ -27,7 +27,7 @@ from selfjudge.shared.config import StoreConfig, load_settings
 from selfjudge.shared.queue import make_celery, queue_depths
 from selfjudge.shared.store import S3Store
 
-from ..conftest import PG_ADMIN_URL, RABBIT_HOST, wait_port
+from ..conftest import RABBIT_HOST, wait_port
 
 N = 12
 TRIALS = 3
@@ -93,25 +93,6 @@ def finish(root: Path, procs: list[subprocess.Popen], timeout: float = 120) -> l
 
 
 @pytest.fixture
-def fresh_database():
-    """make() -> the URL of a new, empty Postgres database; all are dropped at the end."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    names: list[str] = []
-
-    def make() -> str:
-        names.append(f"selfjudge_race_{uuid.uuid4().hex[:8]}")
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{names[-1]}"'))
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{names[-1]}"
-
-    yield make
-    with admin.connect() as c:
-        for name in names:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture
 def fresh_vhost():
     """make() -> the URL of a new, empty RabbitMQ vhost; all are deleted at the end."""
     vhosts: list[str] = []
@@ -149,7 +130,7 @@ def test_many_processes_create_one_bucket(trial, s3_server, tmp_path):
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_many_processes_migrate_once(trial, fresh_database, tmp_path):
-    url = fresh_database()
+    url = fresh_database("selfjudge_race")
     procs = start_at_barrier(tmp_path / "migrate", "migrate", [url] * N)
     outputs = finish(tmp_path / "migrate", procs)
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -172,7 +153,7 @@ def test_many_workers_start_at_once(trial, fresh_database, fresh_vhost, s3_serve
     """N workers against a fresh vhost, database and bucket: all declare their queues and consume."""
     from selfjudge.shared.db import migrate
 
-    database, broker = fresh_database(), fresh_vhost()
+    database, broker = fresh_database("selfjudge_race"), fresh_vhost()
     migrate(database)           # the launcher's job (compose: the one-shot `migrate` service)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFJUDGE")}
     env.update({"SELFJUDGE__DATABASE__URL": database, "SELFJUDGE__BROKER__URL": broker,

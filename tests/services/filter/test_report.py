@@ -22,22 +22,9 @@ def test_signal_from_judgments():
 
 
 @pytest.fixture(scope="module")
-def pg_url():
+def pg_url(fresh_database):
     """A database of its own on the machine's Postgres (the JSON and GROUP BY SQL differ from SQLite)."""
-    import os
-    import uuid
-
-    import sqlalchemy as sa
-
-    admin_url = os.environ.get("SELFJUDGE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-    name = f"selfjudge_report_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    return fresh_database("selfjudge_report")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
