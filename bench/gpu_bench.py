@@ -152,11 +152,13 @@ class Workload:
     """The examples, their encodings and the optimizer steps both sides take (sft's plan)."""
 
     def __init__(self, folder: Path, args: argparse.Namespace):
-        from selfjudge.shared.models.training import IGNORE, TrainConfig, encode_example, step_plan
+        from selfjudge.shared.models.sft.config import TrainConfig
+        from selfjudge.shared.models.sft.data import IGNORE, encode_example
+        from selfjudge.shared.models.sft.loop import step_plan
 
         self.folder, self.args = folder, args
         if args.micro_tokens is None:  # varlen attention: one long row costs no more per token; else keep the mask small
-            from selfjudge.shared.models import varlen
+            from selfjudge.shared.models.sft import varlen
 
             args.micro_tokens = 16384 if varlen.usable(torch.device(args.device)) else 4096
         self.data = sft_examples(args.train_examples, seed=7)
@@ -166,7 +168,7 @@ class Workload:
             dtype="bfloat16" if args.device.startswith("cuda") else "float32",
             micro_batch_tokens=args.micro_tokens, attn_implementation=args.attn,
         )  # fmt: skip
-        from selfjudge.shared.models.sft_data import load_processor
+        from selfjudge.shared.models.sft.data import load_processor
 
         self.proc = load_processor(str(folder))
         self.enc = [encode_example(self.proc, ex, self.cfg.max_length) for ex in self.data]
@@ -200,7 +202,7 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float]:
     """The plain transformers loop; returns (tokens/s, model FLOP/s)."""
     from transformers import AutoModelForImageTextToText
 
-    from selfjudge.shared.models.training import collate
+    from selfjudge.shared.models.sft.data import collate
 
     args, device = w.args, w.args.device
     model = AutoModelForImageTextToText.from_pretrained(w.folder, dtype=torch.float32).to(device).train()
@@ -235,7 +237,7 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float]:
 def run_ours(w: Workload, out: Path, peak: float | None, attn: str = "") -> tuple[float, float]:
     from dataclasses import replace
 
-    from selfjudge.shared.models.training import sft
+    from selfjudge.shared.models.sft.loop import sft
 
     cfg = replace(w.cfg, attn_implementation=attn or w.cfg.attn_implementation)
     stamps: list[float] = []
