@@ -152,7 +152,7 @@ class Workload:
     """The examples, their encodings and the optimizer steps both sides take (sft's plan)."""
 
     def __init__(self, folder: Path, args: argparse.Namespace):
-        from selfjudge.shared.models.sft.config import TrainConfig
+        from selfjudge.shared.config import TrainConfig
         from selfjudge.shared.models.sft.data import IGNORE, encode_example
         from selfjudge.shared.models.sft.loop import step_plan
 
@@ -235,11 +235,9 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float]:
 
 
 def run_ours(w: Workload, out: Path, peak: float | None, attn: str = "") -> tuple[float, float]:
-    from dataclasses import replace
-
     from selfjudge.shared.models.sft.loop import sft
 
-    cfg = replace(w.cfg, attn_implementation=attn or w.cfg.attn_implementation)
+    cfg = w.cfg.model_copy(update={"attn_implementation": attn or w.cfg.attn_implementation})
     stamps: list[float] = []
 
     def progress(step: int, total: int, loss: float) -> None:

@@ -46,7 +46,7 @@ def answer_loss(model_dir: Path, data: list) -> float:
 
 
 def config(batch: int, lr: float):  # noqa: ANN201
-    from selfjudge.shared.models.sft.config import TrainConfig
+    from selfjudge.shared.config import TrainConfig
 
     return TrainConfig(lr=lr, epochs=1, batch_size=batch, warmup_ratio=0.03, max_length=1024)
 

@@ -13,8 +13,8 @@ import random
 import re
 from pathlib import Path
 
+from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
-from selfjudge.shared.models.sft.config import TrainConfig
 from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.models.sft.loop import sft
 from selfjudge.shared.models.tiny import TinySize, build_tiny
@@ -287,7 +287,7 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
         epochs = max(1, round(steps * batch / len(examples)))
         log.info("base model, phase %s: %s, %s examples, %s epochs", phase, what, len(examples), epochs)
         cfg = TrainConfig(lr=phase_lr, epochs=epochs, batch_size=batch, max_length=512, seed=seed, freeze_vision=True,
-                          device=device, micro_batch_tokens=micro_batch_tokens)
+                          device=device, micro_batch_tokens=micro_batch_tokens, save_every=0)
 
         def progress(step: int, total: int, loss: float) -> None:
             if step == 1 or step % 25 == 0 or step == total:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class Section(BaseModel):
@@ -208,34 +209,79 @@ class FilterConfig(Section):
     selection_max_pairs: int = Field(256, ge=1)
 
 
+# LoRA on the language model's attention and MLP projections only (vision towers use the same names).
+LORA_TARGET = r".*(language_model|text_model).*layers\.\d+\.(self_attn|cross_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
+
+
+def _not_a_setting(default: Any, **kw: Any) -> Any:
+    """A TrainConfig field that is not a `train:` setting: refused in the section, left out of its dump."""
+    return Field(default, exclude=True, **kw)
+
+
 class TrainConfig(Section):
+    """The `train:` section, and the one config `sft` takes (shared/models/sft/).
+
+    The fields made with `_not_a_setting` are not read from the `train:` section (nor dumped with
+    the settings): the trainer fills seed, dtype, device, max_pixels and min_pixels in from `run:`
+    and `model:` (services/trainer/stage.train_config); the others are knobs that only direct
+    callers of `sft` (the base-model builder, bench, tests) set.
+    """
+
     lr: float = 1e-5
     epochs: int = 5
-    batch_size: int = 4
-    grad_accum: int = 1
+    batch_size: int = 4  # examples per micro-batch (on average), per process
+    grad_accum: int = 1  # micro-batches per optimizer step (on average), per process
     max_length: int = 1024
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
+    seed: int = _not_a_setting(0)  # the trainer: run.seed + iteration
+    # dtype of the written checkpoint (and of the weights under precision "auto" on CPU); the trainer: model.dtype
+    dtype: Literal["float32", "bfloat16", "float16"] = _not_a_setting("float32")   # shared/models/dtypes.py's names
+    device: str = _not_a_setting("cpu")  # the trainer: model.device; "cuda" under torchrun means cuda:LOCAL_RANK
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup", "constant"] = "cosine"
-    # auto: bf16 autocast over fp32 weights on CUDA; on CPU the weights stay in model.dtype
+    # auto: bf16 autocast over fp32 weights on CUDA; on CPU the weights stay in `dtype` (model.dtype)
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
     method: Literal["full", "lora"] = "full"
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_merge: bool = True          # True: checkpoints are merged full folders; False: adapters over the base
-    freeze_vision: bool = False      # full fine-tuning: the vision encoder stays as it is (its projector trains)
-    save_every: int = Field(100, ge=0)   # optimizer steps between resumable saves (0 = never)
+    lora_target: str = _not_a_setting(LORA_TARGET)
+    # full fine-tuning: keep the vision encoder's weights as they are (its projector into the language
+    # model still trains), as LLaVA-style recipes do; LoRA never touches the vision encoder anyway
+    freeze_vision: bool = False
+    # optimizer steps between resumable saves (used with sft's resume_from; 0 = never). Direct
+    # callers of sft that train without resume_from (the base-model builder) pass 0.
+    save_every: int = Field(100, ge=0)
     gradient_checkpointing: bool = False
-    distributed: Literal["none", "ddp", "fsdp"] = "none"   # ddp/fsdp: nproc processes via torchrun
+    distributed: Literal["none", "ddp", "fsdp"] = "none"   # ddp/fsdp: nproc processes via torchrun (sft/launch.py)
     nproc: int = Field(1, ge=1)      # processes (GPUs) per trainer worker
     # padded tokens per micro-batch (length-sorted within each random optimizer step):
-    # 0 = auto (batch_size x median example length), -1 = exactly batch_size examples each
+    # 0 = auto (batch_size x median example length), -1 = exactly batch_size examples each.
+    # An optimizer step always has batch_size * grad_accum * world examples.
     micro_batch_tokens: int = Field(0, ge=-1)
+    length_grouping: bool = _not_a_setting(False)  # steps of similar-length examples (the older plan; see step_plan)
     # padding-free micro-batches (examples end to end, per-example position ids): auto = where the
     # model supports it (Qwen2/2.5-VL), on, off (padded batches)
     packing: Literal["auto", "on", "off"] = "auto"
+    # images are scaled down to at most this many pixels (0: as the processor does); the trainer: model.max_pixels
+    max_pixels: int = _not_a_setting(0, ge=0)
+    # an over-long example's images shrink no further than this, then it is dropped; the trainer: model.min_pixels
+    min_pixels: int = _not_a_setting(0, ge=0)
     loader_workers: int = Field(2, ge=0)   # DataLoader processes fetching/encoding examples ahead (0: in-process)
+    max_steps: int = _not_a_setting(0, ge=0)  # stop after this many optimizer steps (0: all epochs; the schedule spans what runs)
+    # transformers attention: "" = packed rows on CUDA use varlen.NAME (FlashAttention varlen) when it passes its
+    # check, else transformers' default (sdpa); or any name transformers takes (eager, sdpa, selfjudge_varlen, ...)
+    attn_implementation: str = _not_a_setting("")
+
+    @classmethod
+    def not_settings(cls) -> list[str]:
+        """The fields the `train:` section does not take."""
+        return [name for name, f in cls.model_fields.items() if f.exclude]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, in order (`model_dump` leaves the non-settings out): what a training run records."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
 
 class BenchmarkConfig(Section):
@@ -272,6 +318,16 @@ class Settings(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train_settings_only(cls, v: Any) -> Any:
+        wrong = [k for k in TrainConfig.not_settings() if isinstance(v, dict) and k in v]
+        if wrong:
+            raise PydanticCustomError("not_a_train_setting", "{keys}: not train settings (seed comes from run.seed; "
+                                      "dtype, device, max_pixels, min_pixels from model; the others are only for "
+                                      "direct callers of sft)", {"keys": ", ".join(wrong)})  # fmt: skip
+        return v
 
     @property
     def embedded(self) -> bool:

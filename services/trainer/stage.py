@@ -28,11 +28,11 @@ from pathlib import Path
 from sqlalchemy import select
 
 from selfjudge.shared import loop, shards
+from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.context import Context
 from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Iteration, SetAside, Shard
 from selfjudge.shared.messages import TrainTask
-from selfjudge.shared.models.sft.config import TrainConfig
 from selfjudge.shared.models.sft.launch import train
 from selfjudge.shared.store import open_store
 
@@ -43,17 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Settings
-    """The `train:` section (+ model device/dtype, run seed) as the trainer's TrainConfig."""
-    t, m = settings.train, settings.model
-    return TrainConfig(
-        lr=t.lr, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum, max_length=t.max_length,
-        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, seed=settings.run.seed + iteration,
-        dtype=m.dtype, device=m.device, lr_scheduler=t.lr_scheduler, precision=t.precision, method=t.method,
-        lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, lora_merge=t.lora_merge,
-        freeze_vision=t.freeze_vision, save_every=t.save_every, gradient_checkpointing=t.gradient_checkpointing,
-        distributed=t.distributed, nproc=t.nproc, micro_batch_tokens=t.micro_batch_tokens, packing=t.packing,
-        loader_workers=t.loader_workers, max_pixels=m.max_pixels, min_pixels=m.min_pixels,
-    )  # fmt: skip
+    """The `train:` section with what it leaves to other sections: the seed (run.seed + iteration) and
+    model device, dtype and image pixel bounds."""
+    m = settings.model
+    taken = dict(seed=settings.run.seed + iteration, dtype=m.dtype, device=m.device, max_pixels=m.max_pixels,
+                 min_pixels=m.min_pixels)  # fmt: skip
+    return TrainConfig.model_validate(settings.train.as_dict() | taken)
 
 
 def work_dirs(settings, run_id: int, iteration: int) -> tuple[Path, Path]:  # noqa: ANN001

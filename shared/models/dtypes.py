@@ -1,4 +1,7 @@
-"""Torch dtypes by the names the config uses (model.dtype, TrainConfig.dtype), for generation and training."""
+"""Torch dtypes by the names the config uses (model.dtype, TrainConfig.dtype), for generation and training.
+
+TrainConfig.dtype (shared/config.py, which imports no torch) takes exactly these names.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 import pytest
 
-from selfjudge.shared.config import ConfigError, load_settings
+from selfjudge.shared.config import ConfigError, TrainConfig, load_settings
 
 
 def test_defaults_are_the_papers():
@@ -26,6 +26,20 @@ def test_yaml_then_env_then_overrides(tmp_path):
 def test_bad_settings_fail_with_one_clear_message(environ, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(environ=environ)
+
+
+def test_the_train_section_is_the_one_train_config():
+    """`train:` is the TrainConfig sft takes; the fields other sections fill in (seed, dtype, device,
+    pixel bounds) and sft-only knobs are neither taken from it nor dumped with the settings."""
+    s = load_settings(environ={})
+    assert type(s.train) is TrainConfig and s.train.save_every == 100
+    assert not set(TrainConfig.not_settings()) & set(s.model_dump()["train"])
+    assert list(TrainConfig().as_dict())[:8] == ["lr", "epochs", "batch_size", "grad_accum", "max_length",
+                                                 "warmup_ratio", "weight_decay", "seed"]
+    with pytest.raises(ConfigError, match="train: seed, device: not train settings"):
+        load_settings(environ={"SELFJUDGE__TRAIN__SEED": "1", "SELFJUDGE__TRAIN__DEVICE": "cuda"})
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="float64")
 
 
 def test_bad_file(tmp_path):

@@ -35,4 +35,6 @@ export), `runtime` (processes, devices, precision, the DDP/FSDP wrap), `checkpoi
 saves and the run's fingerprint), `loop` (the step plan and `sft`, the training loop), `launch`
 (`train`: `sft` here, or on several processes through torchrun); `varlen` is the packed rows'
 attention kernel.
+The config is `shared.config.TrainConfig`: the settings tree's `train:` section, filled in by
+the trainer (services/trainer/stage.train_config), or built directly by other callers.
 """

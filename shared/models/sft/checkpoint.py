@@ -9,13 +9,12 @@ import logging
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from ...config import TrainConfig
 from .data import SFTExample
 from .runtime import Runtime
 
@@ -31,7 +30,7 @@ def fingerprint(model_path: str, cfg: TrainConfig, examples: Sequence[SFTExample
     """
     h = hashlib.sha256()
     skip = ("device", "save_every", "nproc", "distributed", "loader_workers")
-    keep = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    keep = {k: v for k, v in cfg.as_dict().items() if k not in skip}
     keep["global_accum"] = cfg.grad_accum * world
     keep["fsdp"] = cfg.distributed == "fsdp" and world > 1
     h.update(json.dumps([str(model_path), keep], sort_keys=True, default=str).encode())

@@ -33,7 +33,7 @@ vision_compat.ensure_torchvision()
 
 from PIL import Image  # noqa: E402
 
-from .config import TrainConfig  # noqa: E402
+from ...config import TrainConfig  # noqa: E402
 from .data import SFTExample, identity  # noqa: E402
 from .loop import TrainResult, sft  # noqa: E402
 
@@ -84,7 +84,7 @@ def write_spec(
         "model_path": str(model_path),
         "out_dir": str(Path(out_dir).resolve()),
         "resume_from": str(Path(resume_from).resolve()) if resume_from is not None else None,
-        "config": asdict(cfg),
+        "config": cfg.as_dict(),
         "progress": str(folder / "progress.jsonl"),
         "result": str(folder / "result.json"),
     }

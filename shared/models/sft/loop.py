@@ -11,7 +11,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ vision_compat.ensure_torchvision()
 import torch  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
+from ...config import TrainConfig  # noqa: E402
 from . import data, varlen  # noqa: E402
 from .checkpoint import Checkpointer, fingerprint  # noqa: E402
-from .config import TrainConfig  # noqa: E402
 from .data import EncodeSpec, SFTExample, collate, pack  # noqa: E402
 from .model import AnswerLoss, core_model, export, load_trainable  # noqa: E402
 from .runtime import Runtime  # noqa: E402
@@ -284,7 +284,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
         "world_size": rt.world,
         "precision": cfg.precision,
         "weight_dtype": str(rt.weight_dtype).removeprefix("torch."),
-        "config": asdict(cfg),
+        "config": cfg.as_dict(),
         "versions": _versions(),
     }
     meta["train_seconds"] = time.time() - t0

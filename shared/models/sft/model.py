@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText
 
+from ...config import TrainConfig
 from ..dtypes import DTYPES
 from . import varlen
-from .config import TrainConfig
 from .data import IGNORE
 
 META_FILE = "selfjudge_training.json"

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ...config import TrainConfig
 from ..dtypes import DTYPES
-from .config import TrainConfig
 
 
 def resolve_precision(precision: str, device_type: str, dtype: str) -> tuple[torch.dtype, torch.dtype | None]:

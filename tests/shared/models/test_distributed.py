@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.models.sft.launch import read_examples, train, write_spec
 

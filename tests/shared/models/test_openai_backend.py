@@ -300,7 +300,7 @@ def _adapter_and_merged(tiny_qwen: Path, out: Path) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from selfjudge.shared.models.sft.config import LORA_TARGET
+    from selfjudge.shared.config import LORA_TARGET
 
     torch.manual_seed(2)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)

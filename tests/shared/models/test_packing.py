@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.models.sft import varlen
-from selfjudge.shared.models.sft.config import TrainConfig
 from selfjudge.shared.models.sft.data import IGNORE, SFTExample, collate, encode_example, pack, rope_index
 from selfjudge.shared.models.sft.loop import sft
 from selfjudge.shared.models.sft.model import answer_loss_sum

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
 from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
-from selfjudge.shared.models.sft.config import TrainConfig
 from selfjudge.shared.models.sft.data import (
     IGNORE,
     ExampleTooLong,

@@ -90,7 +90,7 @@ def test_lora_adapter_matches_merged_model(vllm_tiny, tiny_qwen: Path, tmp_path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from selfjudge.shared.models.sft.config import LORA_TARGET
+    from selfjudge.shared.config import LORA_TARGET
 
     torch.manual_seed(1)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)
