@@ -24,8 +24,9 @@ demo: install
 
 # The method in miniature (CPU, no downloads): base model, 3 iterations with majority-vote and with
 # gold labels, a held-out accuracy table and plot in .selfjudge/replicate/. REPLICATE_ARGS for more.
+# A recipe of the source checkout (recipes/replicate/), not part of the installed package.
 replicate: install
-	$(BIN)/selfjudge replicate --out .selfjudge/replicate $(REPLICATE_ARGS)
+	$(BIN)/python -m recipes.replicate --out .selfjudge/replicate $(REPLICATE_ARGS)
 
 status: install
 	$(BIN)/selfjudge status --config configs/demo.yaml

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The method in miniature on one GPU card, in one command (docs/replicate-gpu.md):
 # base model + supervised ceiling + ITERATIONS iterations x both arms (majority, gold) on 1,008
-# held-out pairs, `selfjudge replicate --profile gpu`, the ceiling side by side with the arms.
+# held-out pairs, `python -m recipes.replicate --profile gpu`, the ceiling side by side with the arms.
 #
-#   scripts/gpu-miniature.sh OUT_DIR [more `selfjudge replicate` options, e.g. --set run.prompts_per_iteration=512]
+#   scripts/gpu-miniature.sh OUT_DIR [more `python -m recipes.replicate` options, e.g. --set run.prompts_per_iteration=512]
 #
 # Environment: BUDGET   seconds after which the arms still running are stopped (default 320; what they
 #                       measured is kept); the whole command is killed at BUDGET + 50
@@ -11,13 +11,14 @@
 #              ITERATIONS (default 3), PYTHON (default python3)
 #              WORK     where the models, checkpoints and databases go (default /tmp/selfjudge-gpu-miniature;
 #                       hundreds of MB, not copied to OUT_DIR)
-# Needs `selfjudge` installed (not editable is fine): it runs from WORK, outside the source tree.
+# Needs `selfjudge` installed (not editable is fine): it runs from WORK, outside the source tree, with
+# WORK/recipes a link to this checkout's recipes/ (the recipe is not part of the installed package).
 # Writes OUT_DIR/{results.json,heldout_accuracy.png,majority.log,gold.log,majority.yaml,gold.yaml} (copied
 # from WORK/run at the end, whatever happened), OUT_DIR/replicate.out (the tables and progress lines),
 # OUT_DIR/replicate.log (stderr), OUT_DIR/gpu.csv (utilisation every 5 s), and prints the progress
 # lines, then one `FIGURE ...` line per measured figure.
 set -u
-out=${1:?usage: $0 OUT_DIR [selfjudge replicate options]}
+out=${1:?usage: $0 OUT_DIR [python -m recipes.replicate options]}
 shift
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 budget=${BUDGET:-320}
@@ -26,6 +27,7 @@ iterations=${ITERATIONS:-3}
 work=${WORK:-/tmp/selfjudge-gpu-miniature}
 mkdir -p "$work" && work=$(cd "$work" && pwd)
 py=${PYTHON:-python3}
+src=$(cd "$(dirname "$0")/.." && pwd)
 now() { date -u +%H:%M:%S; }
 
 echo "[$(now)] gpu-miniature: out $out, arms stopped at ${budget}s, killed at $((budget + 50))s, ceiling $ceiling"
@@ -37,7 +39,8 @@ if command -v nvidia-smi >/dev/null; then
 fi
 
 cd "$work" || exit 1     # outside the source tree: the installed package is imported
-timeout -k 20 $((budget + 50)) "$py" -m selfjudge.cli replicate --profile gpu --out "$work/run" \
+ln -sfn "$src/recipes" "$work/recipes"   # the recipe alone (`-m` puts WORK first on the path)
+timeout -k 20 $((budget + 50)) "$py" -m recipes.replicate --profile gpu --out "$work/run" \
     --set model.device=cuda --iterations "$iterations" --ceiling "$ceiling" --deadline "$budget" "$@" \
     2> "$out/replicate.log" | tee "$out/replicate.out"
 rc=${PIPESTATUS[0]}
@@ -56,7 +59,7 @@ if [ -f "$out/results.json" ]; then
 import json
 import sys
 
-from selfjudge.replicate import figure_lines
+from recipes.replicate.miniature import figure_lines
 
 for line in figure_lines(json.load(open(sys.argv[1]))):
     print("FIGURE", line)

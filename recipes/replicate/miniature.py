@@ -1,7 +1,7 @@
-"""`selfjudge replicate`: the method in miniature, on CPU, from one command.
+"""`python -m recipes.replicate`: the method in miniature, on CPU, from one command.
 
 1. Build the tiny base VLM (scene captioning/QA plus a judge-format lesson whose verdicts follow the
-   model's own answers, never the gold ones: no preference information) - `selfjudge.basemodel`.
+   model's own answers, never the gold ones: no preference information) - `curriculum`.
 2. Run the ordinary loop, unchanged, in embedded mode for `iterations` iterations - once with
    majority-vote labels on closed-ended prompts (the paper) and once with the generator's gold
    answers instead (the paper's ablation), from the same base model and seed.
@@ -10,7 +10,7 @@
    type and error type, both-order accuracy, position bias, kept training examples. A plot of
    held-out accuracy per iteration and the numbers as JSON go next to it.
 
-    selfjudge replicate --out .selfjudge/replicate [--iterations 3] [--arms majority gold]
+    python -m recipes.replicate --out .selfjudge/replicate [--iterations 3] [--arms majority gold]
 
 Everything runs on the loop's `model.device` (`--set model.device=cuda` on a GPU machine: the base
 model's training and answers, the base skills, `--ceiling` and both arms).
@@ -41,6 +41,9 @@ import yaml
 from selfjudge.shared.config import deep_merge
 from selfjudge.shared.models.tiny import TinySize
 
+from .curriculum import build_curriculum_model
+from .diagnostics import base_skills, format_ceiling, format_skills, supervised_ceiling
+
 log = logging.getLogger(__name__)
 BASE_LR = 3e-4   # base pretraining, vision encoder frozen (cell descriptions, 900 steps: 1e-3 shape 29%; 3e-4 100%)
 BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's third phase
@@ -65,7 +68,7 @@ LOOP = {
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """How `selfjudge.basemodel.build_base_model` builds the base (its three phases; see there)."""
+    """How `curriculum.build_curriculum_model` builds the base (its three phases; see there)."""
 
     perception_steps: int = 1400
     reading_steps: int = BASE_READING_STEPS
@@ -320,70 +323,6 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
-def judge_accuracy(model: Path, pairs: list, batch_size: int = 32, device: str = "cpu",
-                   dtype: str = "float32") -> dict[str, dict]:
-    """Greedy verdicts on the held-out pairs in both orders, scored as the evaluator scores them
-    (`summarize_heldout`: accuracy over judgments with its CI, per question type and overall; an
-    unparseable verdict is wrong), plus the share of [[A]] verdicts."""
-    from selfjudge.basemodel import judge_requests
-    from selfjudge.services.evaluator.scoring import summarize_heldout
-    from selfjudge.shared.models.generation.backend import SamplingParams
-    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
-    from selfjudge.shared.verdict import parse_verdict
-
-    requests, shown = judge_requests(pairs)
-    judged = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype).generate(
-        requests, SamplingParams(max_new_tokens=128),
-        progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
-    rows = [{"item_id": p.pair_id, "category": p.question_type, "order": "AB" if right == "A" else "BA",
-             "verdict": parse_verdict(gen.texts[0]).choice} for (p, _, _, right), gen in zip(shown, judged)]
-    scores: dict[str, dict] = defaultdict(dict)
-    for category, metric, value, n in summarize_heldout(rows):
-        if metric == "accuracy":
-            scores[category].update(accuracy=value, judgments=n)
-        elif metric.startswith("accuracy_ci_"):
-            scores[category][metric.removeprefix("accuracy_")] = value
-    for category, score in scores.items():
-        verdicts = [r["verdict"] for r in rows if category in ("overall", r["category"])]
-        score["verdict_a"] = verdicts.count("A") / len(verdicts)
-    return dict(sorted(scores.items()))
-
-
-def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int,  # noqa: ANN001 - Settings
-                       batch_size: int = 32) -> dict:
-    """The loop's trainer settings on `n` right-in-every-part judge traces (`gold_judge_examples`,
-    from the pretrain split, never the held-out one), scored on the held-out pairs: how far one
-    training round could take the base judge if every kept trace were right. A diagnostic only."""
-    import random
-
-    from selfjudge.basemodel import gold_judge_examples
-    from selfjudge.services.trainer.stage import train_config
-    from selfjudge.shared.models.sft.launch import train
-    from selfjudge.shared.sources.scenes import pretraining_prompts
-
-    world = loop.source
-    prompts = pretraining_prompts(loop.run.seed + 7, 2 * n, image_size=world.image_size, max_objects=world.max_objects,
-                                  object_scale=world.object_scale, layout=world.layout)
-    examples = gold_judge_examples(prompts, random.Random(loop.run.seed + 7), n)
-    cfg = train_config(loop, iteration=1)      # exactly what the trainer runs for iteration 1
-    folder = out / "ceiling"
-    result = train(str(base), examples, folder, cfg, progress=lambda step, total, loss: log.info(
-        "ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None,
-        spec_dir=out)
-    scores = judge_accuracy(folder, pairs, batch_size=batch_size, device=loop.model.device, dtype=loop.model.dtype)
-    return {"examples": len(examples), "steps": result.steps, "lr": cfg.lr, "epochs": cfg.epochs, "scores": scores}
-
-
-def format_ceiling(ceiling: dict) -> str:
-    scores = ceiling["scores"]
-    head = (f"supervised ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps at lr {ceiling['lr']:g}; "
-            "diagnostic, not the method): held-out acc ")
-    return head + " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in scores.items()) + \
-        f"; [[A]] {100 * scores['overall']['verdict_a']:.0f}%"
-
-
-
-
 def say(text: str) -> None:
     """A progress line on stdout, with the time of day (UTC)."""
     print(f"[{time.strftime('%H:%M:%S', time.gmtime())}] {text}", flush=True)
@@ -554,7 +493,6 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     recipe (`base_settings`, and the three step counts when given, on top) and whether the arms run
     side by side. `deadline`: seconds from the start after which running arms are stopped; their
     evaluated iterations are kept. A failed arm or ceiling is recorded and the rest goes on."""
-    from selfjudge.basemodel import base_skills, build_base_model, format_skills
     from selfjudge.shared.config import load_settings
     from selfjudge.shared.sources.scenes import heldout_pairs
 
@@ -582,7 +520,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
             say(f"base model: building {base.name} ({recipe.perception_steps} + {recipe.reading_steps} + "
                 f"{recipe.pretrain_steps} steps of {recipe.batch_size}, text {recipe.size.hidden} x "
                 f"{recipe.size.layers} layers, on {loop.model.device})")
-            build_base_model(base, seed=0, pretrain_steps=recipe.pretrain_steps,
+            build_curriculum_model(base, seed=0, pretrain_steps=recipe.pretrain_steps,
                              perception_steps=recipe.perception_steps, lr=recipe.lr, format_share=recipe.format_share,
                              reading_steps=recipe.reading_steps, reading_lr=recipe.reading_lr,
                              batch_size=recipe.batch_size, image_size=world.image_size, max_objects=world.max_objects,

@@ -1,4 +1,4 @@
-"""`selfjudge replicate` at toy size: the table, the plot and the JSON agree with the runs' databases."""
+"""`python -m recipes.replicate` at toy size: the table, the plot and the JSON agree with the runs' databases."""
 from __future__ import annotations
 
 import json
@@ -6,23 +6,27 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy import select
 
-from selfjudge.replicate import PROFILES, Record, figure_lines, watch
+from recipes.replicate.miniature import PROFILES, Record, figure_lines, watch
 from selfjudge.shared.db import EvalSummary, make_sessionmaker
+
+ROOT = Path(__file__).resolve().parents[2]    # the recipe runs from a source checkout's root
+RECIPE = [sys.executable, "-m", "recipes.replicate"]
 
 
 def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base):
     out = tmp_path / "rep"
-    run = subprocess.run([sys.executable, "-m", "selfjudge.cli", "replicate", "--out", str(out), "--iterations", "1",
+    run = subprocess.run([*RECIPE, "--out", str(out), "--iterations", "1",
                           "--base", str(tiny_base), "--ceiling", "8",
                           "--arms", "majority", "gold", "--set", "run.prompts_per_iteration=24",
                           "--set", "run.heldout_pairs=12", "--set", "run.shard_size=12",
                           "--set", "model.cpu_threads=1"],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]) == {"majority", "gold"}
@@ -65,14 +69,14 @@ def test_gpu_profile_runs_at_tiny_sizes_on_cpu(tmp_path, tiny_base):
     """`--profile gpu` with every size overridden tiny: the arms and the ceiling side by side, progress
     lines as iterations finish, and iteration k vs 0 with a paired interval in the JSON and the table."""
     out = tmp_path / "gpu"
-    run = subprocess.run([sys.executable, "-m", "selfjudge.cli", "replicate", "--profile", "gpu", "--out", str(out),
+    run = subprocess.run([*RECIPE, "--profile", "gpu", "--out", str(out),
                           "--iterations", "1", "--base", str(tiny_base), "--ceiling", "6", "--deadline", "900",
                           "--base-set", "answer_batch=12",
                           *[a for kv in ("model.device=cpu", "model.dtype=float32", "model.batch_size=12",
                                          "model.cpu_threads=1", "run.prompts_per_iteration=12", "run.heldout_pairs=12",
                                          "run.shard_size=12", "train.batch_size=4", "synth.n_samples=4",
                                          "synth.majority_threshold=2") for a in ("--set", kv)]],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert summary["profile"] == "gpu" and summary["recipe"]["size"]["hidden"] == 512
@@ -119,3 +123,13 @@ def test_base_recipe_settings_are_typed_and_checked():
         recipe.with_settings({"hiden": "3"})
     with pytest.raises(ValueError, match="not a number"):
         recipe.with_settings({"layers": "many"})
+
+
+def test_bad_settings_stop_the_recipe_before_anything_runs(tmp_path):
+    """The recipe's command line (from the checkout's root): a bad --base-set or --set is one message
+    and exit status 2, before any model is built."""
+    for bad in (["--base-set", "hiden=3"], ["--set", "train.lrr=1"]):
+        run = subprocess.run([*RECIPE, "--out", str(tmp_path / "out"), *bad], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT)
+        assert run.returncode == 2 and run.stderr.startswith("replicate: "), run.stderr[-2000:]
+        assert not (tmp_path / "out").exists()
