@@ -8,7 +8,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -160,99 +159,18 @@ def _wait(sessions, run_id: int, timeout: float) -> None:  # noqa: ANN001
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from selfjudge.shared import shards
-    from selfjudge.shared.context import make_context
-    from selfjudge.shared.messages import task_name
-    from selfjudge.shared.metrics import Metrics
-    from celery.exceptions import Reject
-
-    from selfjudge.shared.queue import CeleryBus, declare_dead_letters, is_outage, make_celery, send_dead_letter
+    """One stage's Celery worker; the task, its retry/outage/dead-letter policy and the trainer's
+    lease watcher are shared/worker.py's."""
+    from selfjudge.shared.worker import serve
 
     settings = _settings(args)
     if settings.embedded:
         raise ConfigError("a worker needs broker.url (SELFJUDGE__BROKER__URL); embedded mode runs in `selfjudge run`")
     preflight(settings, need_broker=True)
     apply_cpu_threads(settings)
-    app = make_celery(settings)
-    declare_dead_letters(app)
-    metrics = Metrics()
-    metrics.serve(settings.metrics.port, settings.metrics.addr)
-    ctx = make_context(settings, args.stage, CeleryBus(app), metrics=metrics)
-    module = importlib.import_module(f"selfjudge.services.{args.stage}.stage")
-    if args.stage == "trainer":
-        watch_trainings(ctx)
-
-    # Training can outlast RabbitMQ's consumer_timeout: the trainer acks on receipt and holds a
-    # database lease instead (shared/shards.py); every other stage acks after recording its shard.
-    @app.task(name=task_name(args.stage), bind=True, max_retries=None, acks_late=args.stage != "trainer")
-    def handle(self, payload: dict, failures: int = 0, outage_since: float | None = None) -> None:  # noqa: ANN001
-        """Run the stage. A server outage (database, store, broker, endpoint down) is waited out with backoff;
-        any other error is retried `run.max_retries` times, then the message is dead-lettered."""
-        try:
-            module.handle(payload, ctx)
-            return
-        except Exception as exc:  # noqa: BLE001 - every error is either retried or dead-lettered below
-            error = exc
-        metrics.errors.labels(args.stage, type(error).__name__).inc()
-        if is_outage(error):
-            since = outage_since or time.time()
-            if time.time() - since < settings.run.outage_seconds:
-                wait = min(2 ** min(self.request.retries, 5), 30)
-                log.warning("%s: a server is unreachable (%s: %s); trying again in %ss, for up to %.0fs",
-                            args.stage, type(error).__name__, str(error)[:200], wait, settings.run.outage_seconds)
-                retry_or_requeue(self, error, wait, failures=failures, outage_since=since)
-        final = failures >= settings.run.max_retries
-        log.error("%s failed (attempt %s of %s)", args.stage, failures + 1, settings.run.max_retries + 1,
-                  exc_info=error)
-        try:
-            shards.record_failure(ctx.sessions, args.stage, payload, error, final=final, attempt=failures + 1)
-        except Exception:  # noqa: BLE001 - the database may be what failed; the retry must still go out
-            log.exception("%s: could not record the failure", args.stage)
-        if not final:
-            retry_or_requeue(self, error, min(2 ** failures, 60), failures=failures + 1, outage_since=None)
-        send_dead_letter(app, args.stage, payload, f"{type(error).__name__}: {error}")
-
-    def retry_or_requeue(task, error: Exception, countdown: float, **kwargs) -> None:  # noqa: ANN001
-        """Schedule the retry. If even that cannot be published (the broker is down too), hand the
-        message back to the broker instead of dropping it, as Celery would by default."""
-        try:
-            raise task.retry(exc=error, countdown=countdown, kwargs=kwargs)
-        except Reject as reject:
-            log.warning("%s: the retry could not be published (%s); returning the message to its queue",
-                        args.stage, reject.reason)
-            raise Reject(reject.reason, requeue=True) from error
-
-    # solo: the task runs in the main process (one per GPU, no fork). The trainer uses one
-    # thread instead, so its message is acked on receipt (the solo pool acks only afterwards).
-    pool = "threads" if args.stage == "trainer" else "solo"
-    app.worker_main(["worker", "-Q", args.stage, "-P", pool, "-c", "1", "--without-gossip", "--without-mingle",
-                     "-n", f"{args.stage}-{os.getpid()}@%h", "--loglevel", args.loglevel])
+    serve(settings, args.stage, importlib.import_module(f"selfjudge.services.{args.stage}.stage").handle,
+          args.loglevel)
     return 0
-
-
-def watch_trainings(ctx) -> None:  # noqa: ANN001
-    """A trainer worker re-sends any training whose trainer died (its lease ran out), now and periodically."""
-    import threading
-
-    from selfjudge.shared import shards
-    from selfjudge.shared.messages import TrainTask
-
-    lease = ctx.settings.run.train_lease_seconds
-
-    def check() -> None:
-        for run_id, iteration, judge_id in shards.stale_trainings(ctx.sessions, lease):
-            log.warning("trainer lease of run %s iteration %s ran out: sending the training again", run_id, iteration)
-            ctx.bus.send("trainer", TrainTask(run_id=run_id, iteration=iteration, judge_checkpoint_id=judge_id))
-
-    def loop_forever() -> None:
-        while True:
-            try:
-                check()
-            except Exception:  # noqa: BLE001 - the database may be restarting; try again next time
-                log.exception("checking trainer leases failed")
-            time.sleep(max(1.0, lease / 3))
-
-    threading.Thread(target=loop_forever, name="trainer-leases", daemon=True).start()
 
 
 def preflight(settings: Settings, need_broker: bool) -> None:

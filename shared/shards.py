@@ -1,17 +1,26 @@
-"""Shard bookkeeping shared by the shard stages: skip finished shards, record finished ones.
+"""Shard bookkeeping shared by the shard stages: one shard's life (`run_shard`), the trainer's lease.
 
 A shard's rows and its `done` state are written in one transaction, so a shard
 redelivered after a crash either finds everything or nothing.
 """
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass, field
 from datetime import timedelta, timezone
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .db import Iteration, SetAside, Shard, utcnow
-from .messages import ShardTask
+from .messages import ShardTask, TrainTask
+
+if TYPE_CHECKING:
+    from .context import Context
+
+log = logging.getLogger(__name__)
 
 
 def shard_row(s: Session, stage: str, task: ShardTask) -> Shard:
@@ -40,11 +49,50 @@ def mark_attempt(sessions, stage: str, task: ShardTask) -> int:  # noqa: ANN001
         return row.attempts
 
 
-def finish(s: Session, stage: str, task: ShardTask, output_key: str, items_in: int, items_out: int,
+def finish(s: Session, stage: str, task: ShardTask, output_key: str | None, items_in: int, items_out: int,
            seconds: float) -> None:
     row = shard_row(s, stage, task)
     row.state, row.output_key, row.items_in, row.items_out, row.seconds, row.error = (
         "done", output_key, items_in, items_out, seconds, None)
+
+
+@dataclass
+class Attempt:
+    """One attempt at a shard, as the stage's work function sees it (`number` 1 is the first)."""
+    stage: str
+    task: ShardTask
+    number: int
+    start: float = field(default_factory=time.perf_counter)
+    finished: tuple[int, float] | None = None       # (items out, seconds) once recorded
+
+    def finish(self, s: Session, output_key: str | None, items_in: int, items_out: int) -> float:
+        """Record the shard `done` in `s`, the transaction that writes the stage's rows; its seconds."""
+        seconds = time.perf_counter() - self.start
+        finish(s, self.stage, self.task, output_key, items_in, items_out, seconds)
+        self.finished = (items_out, seconds)
+        return seconds
+
+
+def run_shard(ctx: Context, stage: str, task: ShardTask, work: Callable[[Attempt], None],
+              hand_off: Callable[[], None]) -> None:
+    """One shard message's life, the same in every shard stage and on both buses: a shard already
+    `done` (a redelivered message, a resumed run) is only handed on; otherwise the attempt is
+    counted, `work` does the stage's work and records it with `attempt.finish`, the shard's
+    metrics are counted and `hand_off` sends what comes next. An error in `work` propagates (the
+    worker's policy, shared/worker.py, decides what becomes of it)."""
+    with ctx.sessions() as s:
+        done = is_done(s, stage, task)
+    if not done:
+        attempt = Attempt(stage, task, mark_attempt(ctx.sessions, stage, task))
+        work(attempt)
+        if attempt.finished is None:
+            raise RuntimeError(f"{stage}: shard {task.index} of run {task.run_id} iteration {task.iteration} "
+                               "was worked on but not recorded")
+        items_out, seconds = attempt.finished
+        ctx.metrics.items_out.labels(stage).inc(items_out)
+        ctx.metrics.shards.labels(stage, "done").inc()
+        ctx.metrics.shard_seconds.labels(stage).observe(seconds)
+    hand_off()
 
 
 def set_aside(s: Session, task_or_run: ShardTask | tuple[int, int], stage: str, record_id: str, reason: str) -> None:
@@ -113,6 +161,38 @@ def release_training(sessions, run_id: int, iteration: int, state: str) -> None:
                                            Shard.stage == "trainer", Shard.index == 0))
         if row is not None:
             row.state = state
+
+
+def trained_checkpoint(sessions, run_id: int, iteration: int) -> int | None:  # noqa: ANN001
+    """The checkpoint iteration `iteration` made, if its training is recorded."""
+    with sessions() as s:
+        it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == iteration))
+        if it is None:
+            raise LookupError(f"run {run_id} has no iteration {iteration}")
+        return it.output_checkpoint_id
+
+
+def run_training(ctx: Context, task: TrainTask, work: Callable[[], int], hand_off: Callable[[int], None]) -> None:
+    """A training message's life, run_shard's under the lease: an iteration trained already is only
+    handed on; a lease held elsewhere steps aside; claiming the lease counts the attempt; `work`
+    returns the checkpoint and releases the lease `done`; if it fails, the lease is given back so
+    the retry trains at once (if the database is down too, the lease runs out)."""
+    done = trained_checkpoint(ctx.sessions, task.run_id, task.iteration)
+    if done is not None:      # trained already (redelivered message)
+        hand_off(done)
+        return
+    if not claim_training(ctx.sessions, task.run_id, task.iteration, ctx.settings.run.train_lease_seconds):
+        log.info("trainer: run %s iter %s is being trained elsewhere (lease held)", task.run_id, task.iteration)
+        return
+    try:
+        checkpoint_id = work()
+    except BaseException:
+        try:
+            release_training(ctx.sessions, task.run_id, task.iteration, "pending")
+        except Exception:  # noqa: BLE001
+            log.exception("trainer: could not release the lease of run %s iter %s", task.run_id, task.iteration)
+        raise
+    hand_off(checkpoint_id)
 
 
 def stale_trainings(sessions, lease_seconds: float) -> list[tuple[int, int, int]]:  # noqa: ANN001

@@ -11,7 +11,6 @@ Next:  loop.on_filtered -> the barrier before the trainer.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 
 from selfjudge.shared import loop, shards
@@ -30,11 +29,13 @@ log = logging.getLogger(__name__)
 def handle(payload: dict, ctx: Context) -> None:
     task = ShardTask.model_validate(payload)
     out_key = shards.shard_key(task.run_id, task.iteration, "examples", task.index)
-    with ctx.sessions() as s:
-        if shards.is_done(s, STAGE, task):
-            loop.on_filtered(ctx, task)
-            return
-    start, m = time.perf_counter(), ctx.metrics
+    shards.run_shard(ctx, STAGE, task, lambda attempt: keep_traces(ctx, task, out_key, attempt),
+                     hand_off=lambda: loop.on_filtered(ctx, task))
+
+
+def keep_traces(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt) -> None:
+    """The shard's kept traces, written with the shard's `done` in one transaction."""
+    m = ctx.metrics
     judgments = list(get_jsonl(ctx.store, task.input_key))
     m.items_in.labels(STAGE).inc(len(judgments))
     rng = loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index)
@@ -51,14 +52,9 @@ def handle(payload: dict, ctx: Context) -> None:
                             "image_key": j["image_key"], "prompt_text": j["prompt_text"],
                             "answer": j["output"], "label": j["verdict"]})
         put_jsonl(ctx.store, out_key, records)
-        seconds = time.perf_counter() - start
-        shards.finish(s, STAGE, task, out_key, len(judgments), len(records), seconds)
-    m.items_out.labels(STAGE).inc(len(records))
-    m.shards.labels(STAGE, "done").inc()
-    m.shard_seconds.labels(STAGE).observe(seconds)
+        seconds = attempt.finish(s, out_key, len(judgments), len(records))
     labels = Counter(r["label"] for r in records)
     log.info("filter: run %s iter %s shard %s: kept %s of %s traces (%s pairs; A %s / B %s; %s holdout traces)",
              task.run_id, task.iteration, task.index, len(records), len(judgments),
              len({r["pair_id"] for r in records}), labels["A"], labels["B"], sum(bool(j.get("holdout"))
                                                                                for j in judgments))
-    loop.on_filtered(ctx, task)

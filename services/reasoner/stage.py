@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 def handle(payload: dict, ctx: Context) -> None:
     task = ShardTask.model_validate(payload)
     out_key = shards.shard_key(task.run_id, task.iteration, "judgments", task.index)
-    with ctx.sessions() as s:
-        if shards.is_done(s, STAGE, task):
-            loop.on_reasoned(ctx, task, out_key)
-            return
-    shards.mark_attempt(ctx.sessions, STAGE, task)
-    start, m, cfg = time.perf_counter(), ctx.metrics, ctx.settings.reason
+    shards.run_shard(ctx, STAGE, task, lambda attempt: reason(ctx, task, out_key, attempt),
+                     hand_off=lambda: loop.on_reasoned(ctx, task, out_key))
+
+
+def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt) -> None:
+    """The shard's judgments, written with the shard's `done` in one transaction."""
+    m, cfg = ctx.metrics, ctx.settings.reason
 
     pairs = list(get_jsonl(ctx.store, task.input_key))
     m.items_in.labels(STAGE).inc(len(pairs))
@@ -89,12 +90,7 @@ def handle(payload: dict, ctx: Context) -> None:
                                 "prompt_id": p.get("prompt_id"),
                                 "holdout": bool(p.get("holdout") or (p.get("meta") or {}).get("holdout"))})
         put_jsonl(ctx.store, out_key, records)
-        seconds = time.perf_counter() - start
-        shards.finish(s, STAGE, task, out_key, len(pairs), len(records), seconds)
-    m.items_out.labels(STAGE).inc(len(records))
-    m.shards.labels(STAGE, "done").inc()
-    m.shard_seconds.labels(STAGE).observe(seconds)
+        seconds = attempt.finish(s, out_key, len(pairs), len(records))
     log.info("reasoner: run %s iter %s shard %s: %s pairs -> %s judgments, %s correct, unparseable %s (%.1fs)",
              task.run_id, task.iteration, task.index, len(pairs), len(records),
              sum(r["correct"] for r in records), dict(failures), seconds)
-    loop.on_reasoned(ctx, task, out_key)

@@ -89,12 +89,13 @@ def find_duplicates(ctx: Context, task: ShardTask, prompts: list[dict], scope: s
 def handle(payload: dict, ctx: Context) -> None:
     task = ShardTask.model_validate(payload)
     out_key = shards.shard_key(task.run_id, task.iteration, "pairs", task.index)
-    with ctx.sessions() as s:
-        if shards.is_done(s, STAGE, task):       # redelivered after it was recorded
-            loop.on_synthesized(ctx, task, out_key)
-            return
-    shards.mark_attempt(ctx.sessions, STAGE, task)
-    start, m, cfg = time.perf_counter(), ctx.metrics, ctx.settings.synth
+    shards.run_shard(ctx, STAGE, task, lambda attempt: synthesize(ctx, task, out_key, attempt),
+                     hand_off=lambda: loop.on_synthesized(ctx, task, out_key))
+
+
+def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt) -> None:
+    """The shard's pairs, written with the shard's `done` in one transaction."""
+    m, cfg = ctx.metrics, ctx.settings.synth
     rng = loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index)
 
     prompts, aside = [], []
@@ -188,17 +189,12 @@ def handle(payload: dict, ctx: Context) -> None:
             shards.set_aside(s, task, STAGE, record_id, f"{code}: {detail}" if detail else code)
             m.items_rejected.labels(STAGE, code).inc()
         put_jsonl(ctx.store, out_key, pairs)
-        seconds = time.perf_counter() - start
-        shards.finish(s, STAGE, task, out_key, n_in, len(pairs), seconds)
-    m.items_out.labels(STAGE).inc(len(pairs))
-    m.shards.labels(STAGE, "done").inc()
-    m.shard_seconds.labels(STAGE).observe(seconds)
+        seconds = attempt.finish(s, out_key, n_in, len(pairs))
     reasons = Counter(code for _, code, _ in aside)
     methods = Counter(p["method"] for p in pairs)
     log.info("synthesizer: run %s iter %s shard %s: %s prompts (%s closed, %s open) -> %s pairs %s, "
              "%s set aside %s (%.1fs)", task.run_id, task.iteration, task.index, n_in, len(closed), len(opened),
              len(pairs), dict(methods), len(aside), dict(reasons), seconds)
-    loop.on_synthesized(ctx, task, out_key)
 
 
 def _closed_pair(p: dict, texts: list[str], cfg, rng, aside: list) -> dict | None:  # noqa: ANN001

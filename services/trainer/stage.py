@@ -31,7 +31,7 @@ from selfjudge.shared import loop, shards
 from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.context import Context
 from selfjudge.shared.failpoints import failpoint
-from selfjudge.shared.db import Iteration, SetAside, Shard
+from selfjudge.shared.db import SetAside, Shard
 from selfjudge.shared.messages import TrainTask
 from selfjudge.shared.models.sft.launch import train
 from selfjudge.shared.store import open_store
@@ -59,24 +59,8 @@ def work_dirs(settings, run_id: int, iteration: int) -> tuple[Path, Path]:  # no
 
 def handle(payload: dict, ctx: Context) -> None:
     task = TrainTask.model_validate(payload)
-    with ctx.sessions() as s:
-        it = s.scalar(select(Iteration).where(Iteration.run_id == task.run_id, Iteration.number == task.iteration))
-        if it.output_checkpoint_id is not None:      # trained already (redelivered message)
-            loop.on_trained(ctx, task, it.output_checkpoint_id)
-            return
-    if not shards.claim_training(ctx.sessions, task.run_id, task.iteration, ctx.settings.run.train_lease_seconds):
-        log.info("trainer: run %s iter %s is being trained elsewhere (lease held)", task.run_id, task.iteration)
-        return
-    try:
-        ckpt_id = train_claimed(task, ctx)
-    except BaseException:
-        # give the lease back so the retry trains now (if the database is down too, the lease runs out)
-        try:
-            shards.release_training(ctx.sessions, task.run_id, task.iteration, "pending")
-        except Exception:  # noqa: BLE001
-            log.exception("trainer: could not release the lease of run %s iter %s", task.run_id, task.iteration)
-        raise
-    loop.on_trained(ctx, task, ckpt_id)
+    shards.run_training(ctx, task, lambda: train_claimed(task, ctx),
+                        hand_off=lambda checkpoint_id: loop.on_trained(ctx, task, checkpoint_id))
 
 
 def train_claimed(task: TrainTask, ctx: Context) -> int:
