@@ -23,8 +23,9 @@ from sqlalchemy import func, select
 from .context import Context
 from .db import Checkpoint, Image, Iteration, Prompt, Run, Shard, utcnow
 from .messages import EvalTask, ShardTask, TrainTask
+from .records import HeldoutRecord, PromptRecord, write_records
 from .shards import set_aside, shard_key
-from .store import put_dir, put_image, put_jsonl
+from .store import put_dir, put_image
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,10 @@ def write_heldout(ctx: Context, run_id: int) -> None:
                               max_objects=cfg.source.max_objects, object_scale=cfg.source.object_scale,
                               layout=cfg.source.layout):
         _, image_key = put_image(ctx.store, _png(pair.image))
-        records.append({"item_id": pair.pair_id, "image_key": image_key, "instruction": pair.instruction,
-                        "preferred": pair.preferred, "rejected": pair.rejected,
-                        "category": pair.question_type, "error_type": pair.error_type})
-    put_jsonl(ctx.store, heldout_key(run_id), records)
+        records.append(HeldoutRecord(item_id=pair.pair_id, image_key=image_key, instruction=pair.instruction,
+                                     preferred=pair.preferred, rejected=pair.rejected,
+                                     category=pair.question_type, error_type=pair.error_type))
+    write_records(ctx.store, heldout_key(run_id), records)
 
 
 def _png(image) -> bytes:  # noqa: ANN001
@@ -137,7 +138,7 @@ def start_iteration(ctx: Context, run_id: int, k: int, judge_id: int) -> None:
         if s.scalar(select(Iteration.id).where(Iteration.run_id == run_id, Iteration.number == k)) is not None:
             return              # already started (a resumed run): the shards are queued already
     items, rejected = _draw_prompts(ctx, cfg.prompts_per_iteration, k)
-    shards: list[list[dict]] = []
+    shards: list[list[PromptRecord]] = []
     with ctx.sessions.begin() as s:
         it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == k))
         if it is not None:      # already started (a resumed run): the shards are queued already
@@ -158,12 +159,12 @@ def start_iteration(ctx: Context, run_id: int, k: int, judge_id: int) -> None:
             s.flush()
             if index == len(shards):
                 shards.append([])
-            shards[index].append({"prompt_id": prompt.id, "source_id": item.prompt_id, "image_key": image_key,
-                                  "instruction": item.instruction, "kind": item.kind,
-                                  "question_type": item.question_type, "options": item.options})
+            shards[index].append(PromptRecord(prompt_id=prompt.id, source_id=item.prompt_id, image_key=image_key,
+                                              instruction=item.instruction, kind=item.kind,
+                                              question_type=item.question_type, options=item.options))
         for index, records in enumerate(shards):
             key = shard_key(run_id, k, "prompts", index)
-            put_jsonl(ctx.store, key, records)
+            write_records(ctx.store, key, records)
             s.add(Shard(run_id=run_id, iteration=k, stage="synthesizer", index=index, input_key=key))
         s.add(Iteration(run_id=run_id, number=k, judge_checkpoint_id=judge_id, n_shards=len(shards)))
     ctx.metrics.iteration.labels(str(run_id)).set(k)

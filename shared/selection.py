@@ -65,7 +65,8 @@ def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dic
     from .judge import JUDGE_SYSTEM, judge_prompt, ordered
     from .loop import rng_for
     from .models.generation.backend import ChatRequest, SamplingParams
-    from .store import get_image, put_jsonl
+    from .records import SelectionJudgment, write_records
+    from .store import get_image
     from .verdict import parse_verdict
 
     cfg = ctx.settings
@@ -99,8 +100,8 @@ def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dic
         gens = ctx.models.backend(checkpoint_id).generate(requests, params)
         judgments = [(pair_id, order, parse_verdict(text).choice)
                      for (pair_id, order), g in zip(slots, gens) for text in g.texts]
-        put_jsonl(ctx.store, f"runs/{run_id}/selection/iter{iteration}.jsonl",
-                  [{"pair_id": p, "order": o, "verdict": v} for p, o, v in judgments])
+        write_records(ctx.store, f"runs/{run_id}/selection/iter{iteration}.jsonl",
+                      [SelectionJudgment(pair_id=p, order=o, verdict=v) for p, o, v in judgments])
         signal = signal_from_judgments(judgments)
     with ctx.sessions.begin() as s:
         if base is not None and base_ckpt is not None and not has_signal(s, run_id, 0):

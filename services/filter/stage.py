@@ -18,7 +18,7 @@ from selfjudge.shared.context import Context
 from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import TrainingExample
 from selfjudge.shared.messages import ShardTask
-from selfjudge.shared.store import get_jsonl, put_jsonl
+from selfjudge.shared.records import ExampleRecord, JudgmentRecord, RecordError, read_records, write_records
 
 from .policy import keep_consistent, select_traces  # noqa: F401 - keep_consistent re-exported
 
@@ -36,25 +36,28 @@ def handle(payload: dict, ctx: Context) -> None:
 def keep_traces(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt) -> None:
     """The shard's kept traces, written with the shard's `done` in one transaction."""
     m = ctx.metrics
-    judgments = list(get_jsonl(ctx.store, task.input_key))
-    m.items_in.labels(STAGE).inc(len(judgments))
+    bad: list[RecordError] = []
+    judgments = list(read_records(ctx.store, task.input_key, JudgmentRecord, invalid=bad.append))
+    m.items_in.labels(STAGE).inc(len(judgments) + len(bad))
     rng = loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index)
     kept = select_traces(judgments, ctx.settings.filter, rng)
     failpoint("filter.before_commit")   # fault tests: die after the work, before recording it
-    records = []
+    records: list[ExampleRecord] = []
     with ctx.sessions.begin() as s:
         for j in kept:
             row = TrainingExample(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
-                                  judgment_id=j["judgment_id"], pair_id=j["pair_id"], label=j["verdict"])
+                                  judgment_id=j.judgment_id, pair_id=j.pair_id, label=j.verdict)
             s.add(row)
             s.flush()
-            records.append({"example_id": row.id, "judgment_id": j["judgment_id"], "pair_id": j["pair_id"],
-                            "image_key": j["image_key"], "prompt_text": j["prompt_text"],
-                            "answer": j["output"], "label": j["verdict"]})
-        put_jsonl(ctx.store, out_key, records)
-        seconds = attempt.finish(s, out_key, len(judgments), len(records))
-    labels = Counter(r["label"] for r in records)
+            records.append(ExampleRecord(example_id=row.id, judgment_id=j.judgment_id, pair_id=j.pair_id,
+                                         image_key=j.image_key, prompt_text=j.prompt_text, answer=j.output,
+                                         label=j.verdict))
+        for aside in (err.set_aside() for err in bad):     # a line that is no judgment record
+            shards.set_aside(s, task, STAGE, aside.record_id, aside.reason)
+            m.items_rejected.labels(STAGE, aside.code).inc()
+        write_records(ctx.store, out_key, records)
+        attempt.finish(s, out_key, len(judgments) + len(bad), len(records))
+    labels = Counter(r.label for r in records)
     log.info("filter: run %s iter %s shard %s: kept %s of %s traces (%s pairs; A %s / B %s; %s holdout traces)",
              task.run_id, task.iteration, task.index, len(records), len(judgments),
-             len({r["pair_id"] for r in records}), labels["A"], labels["B"], sum(bool(j.get("holdout"))
-                                                                               for j in judgments))
+             len({r.pair_id for r in records}), labels["A"], labels["B"], sum(j.holdout for j in judgments))

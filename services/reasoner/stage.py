@@ -22,7 +22,8 @@ from selfjudge.shared.db import Judgment
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt, ordered
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
-from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
+from selfjudge.shared.records import JudgmentRecord, PairRecord, RecordError, read_records, write_records
+from selfjudge.shared.store import get_image
 from selfjudge.shared.verdict import parse_verdict
 
 STAGE = "reasoner"
@@ -41,18 +42,19 @@ def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt)
     """The shard's judgments, written with the shard's `done` in one transaction."""
     m, cfg = ctx.metrics, ctx.settings.reason
 
-    pairs = list(get_jsonl(ctx.store, task.input_key))
-    m.items_in.labels(STAGE).inc(len(pairs))
+    bad: list[RecordError] = []
+    pairs = list(read_records(ctx.store, task.input_key, PairRecord, invalid=bad.append))
+    m.items_in.labels(STAGE).inc(len(pairs) + len(bad))
     requests, slots = [], []
     images = {}
     for p in pairs:
-        if p["image_key"] not in images:
-            images[p["image_key"]] = get_image(ctx.store, p["image_key"])
+        if p.image_key not in images:
+            images[p.image_key] = get_image(ctx.store, p.image_key)
         for order in ORDERS:
-            a, b, correct = ordered(p["preferred"], p["rejected"], order)
-            text = judge_prompt(p["instruction"], a, b)
-            requests.append(ChatRequest(text=text, images=[images[p["image_key"]]], system=JUDGE_SYSTEM,
-                                        key=f"{p['pair_id']}:{order}"))
+            a, b, correct = ordered(p.preferred, p.rejected, order)
+            text = judge_prompt(p.instruction, a, b)
+            requests.append(ChatRequest(text=text, images=[images[p.image_key]], system=JUDGE_SYSTEM,
+                                        key=f"{p.pair_id}:{order}"))
             slots.append((p, order, correct, text))
 
     backend = ctx.models.backend(task.judge_checkpoint_id)
@@ -67,7 +69,8 @@ def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt)
     m.samples.labels(STAGE).inc(sum(len(g.texts) for g in gens))
 
     failpoint("reasoner.before_commit")   # fault tests: die after the work, before recording it
-    records, failures = [], Counter()
+    records: list[JudgmentRecord] = []
+    failures = Counter()
     with ctx.sessions.begin() as s:
         for (p, order, correct, text), gen in zip(slots, gens):
             for sample, (output, tokens) in enumerate(zip(gen.texts, gen.token_counts)):
@@ -76,21 +79,22 @@ def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt)
                     m.parse_failures.labels(STAGE, verdict.reason).inc()
                     failures[verdict.reason] += 1
                 row = Judgment(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
-                               pair_id=p["pair_id"], order=order, sample=sample, prompt_text=text,
+                               pair_id=p.pair_id, order=order, sample=sample, prompt_text=text,
                                output=output, verdict=verdict.choice, parse_reason=verdict.reason,
                                correct=verdict.choice == correct, tokens=tokens,
                                checkpoint_id=task.judge_checkpoint_id)
                 s.add(row)
                 s.flush()
-                records.append({"judgment_id": row.id, "pair_id": p["pair_id"], "order": order, "sample": sample,
-                                "image_key": p["image_key"], "prompt_text": text, "output": output,
-                                "verdict": verdict.choice, "parse_reason": verdict.reason, "correct": row.correct,
-                                "question_type": p["question_type"], "errors": p.get("errors", []),
-                                "method": p.get("method"), "source": p.get("source"),
-                                "prompt_id": p.get("prompt_id"),
-                                "holdout": bool(p.get("holdout") or (p.get("meta") or {}).get("holdout"))})
-        put_jsonl(ctx.store, out_key, records)
-        seconds = attempt.finish(s, out_key, len(pairs), len(records))
+                records.append(JudgmentRecord(
+                    judgment_id=row.id, pair_id=p.pair_id, order=order, sample=sample, image_key=p.image_key,
+                    prompt_text=text, output=output, verdict=verdict.choice, parse_reason=verdict.reason,
+                    correct=row.correct, question_type=p.question_type, errors=p.errors, method=p.method,
+                    source=p.source, prompt_id=p.prompt_id, holdout=p.holdout))
+        for aside in (err.set_aside() for err in bad):     # a line that is no pair record
+            shards.set_aside(s, task, STAGE, aside.record_id, aside.reason)
+            m.items_rejected.labels(STAGE, aside.code).inc()
+        write_records(ctx.store, out_key, records)
+        seconds = attempt.finish(s, out_key, len(pairs) + len(bad), len(records))
     log.info("reasoner: run %s iter %s shard %s: %s pairs -> %s judgments, %s correct, unparseable %s (%.1fs)",
              task.run_id, task.iteration, task.index, len(pairs), len(records),
-             sum(r["correct"] for r in records), dict(failures), seconds)
+             sum(r.correct for r in records), dict(failures), seconds)

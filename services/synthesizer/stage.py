@@ -29,6 +29,8 @@ import math
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -39,15 +41,75 @@ from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Checkpoint, Pair, Prompt
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+from selfjudge.shared.records import PairRecord, PromptRecord, SetAsideRecord, read_records, write_records
 from selfjudge.shared.sources.scenes import perturb
-from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
+from selfjudge.shared.store import get_image
 
-from .classify import classify_cues, decide, extract_options, needs_samples
+from .classify import Decision, classify_cues, decide, extract_options, needs_samples
 from .inject import alteration_prompt, check_alteration
 from .voting import gold_vote, majority_vote, normalize_answer
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 STAGE = "synthesizer"
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Draft:
+    """A prompt on its way through the synthesizer: its shard record and what the stage learns about
+    it (the `prompts` row's gold answer and source, the options, the open/closed decision). Internal
+    to the stage: what goes on is a PairRecord."""
+    prompt: PromptRecord
+    image: Image
+    gold: str | None = None
+    source: str = ""
+    options: list[str] | None = None     # the source's, else read from the instruction
+    options_from: str | None = None      # "source" | "instruction" | None
+    holdout: bool = False                # in the checkpoint-selection holdout
+    source_kind: str | None = None       # "open" | "closed" when the source says so
+    kind: str = "auto"                   # the decision: "open" | "closed"
+    kind_reason: str = ""
+    cue: Decision | None = None          # the instruction's cue, while the samples are pending
+
+    @property
+    def prompt_id(self) -> int:
+        return self.prompt.prompt_id
+
+    @property
+    def source_id(self) -> str:
+        return self.prompt.source_id
+
+
+@dataclass
+class Labelled:
+    """A pair decided for a draft, before its `pairs` row (and so its id) exists."""
+    draft: Draft
+    preferred: str
+    rejected: str
+    method: str
+    errors: list[str]
+    vote_count: int | None
+    n_samples: int
+    meta: dict[str, Any]
+
+    def record(self, pair_id: int) -> PairRecord:
+        d, p = self.draft, self.draft.prompt
+        return PairRecord(prompt_id=p.prompt_id, source_id=p.source_id, image_key=p.image_key,
+                          instruction=p.instruction, kind=d.kind, question_type=p.question_type, options=d.options,
+                          source=d.source, holdout=d.holdout, kind_reason=d.kind_reason, preferred=self.preferred,
+                          rejected=self.rejected, method=self.method, errors=self.errors, vote_count=self.vote_count,
+                          n_samples=self.n_samples, meta=self.meta, pair_id=pair_id)
+
+
+@dataclass
+class Injection:
+    """An open draft waiting for its rejected response: the greedy original and how to alter it."""
+    draft: Draft
+    original: str
+    requested: str                       # "model" | "rule"
+    variant: str                         # "detail" | "style_mimic"
 
 
 def writer_checkpoint(ctx: Context, task: ShardTask) -> int:
@@ -62,13 +124,13 @@ def normalize_instruction(text: str) -> str:
     return re.sub(r"\s+", " ", (text or "").replace("<image>", " ")).strip().strip(" .?!").lower()
 
 
-def find_duplicates(ctx: Context, task: ShardTask, prompts: list[dict], scope: str) -> dict[int, str]:
+def find_duplicates(ctx: Context, task: ShardTask, prompt_ids: list[int], scope: str) -> dict[int, str]:
     """{prompt_id: source_id of the first copy} for prompts whose image (sha256 of its bytes) and
     normalised instruction were already drawn earlier (a lower prompt id) in this iteration
     ("iteration") or this run ("run"). Decided from the database, so shards agree without talking."""
-    if scope == "off" or not prompts:
+    if scope == "off" or not prompt_ids:
         return {}
-    ids = {p["prompt_id"] for p in prompts}
+    ids = set(prompt_ids)
     with ctx.sessions() as s:
         mine = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_(ids)))}
         query = select(Prompt.id, Prompt.image_id, Prompt.instruction, Prompt.source_id).where(
@@ -98,31 +160,30 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
     m, cfg = ctx.metrics, ctx.settings.synth
     rng = loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index)
 
-    prompts, aside = [], []
-    for p in get_jsonl(ctx.store, task.input_key):
+    prompts: list[Draft] = []
+    aside: list[SetAsideRecord] = []
+    for record in read_records(ctx.store, task.input_key, PromptRecord, invalid=lambda e: aside.append(e.set_aside())):
         try:
-            p["image"] = get_image(ctx.store, p["image_key"])
-            prompts.append(p)
+            prompts.append(Draft(record, get_image(ctx.store, record.image_key)))
         except ValueError as exc:
-            aside.append((p["source_id"], "bad_image", str(exc)))
+            aside.append(SetAsideRecord(record_id=record.source_id, code="bad_image", detail=str(exc)))
     m.items_in.labels(STAGE).inc(len(prompts) + len(aside))
     n_in = len(prompts) + len(aside)
 
-    dups = find_duplicates(ctx, task, prompts, ctx.settings.source.dedup)
+    dups = find_duplicates(ctx, task, [p.prompt_id for p in prompts], ctx.settings.source.dedup)
     for p in prompts:
-        if p["prompt_id"] in dups:
-            aside.append((p["source_id"], "duplicate", f"same image and instruction as {dups[p['prompt_id']]}"))
-    prompts = [p for p in prompts if p["prompt_id"] not in dups]
+        if p.prompt_id in dups:
+            aside.append(SetAsideRecord(record_id=p.source_id, code="duplicate",
+                                        detail=f"same image and instruction as {dups[p.prompt_id]}"))
+    prompts = [p for p in prompts if p.prompt_id not in dups]
     with ctx.sessions() as s:
-        rows = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_([p["prompt_id"] for p in prompts])))}
+        rows = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_([p.prompt_id for p in prompts])))}
     for p in prompts:
-        row = rows[p["prompt_id"]]
-        p["gold"], p["source"] = row.gold, row.source
-        p["options_from"] = "source" if p.get("options") else None
-        if not p.get("options"):
-            p["options"] = extract_options(p["instruction"])
-            p["options_from"] = "instruction" if p["options"] else None
-        p["holdout"] = is_holdout(p["source_id"], ctx.settings.filter.selection_holdout)
+        row = rows[p.prompt_id]
+        p.gold, p.source = row.gold, row.source
+        p.options = p.prompt.options or extract_options(p.prompt.instruction)
+        p.options_from = ("source" if p.prompt.options else "instruction") if p.options else None
+        p.holdout = is_holdout(p.source_id, ctx.settings.filter.selection_holdout)
 
     writer_id = writer_checkpoint(ctx, task)
     backend = ctx.models.backend(writer_id)
@@ -133,90 +194,90 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
     # --- open or closed: source-given kinds stand; "auto" prompts by cues, then by samples
     sampled, probe = [], []
     for p in prompts:
-        p["source_kind"] = p["kind"] if p["kind"] in ("open", "closed") else None
-        if p["source_kind"] and cfg.trust_source_kind:
-            p["kind_reason"] = f"given by the source ({p['source']})"
-            if p["kind"] == "closed":
+        p.kind = p.prompt.kind
+        p.source_kind = p.kind if p.kind in ("open", "closed") else None
+        if p.source_kind and cfg.trust_source_kind:
+            p.kind_reason = f"given by the source ({p.source})"
+            if p.kind == "closed":
                 sampled.append(p)
             continue
-        p["cue"] = classify_cues(p["instruction"], p["options"])
-        if needs_samples(cfg.classify, p["cue"]):
+        p.cue = classify_cues(p.prompt.instruction, p.options)
+        if needs_samples(cfg.classify, p.cue):
             sampled.append(p)
             probe.append(p)
         else:
-            p["kind"], p["kind_reason"] = decide(cfg.classify, p["cue"], None)
-            if p["kind"] == "closed":
+            p.kind, p.kind_reason = decide(cfg.classify, p.cue, None)
+            if p.kind == "closed":
                 sampled.append(p)
-    samples = dict(zip((p["prompt_id"] for p in sampled),
+    samples = dict(zip((p.prompt_id for p in sampled),
                        (g.texts for g in _generate(ctx, backend, sampled, closed_params, "closed"))))
     for p in probe:
-        p["kind"], p["kind_reason"] = decide(cfg.classify, p.pop("cue"), samples[p["prompt_id"]], p["options"],
-                                             cfg.classify_max_words, cfg.classify_min_agreement)
+        p.kind, p.kind_reason = decide(cfg.classify, p.cue, samples[p.prompt_id], p.options,
+                                       cfg.classify_max_words, cfg.classify_min_agreement)
     for p in prompts:
-        p.pop("cue", None)
-        if p["source_kind"] and not cfg.trust_source_kind:     # how the classifier compares with the source
-            p["kind_reason"] += f"; the source says {p['source_kind']}"
-    closed = [p for p in prompts if p["kind"] == "closed"]
-    opened = [p for p in prompts if p["kind"] != "closed"]
+        p.cue = None
+        if p.source_kind and not cfg.trust_source_kind:     # how the classifier compares with the source
+            p.kind_reason += f"; the source says {p.source_kind}"
+    closed = [p for p in prompts if p.kind == "closed"]
+    opened = [p for p in prompts if p.kind != "closed"]
 
-    pairs: list[dict] = []
+    labelled: list[Labelled] = []
     for p in closed:
-        pair = _closed_pair(p, samples[p["prompt_id"]], cfg, rng, aside)
+        pair = _closed_pair(p, samples[p.prompt_id], cfg, rng, aside)
         if pair:
-            pairs.append(pair)
+            labelled.append(pair)
 
     open_gens = _generate(ctx, backend, opened, SamplingParams(
         n=1, temperature=0.0, max_new_tokens=cfg.open_max_new_tokens, seed=seed), "open")
-    pairs.extend(_open_pairs(ctx, backend, opened, open_gens, cfg, rng, aside, seed))
+    labelled.extend(_open_pairs(ctx, backend, opened, open_gens, cfg, rng, aside, seed))
 
     failpoint("synthesizer.before_commit")   # fault tests: die after the work, before recording it
+    pairs: list[PairRecord] = []
     with ctx.sessions.begin() as s:
         for p in prompts:          # record the open/closed decision and why
-            row = s.get(Prompt, p["prompt_id"])
-            row.kind, row.kind_reason = p["kind"], p["kind_reason"][:200]
-        for p in pairs:
-            p["meta"]["holdout"] = p["holdout"]
+            row = s.get(Prompt, p.prompt_id)
+            row.kind, row.kind_reason = p.kind, p.kind_reason[:200]
+        for lab in labelled:
+            lab.meta["holdout"] = lab.draft.holdout
             row = Pair(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
-                       prompt_id=p["prompt_id"], preferred=p["preferred"], rejected=p["rejected"],
-                       method=p["method"], errors=p["errors"], vote_count=p["vote_count"],
-                       n_samples=p["n_samples"], checkpoint_id=writer_id, meta=p["meta"])
+                       prompt_id=lab.draft.prompt_id, preferred=lab.preferred, rejected=lab.rejected,
+                       method=lab.method, errors=lab.errors, vote_count=lab.vote_count,
+                       n_samples=lab.n_samples, checkpoint_id=writer_id, meta=lab.meta)
             s.add(row)
             s.flush()
-            p["pair_id"] = row.id
-            for key in ("image", "gold", "options_from", "source_kind"):
-                p.pop(key, None)
-        for record_id, code, detail in aside:
-            shards.set_aside(s, task, STAGE, record_id, f"{code}: {detail}" if detail else code)
-            m.items_rejected.labels(STAGE, code).inc()
-        put_jsonl(ctx.store, out_key, pairs)
+            pairs.append(lab.record(row.id))
+        for a in aside:
+            shards.set_aside(s, task, STAGE, a.record_id, a.reason)
+            m.items_rejected.labels(STAGE, a.code).inc()
+        write_records(ctx.store, out_key, pairs)
         seconds = attempt.finish(s, out_key, n_in, len(pairs))
-    reasons = Counter(code for _, code, _ in aside)
-    methods = Counter(p["method"] for p in pairs)
+    reasons = Counter(a.code for a in aside)
+    methods = Counter(p.method for p in pairs)
     log.info("synthesizer: run %s iter %s shard %s: %s prompts (%s closed, %s open) -> %s pairs %s, "
              "%s set aside %s (%.1fs)", task.run_id, task.iteration, task.index, n_in, len(closed), len(opened),
              len(pairs), dict(methods), len(aside), dict(reasons), seconds)
 
 
-def _closed_pair(p: dict, texts: list[str], cfg, rng, aside: list) -> dict | None:  # noqa: ANN001
-    options = p["options"]
+def _closed_pair(p: Draft, texts: list[str], cfg, rng, aside: list[SetAsideRecord]) -> Labelled | None:  # noqa: ANN001
+    options = p.options
     majority = majority_vote(texts, cfg.majority_threshold, rng, options=options)
-    gold_norm = normalize_answer(p["gold"], options) if p.get("gold") else None
+    gold_norm = normalize_answer(p.gold, options) if p.gold else None
     meta = {"label_source": cfg.closed_labels, "votes": dict(list(majority.counts.items())[:12]),
-            "threshold": cfg.majority_threshold, "options": options, "options_from": p["options_from"],
+            "threshold": cfg.majority_threshold, "options": options, "options_from": p.options_from,
             "majority_reason": majority.reason,
             "majority_normalised": normalize_answer(majority.majority, options) if majority.majority else None}
     if gold_norm is not None and majority.majority:
         meta["gold_agrees"] = meta["majority_normalised"] == gold_norm    # analysis only, never a label
-    vote = majority if cfg.closed_labels == "majority" else gold_vote(texts, p.get("gold"), rng, options)
+    vote = majority if cfg.closed_labels == "majority" else gold_vote(texts, p.gold, rng, options)
     if vote.reason != "ok":
         detail = f"top answer {vote.count}/{vote.total}" if cfg.closed_labels == "majority" else \
             f"{vote.count}/{vote.total} samples agree with the gold answer"
-        aside.append((p["source_id"], f"closed_{vote.reason}", detail))
+        aside.append(SetAsideRecord(record_id=p.source_id, code=f"closed_{vote.reason}", detail=detail))
         return None
     meta["rejected_normalised"] = normalize_answer(vote.rejected, options)
-    return dict(p, preferred=vote.majority.strip(), rejected=vote.rejected.strip(),
-                method="majority_vote" if cfg.closed_labels == "majority" else "gold_label",
-                errors=["wrong_answer"], vote_count=vote.count, n_samples=vote.total, meta=meta)
+    return Labelled(p, preferred=vote.majority.strip(), rejected=vote.rejected.strip(),
+                    method="majority_vote" if cfg.closed_labels == "majority" else "gold_label",
+                    errors=["wrong_answer"], vote_count=vote.count, n_samples=vote.total, meta=meta)
 
 
 def alteration_budget(cfg) -> int:  # noqa: ANN001 - SynthConfig
@@ -229,36 +290,35 @@ def fallback_to_rule(cfg, source_kind: str) -> bool:  # noqa: ANN001 - SynthConf
     return cfg.fallback_to_rule if cfg.fallback_to_rule is not None else source_kind == "scenes"
 
 
-def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng, aside: list,  # noqa: ANN001
-                seed: int) -> list[dict]:
-    todo = []
+def _open_pairs(ctx: Context, backend, opened: list[Draft], gens: list, cfg, rng,  # noqa: ANN001
+                aside: list[SetAsideRecord], seed: int) -> list[Labelled]:
+    todo: list[Injection] = []
     for p, gen in zip(opened, gens):
         original = gen.texts[0].strip()
         if not original:
-            aside.append((p["source_id"], "open_empty_response", ""))
+            aside.append(SetAsideRecord(record_id=p.source_id, code="open_empty_response"))
             continue
         use_model = cfg.injection == "model" or (cfg.injection == "both" and rng.random() < cfg.model_share)
         variant = "style_mimic" if rng.random() < cfg.style_mimic_share else "detail"
-        p.update(original=original, requested="model" if use_model else "rule", variant=variant)
-        todo.append(p)
+        todo.append(Injection(p, original, "model" if use_model else "rule", variant))
 
     # model alteration, batched: one request per prompt, synth.alter_samples candidates each
-    to_model = [p for p in todo if p["requested"] == "model"]
-    requests = [ChatRequest(text=alteration_prompt(p["variant"], p["instruction"], p["original"],
+    to_model = [t for t in todo if t.requested == "model"]
+    requests = [ChatRequest(text=alteration_prompt(t.variant, t.draft.prompt.instruction, t.original,
                                                    n_errors=rng.randint(1, 2)),
-                            images=[p["image"]], key=str(p["prompt_id"])) for p in to_model]
+                            images=[t.draft.image], key=str(t.draft.prompt_id)) for t in to_model]
     alter_gens = _generate_requests(ctx, backend, requests, SamplingParams(
         n=cfg.alter_samples, temperature=cfg.alter_temperature, top_p=cfg.alter_top_p,
         max_new_tokens=alteration_budget(cfg), seed=seed + 1), "alteration")
-    candidates = {p["prompt_id"]: (req.text, g.texts) for p, req, g in zip(to_model, requests, alter_gens)}
+    candidates = {t.draft.prompt_id: (req.text, g.texts) for t, req, g in zip(to_model, requests, alter_gens)}
 
     pairs = []
-    for p in todo:
-        original, meta = p.pop("original"), {"injection_requested": p["requested"]}
-        variant, requested = p.pop("variant"), p.pop("requested")
+    for t in todo:
+        p, original, variant, requested = t.draft, t.original, t.variant, t.requested
+        meta: dict[str, Any] = {"injection_requested": requested}
         result = None
         if requested == "model":
-            prompt_text, texts = candidates[p["prompt_id"]]
+            prompt_text, texts = candidates[p.prompt_id]
             bound = cfg.max_length_ratio if variant == "style_mimic" else cfg.detail_max_length_ratio
             overlap = cfg.min_word_overlap if variant == "style_mimic" else cfg.detail_min_word_overlap
             checks = [check_alteration(original, t, bound, overlap) for t in texts]
@@ -268,8 +328,8 @@ def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng,
             if good is not None:
                 result = (good.text, good.errors, f"model_{variant}", good)
             elif not fallback_to_rule(cfg, ctx.settings.source.kind):
-                aside.append((p["source_id"], "open_alteration_rejected",
-                              ",".join(sorted({c.reason for c in checks}))))
+                aside.append(SetAsideRecord(record_id=p.source_id, code="open_alteration_rejected",
+                                            detail=",".join(sorted({c.reason for c in checks}))))
                 continue
             else:
                 meta["fallback"] = "rule"
@@ -279,19 +339,19 @@ def _open_pairs(ctx: Context, backend, opened: list[dict], gens: list, cfg, rng,
             meta["rule"] = check.summary()
             if not kinds or not check.ok:
                 code = "open_perturb_no_change" if not kinds else f"open_perturb_{check.reason}"
-                aside.append((p["source_id"], code, original[:80]))
+                aside.append(SetAsideRecord(record_id=p.source_id, code=code, detail=original[:80]))
                 continue
             result = (check.text, kinds, "rule_perturb", check)
         rejected, errors, method, check = result
         meta.update(injection="model" if method.startswith("model") else "rule", length_ratio=round(
             check.length_ratio, 3), word_overlap=round(check.overlap, 3), changes=[list(c) for c in check.changes[:8]])
-        pairs.append(dict(p, preferred=original, rejected=rejected, method=method, errors=errors,
-                          vote_count=None, n_samples=1, meta=meta))
+        pairs.append(Labelled(p, preferred=original, rejected=rejected, method=method, errors=errors,
+                              vote_count=None, n_samples=1, meta=meta))
     return pairs
 
 
-def _generate(ctx: Context, backend, prompts: list[dict], params: SamplingParams, what: str) -> list:  # noqa: ANN001
-    requests = [ChatRequest(text=p["instruction"], images=[p["image"]], key=str(p["prompt_id"])) for p in prompts]
+def _generate(ctx: Context, backend, prompts: list[Draft], params: SamplingParams, what: str) -> list:  # noqa: ANN001
+    requests = [ChatRequest(text=p.prompt.instruction, images=[p.image], key=str(p.prompt_id)) for p in prompts]
     return _generate_requests(ctx, backend, requests, params, what)
 
 

@@ -34,6 +34,7 @@ from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import SetAside, Shard
 from selfjudge.shared.messages import TrainTask
 from selfjudge.shared.models.sft.launch import train
+from selfjudge.shared.records import RecordError
 from selfjudge.shared.store import open_store
 
 from .examples import StoreExamples
@@ -74,9 +75,11 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
     start, m = time.perf_counter(), ctx.metrics
     out_dir, resume_dir = work_dirs(ctx.settings, task.run_id, task.iteration)
     settings = ctx.settings
+    bad: list[RecordError] = []
     examples = StoreExamples.spill(ctx.store, keys, out_dir.parent / f"{out_dir.name}.traces.jsonl",
-                                   reopen=lambda: open_store(settings.store, settings.run.work_dir))
-    m.items_in.labels(STAGE).inc(len(examples))
+                                   reopen=lambda: open_store(settings.store, settings.run.work_dir), invalid=bad.append)
+    m.items_in.labels(STAGE).inc(len(examples) + len(bad))
+    record_bad(ctx, task, bad)
     if not len(examples):
         log.warning("trainer: run %s iter %s has no kept traces; the judge stays as it was",
                     task.run_id, task.iteration)
@@ -130,18 +133,33 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
     return ckpt_id
 
 
+def _set_aside_once(ctx: Context, task: TrainTask, rows: list[tuple[str, str]]) -> None:
+    """(record id, reason) rows into set_aside, skipping those a retried task recorded already."""
+    with ctx.sessions.begin() as s:
+        for rid, why in rows:
+            exists = s.scalar(select(SetAside.id).where(SetAside.run_id == task.run_id, SetAside.iteration == task.iteration,
+                                                        SetAside.stage == STAGE, SetAside.record_id == rid))  # fmt: skip
+            if exists is None:  # a retried task drops the same examples again
+                shards.set_aside(s, (task.run_id, task.iteration), STAGE, rid, why)
+
+
+def record_bad(ctx: Context, task: TrainTask, bad: list[RecordError]) -> None:
+    """Lines of the filter's shards that are no valid trace: set aside (`bad_record: <why>`) and counted."""
+    if not bad:
+        return
+    asides = [err.set_aside() for err in bad]
+    _set_aside_once(ctx, task, [(a.record_id[:300], a.reason) for a in asides])
+    ctx.metrics.items_rejected.labels(STAGE, "bad_record").inc(len(bad))
+    log.warning("trainer: run %s iter %s: %s bad records left out, e.g. %s", task.run_id, task.iteration,
+                len(bad), bad[0])
+
+
 def record_dropped(ctx: Context, task: TrainTask, examples: StoreExamples, dropped: list) -> None:
     """Traces left out of training (too long even with smaller images, or an unreadable image):
     set aside with the reason (`selfjudge status` counts them per iteration) and counted."""
     if not dropped:
         return
-    with ctx.sessions.begin() as s:
-        for i, why in dropped:
-            rid = examples.record_id(i)
-            exists = s.scalar(select(SetAside.id).where(SetAside.run_id == task.run_id, SetAside.iteration == task.iteration,
-                                                        SetAside.stage == STAGE, SetAside.record_id == rid))  # fmt: skip
-            if exists is None:  # a retried task drops the same examples again
-                shards.set_aside(s, (task.run_id, task.iteration), STAGE, rid, why)
+    _set_aside_once(ctx, task, [(examples.record_id(i), why) for i, why in dropped])
     for _, why in dropped:
         ctx.metrics.train_dropped.labels(run=str(task.run_id), iteration=str(task.iteration),
                                          reason=why.split(":")[0].strip()).inc()

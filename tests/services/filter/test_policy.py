@@ -6,16 +6,19 @@ import pytest
 from selfjudge.services.filter.policy import (balance, cap_per_prompt, consistent_pairs, is_holdout,
                                               select_traces)
 from selfjudge.shared.config import FilterConfig
+from selfjudge.shared.records import JudgmentRecord
 
 
 def j(pair, order, correct, sample=0, holdout=False):
     right = "A" if order == "AB" else "B"
-    return {"pair_id": pair, "order": order, "sample": sample, "correct": correct, "holdout": holdout,
-            "verdict": right if correct else ("B" if right == "A" else "A")}
+    return JudgmentRecord(judgment_id=0, pair_id=pair, order=order, sample=sample, image_key="images/x.png",
+                          prompt_text="", output="", verdict=right if correct else ("B" if right == "A" else "A"),
+                          parse_reason="ok", correct=correct, question_type="count", errors=[], method="rule_perturb",
+                          source="scenes", prompt_id=pair, holdout=holdout)
 
 
 def key(traces):
-    return sorted((t["pair_id"], t["order"], t["sample"]) for t in traces)
+    return sorted((t.pair_id, t.order, t.sample) for t in traces)
 
 
 def test_share_of_samples_instead_of_all():
@@ -34,7 +37,7 @@ def test_cap_per_prompt_alternates_orders():
     js = [j(1, o, True, s) for s in range(3) for o in ("AB", "BA")]
     assert key(cap_per_prompt(js, 3)) == [(1, "AB", 0), (1, "BA", 0), (1, "BA", 1)]   # odd pair: "BA" first
     assert key(cap_per_prompt(js, 2)) == [(1, "AB", 0), (1, "BA", 0)]
-    even = [dict(t, pair_id=2) for t in js]
+    even = [t.model_copy(update={"pair_id": 2}) for t in js]
     assert key(cap_per_prompt(even, 1)) == [(2, "AB", 0)]
     assert cap_per_prompt(js, 0) == js
 
@@ -44,9 +47,9 @@ def test_balance_drops_the_surplus_label_from_the_fullest_pairs():
     js = [j(1, "AB", True, 0), j(1, "AB", True, 1), j(1, "AB", True, 2), j(1, "BA", True, 0),
           j(2, "AB", True, 0), j(3, "BA", True, 0)]
     out = balance(js, random.Random(0))
-    labels = [t["verdict"] for t in out]
+    labels = [t.verdict for t in out]
     assert labels.count("A") == labels.count("B") == 2
-    assert sorted(t["pair_id"] for t in out) == [1, 1, 2, 3]      # both drops from pair 1, no pair lost
+    assert sorted(t.pair_id for t in out) == [1, 1, 2, 3]      # both drops from pair 1, no pair lost
     assert (1, "BA", 0) in key(out)
 
 
@@ -65,7 +68,7 @@ def test_holdout_is_deterministic_and_never_kept():
     assert [is_holdout(i, 0.1) for i in ids[:50]] == [is_holdout(i, 0.1) for i in ids[:50]]
     assert not any(is_holdout(i, 0.0) for i in ids) and all(is_holdout(i, 1.0) for i in ids)
     js = [j(1, "AB", True, holdout=True), j(1, "BA", True, holdout=True), j(2, "AB", True), j(2, "BA", True)]
-    assert {t["pair_id"] for t in select_traces(js, FilterConfig(), random.Random(0))} == {2}
+    assert {t.pair_id for t in select_traces(js, FilterConfig(), random.Random(0))} == {2}
 
 
 @pytest.mark.parametrize("cfg, expected", [
@@ -81,5 +84,5 @@ def test_select_traces(cfg, expected):
     out = select_traces(js, cfg, random.Random(0))
     assert len(out) == expected
     if cfg.balance:
-        labels = [t["verdict"] for t in out]
+        labels = [t.verdict for t in out]
         assert labels.count("A") == labels.count("B")

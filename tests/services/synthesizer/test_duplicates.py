@@ -31,9 +31,9 @@ def ctx(tmp_path):
 def test_scopes(ctx):
     it1 = SimpleNamespace(run_id=1, iteration=1)
     it2 = SimpleNamespace(run_id=1, iteration=2)
-    shard = [{"prompt_id": i} for i in (1, 2, 3, 4)]
+    shard = [1, 2, 3, 4]
     assert find_duplicates(ctx, it1, shard, "iteration") == {2: "src1"}
     assert find_duplicates(ctx, it1, shard[1:], "iteration") == {2: "src1"}   # the first copy is in another shard
     assert find_duplicates(ctx, it1, shard, "off") == {}
-    assert find_duplicates(ctx, it2, [{"prompt_id": 5}, {"prompt_id": 6}], "iteration") == {}
-    assert find_duplicates(ctx, it2, [{"prompt_id": 5}, {"prompt_id": 6}], "run") == {5: "src1"}
+    assert find_duplicates(ctx, it2, [5, 6], "iteration") == {}
+    assert find_duplicates(ctx, it2, [5, 6], "run") == {5: "src1"}

@@ -11,6 +11,7 @@ from selfjudge.services.synthesizer.inject import (alteration_prompt, check_alte
 from selfjudge.shared.config import Settings, SynthConfig
 from selfjudge.shared.metrics import Metrics
 from selfjudge.shared.models.generation.backend import Generation
+from selfjudge.shared.records import PromptRecord
 
 ORIGINAL = "There are two objects: a large red circle on the left and a small blue star at the top right."
 
@@ -82,8 +83,9 @@ CTX = SimpleNamespace(metrics=Metrics(), settings=Settings())   # source: the sc
 
 
 def prompt(i):
-    return {"prompt_id": i, "source_id": f"s:{i}", "instruction": f"Describe image {i}.", "image": None,
-            "kind": "open", "question_type": "describe", "options": None, "holdout": False}
+    record = PromptRecord(prompt_id=i, source_id=f"s:{i}", image_key="images/x.png", instruction=f"Describe image {i}.",
+                          kind="open", question_type="describe")
+    return stage.Draft(record, image=None, source="scenes", kind="open")
 
 
 def open_pairs(script, originals, ctx=CTX, **cfg):
@@ -92,7 +94,7 @@ def open_pairs(script, originals, ctx=CTX, **cfg):
     aside = []
     pairs = stage._open_pairs(ctx, backend, [prompt(i) for i in range(len(originals))], gens,
                               SynthConfig(**cfg), random.Random(0), aside, seed=1)
-    return pairs, aside, backend
+    return pairs, [(a.record_id, a.code, a.detail) for a in aside], backend
 
 
 GOOD = "There are two objects: a large green circle on the left and a small blue star at the top right."
@@ -103,9 +105,9 @@ def test_model_alteration_accepted():
                                        injection="model", style_mimic_share=1.0)
     assert aside == [] and len(pairs) == 1
     p = pairs[0]
-    assert (p["preferred"], p["rejected"], p["method"], p["errors"]) == (ORIGINAL, GOOD, "model_style_mimic",
+    assert (p.preferred, p.rejected, p.method, p.errors) == (ORIGINAL, GOOD, "model_style_mimic",
                                                                         ["colour"])
-    meta = p["meta"]
+    meta = p.meta
     assert meta["injection"] == "model" and meta["variant"] == "style_mimic" and "fallback" not in meta
     assert meta["max_length_ratio"] == 1.3 and meta["attempts"][0]["reason"] == "ok"
     assert meta["changes"] == [["red", "green"]] and "same length" in meta["alteration_prompt"]
@@ -118,9 +120,9 @@ def test_model_alteration_rejected_falls_back_to_rule():
                                  style_mimic_share=1.0, alter_samples=2)
     assert aside == [] and len(pairs) == 1
     p = pairs[0]
-    assert p["method"] == "rule_perturb" and p["meta"]["fallback"] == "rule"
-    assert [a["reason"] for a in p["meta"]["attempts"]] == ["no_change", "length"]
-    assert p["rejected"] != ORIGINAL and p["errors"] and p["meta"]["rule"]["reason"] == "ok"
+    assert p.method == "rule_perturb" and p.meta["fallback"] == "rule"
+    assert [a["reason"] for a in p.meta["attempts"]] == ["no_change", "length"]
+    assert p.rejected != ORIGINAL and p.errors and p.meta["rule"]["reason"] == "ok"
 
 
 def test_outside_the_scenes_world_there_is_no_fallback_by_default():
@@ -131,7 +133,7 @@ def test_outside_the_scenes_world_there_is_no_fallback_by_default():
     assert pairs == [] and aside == [("s:0", "open_alteration_rejected", "length")]
     pairs, aside, _ = open_pairs({ORIGINAL: [too_long]}, [ORIGINAL], ctx=user_data, injection="model",
                                  style_mimic_share=1.0, fallback_to_rule=True)      # asked for: it falls back
-    assert aside == [] and pairs[0]["meta"]["fallback"] == "rule"
+    assert aside == [] and pairs[0].meta["fallback"] == "rule"
 
 
 def test_an_alteration_gets_at_least_1_3x_the_original_budget():
@@ -156,7 +158,7 @@ def test_no_fallback_sets_aside_with_the_reasons():
 def test_rule_only_makes_no_model_call_and_unperturbable_text_is_set_aside():
     pairs, aside, backend = open_pairs({}, [ORIGINAL, "Nothing to see here."], injection="rule")
     assert backend.requests == []
-    assert [p["method"] for p in pairs] == ["rule_perturb"]
+    assert [p.method for p in pairs] == ["rule_perturb"]
     assert aside == [("s:1", "open_perturb_no_change", "Nothing to see here.")]
 
 
@@ -164,7 +166,7 @@ def test_both_splits_by_model_share():
     originals = [ORIGINAL] * 40
     pairs, _, backend = open_pairs({ORIGINAL: [GOOD]}, originals, injection="both", model_share=0.5,
                                    style_mimic_share=0.0)
-    methods = [p["method"] for p in pairs]
+    methods = [p.method for p in pairs]
     assert 10 <= methods.count("model_detail") <= 30 and methods.count("model_detail") + methods.count(
         "rule_perturb") == 40
     assert len(backend.requests) == methods.count("model_detail")
