@@ -94,7 +94,7 @@ RUN if [ -z "$VLLM_VERSION" ]; then \
         echo "gpu target: no VLLM_VERSION given, vLLM not installed (--build-arg VLLM_VERSION=0.32.0)" ; \
     else \
         pip install "vllm==${VLLM_VERSION}" "torch==$(python -c 'import torch; print(torch.__version__.split("+")[0])')" \
-     && python -I -c "import vllm, selfjudge.shared.models.vllm_backend" ; \
+     && python -I -c "import vllm, selfjudge.shared.models.generation.vllm_backend" ; \
     fi
 USER 10001:10001
 

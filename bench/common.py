@@ -57,7 +57,7 @@ def build_model(folder: Path, arch: str = "qwen2_5_vl", seed: int = 0) -> Path:
 def sft_examples(n: int, seed: int = 0) -> list:
     """What the trainer sees: scene QA (short answers) and judge traces (long prompt, long answer), 1:1."""
     from selfjudge.basemodel import format_examples
-    from selfjudge.shared.models.training import SFTExample
+    from selfjudge.shared.models.sft.data import SFTExample
     from selfjudge.shared.sources.scenes import pretraining_prompts
 
     prompts = pretraining_prompts(seed, n)
@@ -69,7 +69,7 @@ def sft_examples(n: int, seed: int = 0) -> list:
 def chat_requests(n: int, seed: int = 1) -> list:
     """Judge prompts with an image each (as the reasoner/evaluator send them)."""
     from selfjudge.shared.judge import JUDGE_SYSTEM
-    from selfjudge.shared.models.backend import ChatRequest
+    from selfjudge.shared.models.generation.backend import ChatRequest
 
     return [
         ChatRequest(text=ex.text, images=ex.images, system=JUDGE_SYSTEM if i % 2 else None, key=str(i))

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 
 def plain_loop(be, reqs: list, max_new_tokens: int) -> tuple[int, list[list[int]]]:  # noqa: ANN001
-    from selfjudge.shared.models.backend import chat_messages
+    from selfjudge.shared.models.chat_format import chat_messages
 
     proc, model = be.processor, be.model
     tokens, outs = 0, []
@@ -40,7 +40,8 @@ def plain_loop(be, reqs: list, max_new_tokens: int) -> tuple[int, list[list[int]
 
 
 def compare(work: Path, n_requests: int = 16, max_new_tokens: int = 32, repeats: int = 2) -> list[Result]:
-    from selfjudge.shared.models.backend import SamplingParams, TransformersBackend
+    from selfjudge.shared.models.generation.backend import SamplingParams
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
     model = build_model(work / "model")
     reqs = chat_requests(n_requests)

@@ -190,11 +190,12 @@ class Workload:
     """
 
     def __init__(self, folder: Path, args: argparse.Namespace, state: dict):
-        from selfjudge.shared.models.training import TrainConfig, step_plan
+        from selfjudge.shared.models.sft.config import TrainConfig
+        from selfjudge.shared.models.sft.loop import step_plan
 
         self.folder, self.args = folder, args
         if args.micro_tokens is None:  # varlen attention: one long row costs no more per token; else keep the mask small
-            from selfjudge.shared.models import varlen
+            from selfjudge.shared.models.sft import varlen
 
             args.micro_tokens = 16384 if varlen.usable(torch.device(args.device)) else 4096
         self.data = sft_examples(args.train_examples, seed=7)
@@ -224,7 +225,7 @@ class Workload:
     @property
     def encoded(self) -> list[dict]:
         if self._enc is None:
-            from selfjudge.shared.models.training import encode_example
+            from selfjudge.shared.models.sft.data import encode_example
 
             self._enc = [encode_example(self.processor, ex, self.cfg.max_length) for ex in self.data]
         return self._enc
@@ -232,7 +233,7 @@ class Workload:
     @property
     def processor(self) -> Any:
         if self._proc is None:
-            from selfjudge.shared.models.sft_data import load_processor
+            from selfjudge.shared.models.sft.data import load_processor
 
             self._proc = load_processor(str(self.folder))
         return self._proc
@@ -371,7 +372,7 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float, list[str]]
     """The plain transformers loop; returns (tokens/s, model FLOP/s, breakdown lines)."""
     from transformers import AutoModelForImageTextToText
 
-    from selfjudge.shared.models.training import collate
+    from selfjudge.shared.models.sft.data import collate
 
     args, device = w.args, w.args.device
     enc = w.encoded
@@ -419,7 +420,7 @@ def run_ours(w: Workload, out: Path | None, peak: float | None, changes: dict[st
     after the timed ones (`profile`)."""
     from dataclasses import replace
 
-    from selfjudge.shared.models.training import sft
+    from selfjudge.shared.models.sft.loop import sft
 
     device = w.args.device
     steps = w.warm + w.timed + (1 if profile else 0)

@@ -61,7 +61,8 @@ def memory(device: str) -> int:
 
 def measure(folder: Path, device: str, decode: str, batch: int, tokens: int) -> dict:
     """Load, warm up, time one batch, close: tokens/s, the texts, and memory before / after close."""
-    from selfjudge.shared.models.backend import SamplingParams, TransformersBackend, close_backend, free_memory
+    from selfjudge.shared.models.generation.backend import SamplingParams, close_backend, free_memory
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
     free_memory()

@@ -69,7 +69,7 @@ class Recorder:
 
     def __enter__(self) -> "Recorder":
         from selfjudge.services.trainer import stage as trainer_stage
-        from selfjudge.shared.models.backend import TransformersBackend
+        from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
         self._generate, self._train = TransformersBackend.generate, trainer_stage.train
         rec, generate, train = self, self._generate, self._train
@@ -93,7 +93,7 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         from selfjudge.services.trainer import stage as trainer_stage
-        from selfjudge.shared.models.backend import TransformersBackend
+        from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
         TransformersBackend.generate, trainer_stage.train = self._generate, self._train
 
@@ -112,8 +112,8 @@ def run_pipeline(config: Path) -> float:
 
 def replay(calls: list, work: Path) -> float:
     """The recorded calls, made directly: each model folder loaded once, calls in the same order."""
-    from selfjudge.shared.models.backend import TransformersBackend
-    from selfjudge.shared.models.training import sft
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
+    from selfjudge.shared.models.sft.loop import sft
 
     backends: dict[str, TransformersBackend] = {}
     t0 = time.perf_counter()

@@ -30,7 +30,8 @@ def answer_loss(model_dir: Path, data: list) -> float:
     """Mean cross-entropy per answer token of a saved model over the whole data set."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from selfjudge.shared.models.training import IGNORE, answer_loss_sum, collate, encode_example
+    from selfjudge.shared.models.sft.data import IGNORE, collate, encode_example
+    from selfjudge.shared.models.sft.model import answer_loss_sum
 
     proc = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, use_safetensors=True).eval()
@@ -45,13 +46,13 @@ def answer_loss(model_dir: Path, data: list) -> float:
 
 
 def config(batch: int, lr: float):  # noqa: ANN201
-    from selfjudge.shared.models.training import TrainConfig
+    from selfjudge.shared.models.sft.config import TrainConfig
 
     return TrainConfig(lr=lr, epochs=1, batch_size=batch, warmup_ratio=0.03, max_length=1024)
 
 
 def run_ours(model: Path, data: list, out: Path, batch: int, lr: float):  # noqa: ANN201 - (seconds, TrainResult)
-    from selfjudge.shared.models.training import sft
+    from selfjudge.shared.models.sft.loop import sft
 
     t0 = time.perf_counter()
     res = sft(str(model), data, out, config(batch, lr))
@@ -62,7 +63,7 @@ def padded_share(model: Path, data: list, batch: int) -> float:
     """Padding share of the Trainer's batches (batch examples in order, right-padded to the longest)."""
     from transformers import AutoProcessor
 
-    from selfjudge.shared.models.training import encode_example
+    from selfjudge.shared.models.sft.data import encode_example
 
     proc = AutoProcessor.from_pretrained(model)
     lengths = [len(encode_example(proc, ex, 1024)["input_ids"]) for ex in data]
@@ -74,7 +75,8 @@ def step_order(model: Path, data: list, batch: int, lr: float) -> list[int]:
     """The example order of sft's optimizer steps (one epoch), flattened."""
     from transformers import AutoProcessor
 
-    from selfjudge.shared.models.training import encode_example, step_plan
+    from selfjudge.shared.models.sft.data import encode_example
+    from selfjudge.shared.models.sft.loop import step_plan
 
     proc = AutoProcessor.from_pretrained(model)
     lengths = [len(encode_example(proc, ex, 1024)["input_ids"]) for ex in data]
@@ -85,7 +87,7 @@ def run_hf_trainer(model: Path, data: list, out: Path, batch: int, lr: float) ->
     from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from selfjudge.shared.models.training import collate, encode_example
+    from selfjudge.shared.models.sft.data import collate, encode_example
 
     t0 = time.perf_counter()
     proc = AutoProcessor.from_pretrained(model)

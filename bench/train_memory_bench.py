@@ -64,7 +64,8 @@ def child(model: str, store_root: str, key: str, steps: int, out: str) -> dict:
     import torch
 
     from selfjudge.services.trainer.examples import StoreExamples
-    from selfjudge.shared.models.training import TrainConfig, sft
+    from selfjudge.shared.models.sft.config import TrainConfig
+    from selfjudge.shared.models.sft.loop import sft
     from selfjudge.shared.store import LocalStore
 
     torch.set_num_threads(1)

@@ -21,7 +21,7 @@ from common import Result, build_model, chat_requests
 def plain_generate(be, reqs: list, max_new_tokens: int) -> int:  # noqa: ANN001
     from vllm import SamplingParams as VSamplingParams
 
-    from selfjudge.shared.models.backend import chat_messages
+    from selfjudge.shared.models.chat_format import chat_messages
 
     prompts = []
     for r in reqs:
@@ -34,8 +34,8 @@ def plain_generate(be, reqs: list, max_new_tokens: int) -> int:  # noqa: ANN001
 
 
 def compare(work: Path, n_requests: int = 32, max_new_tokens: int = 32, rounds: int = 2) -> list[Result]:
-    from selfjudge.shared.models.backend import SamplingParams
-    from selfjudge.shared.models.vllm_backend import VLLMBackend
+    from selfjudge.shared.models.generation.backend import SamplingParams
+    from selfjudge.shared.models.generation.vllm_backend import VLLMBackend
 
     model = build_model(work / "tiny")
     reqs = chat_requests(n_requests)

@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import SFTExample
+from selfjudge.shared.models.sft.loop import sft
 from selfjudge.shared.models.tiny import TinySize, build_tiny
-from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
 from selfjudge.shared.sources.scenes import (
     COLOURS, LETTERS, SHAPES, grid_descriptions, perturb, pretraining_prompts, tokenizer_corpus, wrong_answer,
 )
@@ -80,7 +82,7 @@ def parse_reasoning(text: str) -> tuple[str, str, str, str] | None:
 
 def judge_requests(pairs: list) -> tuple[list, list[tuple]]:
     """The judge's prompt for each labelled pair in both orders: (requests, (pair, a, b, right letter))."""
-    from selfjudge.shared.models.backend import ChatRequest
+    from selfjudge.shared.models.generation.backend import ChatRequest
 
     requests, shown = [], []
     for p in pairs:
@@ -97,7 +99,8 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32, device: st
     (both orders, greedy), `format` writes the reasoning format, `restates` copies both responses,
     `own_right` gives the right answer itself, `agrees_own` names the response that says its own
     answer (the string comparison), `agrees_right` names the right response, `verdict_a` says [[A]]."""
-    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
     from selfjudge.shared.verdict import parse_verdict
 
     closed = [p for p in pairs if p.question_type in ("count", "colour", "choice", "position")]
@@ -205,7 +208,8 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
 def own_answers(model: str | Path, prompts: list, batch_size: int = 32, device: str = "cpu",
                 dtype: str = "float32") -> list[str | None]:
     """The model's greedy answers to the closed-ended prompts (None for open-ended ones)."""
-    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
     closed = [i for i, (_, p) in enumerate(prompts) if p.kind == "closed"]
     backend = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype)

@@ -87,7 +87,7 @@ def stage_handlers(settings: Settings, bus, metrics, sessions, store) -> dict:  
 
 def cmd_run(args: argparse.Namespace) -> int:
     from selfjudge.shared import loop, shards
-    from selfjudge.shared.models.openai_backend import plan_problem
+    from selfjudge.shared.models.generation.openai_backend import plan_problem
     from selfjudge.shared.context import make_context
     from selfjudge.shared.db import make_sessionmaker, migrate
     from selfjudge.shared.metrics import Metrics

@@ -327,7 +327,8 @@ def judge_accuracy(model: Path, pairs: list, batch_size: int = 32, device: str =
     unparseable verdict is wrong), plus the share of [[A]] verdicts."""
     from selfjudge.basemodel import judge_requests
     from selfjudge.services.evaluator.scoring import summarize_heldout
-    from selfjudge.shared.models.backend import SamplingParams, TransformersBackend
+    from selfjudge.shared.models.generation.backend import SamplingParams
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
     from selfjudge.shared.verdict import parse_verdict
 
     requests, shown = judge_requests(pairs)
@@ -357,7 +358,7 @@ def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int,  # noqa
 
     from selfjudge.basemodel import gold_judge_examples
     from selfjudge.services.trainer.stage import train_config
-    from selfjudge.shared.models.distributed import train
+    from selfjudge.shared.models.sft.launch import train
     from selfjudge.shared.sources.scenes import pretraining_prompts
 
     world = loop.source

@@ -58,7 +58,7 @@ class ModelCache:
         """The generation backend for this checkpoint, loading or swapping if needed."""
         if self._loaded_id == checkpoint_id and self._backend is not None:
             return self._backend
-        from .models.backend import load_backend
+        from .models.generation.load import load_backend
 
         start = time.perf_counter()
         self.release()   # the old model is shut down and its memory freed before the new one loads
@@ -83,7 +83,7 @@ class ModelCache:
 
     def release(self) -> None:
         """Shut the loaded backend down now (engine processes, GPU memory), not at garbage collection."""
-        from .models.backend import close_backend
+        from .models.generation.backend import close_backend
 
         old, self._backend, self._loaded_id = self._backend, None, None
         if old is not None:
@@ -92,8 +92,8 @@ class ModelCache:
     def _served(self, checkpoint_id: int, identity: str, iteration: int):  # noqa: ANN202 - OpenAIBackend
         """model.backend openai: the base is what the servers serve; a trained judge (a LoRA adapter
         folder) is loaded into them by name. Anything else is refused: never a silent mismatch."""
-        from .models.backend import load_backend
-        from .models.openai_backend import adapter_name
+        from .models.generation.load import load_backend
+        from .models.generation.openai_backend import adapter_name
 
         m = self.settings.model
         backend = load_backend("openai", "", model_id=identity, endpoints=m.endpoints,

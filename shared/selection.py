@@ -64,7 +64,7 @@ def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dic
 
     from .judge import JUDGE_SYSTEM, judge_prompt, ordered
     from .loop import rng_for
-    from .models.backend import ChatRequest, SamplingParams
+    from .models.generation.backend import ChatRequest, SamplingParams
     from .store import get_image, put_jsonl
     from .verdict import parse_verdict
 

@@ -37,7 +37,7 @@ from selfjudge.shared.context import Context
 from selfjudge.shared.db import Checkpoint, EvalResult, EvalSummary, Iteration, Run, SetAside, Shard
 from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.messages import EvalTask, Message
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
 from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
 
 from . import scoring

@@ -21,7 +21,7 @@ from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Judgment
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt, ordered
 from selfjudge.shared.messages import ShardTask
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
 from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
 from selfjudge.shared.verdict import parse_verdict
 

@@ -38,7 +38,7 @@ from selfjudge.shared.context import Context
 from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Checkpoint, Pair, Prompt
 from selfjudge.shared.messages import ShardTask
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
 from selfjudge.shared.sources.scenes import perturb
 from selfjudge.shared.store import get_image, get_jsonl, put_jsonl
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from selfjudge.shared.judge import JUDGE_SYSTEM
-from selfjudge.shared.models.sft_data import SFTExample
+from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.store import Store, get_image, get_jsonl
 
 

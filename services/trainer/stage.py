@@ -32,8 +32,8 @@ from selfjudge.shared.context import Context
 from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Iteration, SetAside, Shard
 from selfjudge.shared.messages import TrainTask
-from selfjudge.shared.models.distributed import train
-from selfjudge.shared.models.training import TrainConfig
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.launch import train
 from selfjudge.shared.store import open_store
 
 from .examples import StoreExamples

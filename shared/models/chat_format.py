@@ -4,13 +4,16 @@ Qwen renders an assistant turn as `<|im_start|>assistant\\n{answer}<|im_end|>\\n
 Vision as `...<|end_header_id|>\\n\\n{answer}<|eot_id|>`, Idefics3 as `Assistant: {answer}<end_of_utterance>\\n`
 (the generation prompt stops at `Assistant:`, so the answer starts with a space). Training must
 supervise exactly the text the model emits after the generation prompt, up to and including the
-turn's end token; generation strips the same prefix back off.
+turn's end token; generation strips the same prefix back off. `chat_messages` is the one user turn
+(images, then text) that generation and training both render through the template.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from PIL import Image
 
 SENTINEL = "XQZSENTINELANSWERXQZ"
 
@@ -24,6 +27,15 @@ class AnswerFormat:
 
 def user_turn(n_images: int, text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}]
+
+
+def chat_messages(text: str, images: list[Image.Image], system: str | None = None) -> list[dict[str, Any]]:
+    """One user turn (images first, then text), with an optional system turn before it."""
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    msgs = [{"role": "user", "content": content}]
+    if system is not None:
+        msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    return msgs
 
 
 def answer_format(processor: Any) -> AnswerFormat:

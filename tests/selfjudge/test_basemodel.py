@@ -92,7 +92,8 @@ def test_base_skills_score_what_the_model_wrote(tiny_base):
     """The skills table of a base model, checked against the model's own outputs read back separately."""
     from selfjudge.basemodel import base_skills, parse_reasoning
     from selfjudge.shared.judge import judge_prompt
-    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
+    from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
     from selfjudge.shared.sources.scenes import heldout_pairs
 
     pairs = heldout_pairs(3, 12)
@@ -167,8 +168,9 @@ def test_lesson_shows_the_own_answer_in_a_b_or_neither_for_every_question_type()
 
 def test_three_phase_base_model_builds_and_loads(tmp_path):
     from selfjudge.basemodel import build_base_model
-    from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
-    from selfjudge.shared.models.training import META_FILE
+    from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+    from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
+    from selfjudge.shared.models.sft.model import META_FILE
 
     out = build_base_model(tmp_path / "base", pretrain_steps=3, perception_steps=3, reading_steps=3, batch_size=2,
                            image_size=56, max_objects=4, object_scale=1.6, layout="grid", lr=1e-4)
@@ -181,8 +183,8 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from selfjudge.shared.models.sft.model import VISION_ENCODER
     from selfjudge.shared.models.tiny import build_tiny
-    from selfjudge.shared.models.training import VISION_ENCODER
     from selfjudge.shared.sources.scenes import tokenizer_corpus
 
     init = build_tiny("qwen2_5_vl", tmp_path / "init", tokenizer_corpus(), seed=0, image_size=56)
@@ -218,8 +220,8 @@ def test_base_model_of_another_shape_with_capped_examples(tmp_path, caplog):
     import logging
 
     from selfjudge.basemodel import build_base_model
+    from selfjudge.shared.models.sft.model import META_FILE
     from selfjudge.shared.models.tiny import TinySize
-    from selfjudge.shared.models.training import META_FILE
 
     size = TinySize(hidden=64, layers=1, heads=1, kv_heads=1, intermediate=128, vision_depth=2, vision_hidden=32)
     with caplog.at_level(logging.INFO, logger="selfjudge.basemodel"):

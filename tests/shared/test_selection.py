@@ -14,7 +14,7 @@ from selfjudge.shared import selection
 from selfjudge.shared.config import Settings
 from selfjudge.shared.db import (Base, Checkpoint, EvalSummary, Image, Iteration, Judgment, Pair, Prompt, Run,
                                  make_sessionmaker)
-from selfjudge.shared.models.backend import Generation
+from selfjudge.shared.models.generation.backend import Generation
 from selfjudge.shared.store import LocalStore, put_image
 
 HOLDOUT, TRAINABLE = [1, 2, 3, 4], [5, 6]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from selfjudge.shared.models.backend import Generation
+from selfjudge.shared.models.generation.backend import Generation
 
 # VL-RewardBench ids as they occur in the real data (one per source), and what they map to
 VL_IDS = {

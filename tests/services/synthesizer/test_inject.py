@@ -10,7 +10,7 @@ from selfjudge.services.synthesizer.inject import (alteration_prompt, check_alte
                                                    error_types, word_overlap)
 from selfjudge.shared.config import Settings, SynthConfig
 from selfjudge.shared.metrics import Metrics
-from selfjudge.shared.models.backend import Generation
+from selfjudge.shared.models.generation.backend import Generation
 
 ORIGINAL = "There are two objects: a large red circle on the left and a small blue star at the top right."
 

@@ -14,7 +14,7 @@ from selfjudge.shared.context import Context
 from selfjudge.shared.db import Base, Checkpoint, Image, Pair, Prompt, Run, SetAside, make_sessionmaker
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.metrics import Metrics
-from selfjudge.shared.models.backend import Generation
+from selfjudge.shared.models.generation.backend import Generation
 from selfjudge.shared.queue import LocalBus
 from selfjudge.shared.store import LocalStore, put_image, put_jsonl
 

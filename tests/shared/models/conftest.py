@@ -19,7 +19,7 @@ def requests() -> list:
     system turn, so batches need grouping and padding."""
     from PIL import Image
 
-    from selfjudge.shared.models.backend import ChatRequest
+    from selfjudge.shared.models.generation.backend import ChatRequest
 
     return [
         ChatRequest(
@@ -35,7 +35,7 @@ def requests() -> list:
 def check_n_samples(backend) -> None:  # noqa: ANN001 - any GenerationBackend
     """The n-samples contract every backend keeps: n texts and counts per request, samples that
     differ, the same samples for the same seed, and n copies of one greedy completion."""
-    from selfjudge.shared.models.backend import SamplingParams
+    from selfjudge.shared.models.generation.backend import SamplingParams
 
     reqs = requests()[:3]
     params = SamplingParams(n=3, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=8, seed=7)
@@ -93,7 +93,7 @@ def require_vllm() -> None:
 def vllm_tiny(tiny_qwen: Path):
     """A VLLMBackend on tiny_qwen in fp32 (the engine runs in this process; ~10 s to start)."""
     require_vllm()
-    from selfjudge.shared.models.vllm_backend import VLLMBackend
+    from selfjudge.shared.models.generation.vllm_backend import VLLMBackend
 
     backend = VLLMBackend(str(tiny_qwen), model_id="tiny", dtype="float32", max_images=2, max_model_len=2048)
     yield backend

@@ -11,19 +11,13 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
 from selfjudge.shared.models.chat_format import answer_format
-from selfjudge.shared.models.training import (
-    IGNORE,
-    META_FILE,
-    VISION_ENCODER,
-    SFTExample,
-    TrainConfig,
-    answer_loss_sum,
-    collate,
-    encode_example,
-    sft,
-)
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import IGNORE, SFTExample, collate, encode_example
+from selfjudge.shared.models.sft.loop import sft
+from selfjudge.shared.models.sft.model import META_FILE, VISION_ENCODER, answer_loss_sum
 
 ARCHS = ["mllama", "idefics3"]
 CLASSES = {

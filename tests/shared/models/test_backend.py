@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfjudge.shared.models.backend import (
-    GenerationBackend,
-    SamplingParams,
-    TransformersBackend,
-    load_backend,
-)
+from selfjudge.shared.models.generation.backend import GenerationBackend, SamplingParams
+from selfjudge.shared.models.generation.load import load_backend
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
 from .conftest import check_n_samples, requests
 
@@ -86,7 +83,7 @@ def test_checkpoint_sampling_defaults_are_ignored(tiny_qwen: Path, backend: Tran
 def test_static_decode_gives_the_same_tokens(tiny_qwen: Path, backend: TransformersBackend) -> None:
     """decode="static" (a static KV cache; compiled on CUDA): prompts padded to a multiple of
     STATIC_PAD, and the same greedy completions as plain decoding, for 0, 1 and 2 images."""
-    from selfjudge.shared.models.backend import STATIC_PAD
+    from selfjudge.shared.models.generation.transformers_backend import STATIC_PAD
 
     static = load_backend("transformers", str(tiny_qwen), model_id="tiny", batch_size=4, decode="static")
     reqs = requests()
@@ -100,7 +97,7 @@ def test_static_decode_gives_the_same_tokens(tiny_qwen: Path, backend: Transform
 def test_close_frees_the_model(tiny_qwen: Path) -> None:
     import weakref
 
-    from selfjudge.shared.models.backend import close_backend
+    from selfjudge.shared.models.generation.backend import close_backend
 
     be = TransformersBackend(str(tiny_qwen))
     model = weakref.ref(be.model)

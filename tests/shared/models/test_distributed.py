@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from selfjudge.shared.models.distributed import read_examples, train, write_spec
-from selfjudge.shared.models.training import SFTExample, TrainConfig
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import SFTExample
+from selfjudge.shared.models.sft.launch import read_examples, train, write_spec
 
 
 def examples() -> list[SFTExample]:

@@ -11,19 +11,12 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
-from selfjudge.shared.models.training import (
-    IGNORE,
-    META_FILE,
-    SFTExample,
-    TrainConfig,
-    answer_loss_sum,
-    collate,
-    encode_example,
-    export,
-    load_trainable,
-    sft,
-)
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import IGNORE, SFTExample, collate, encode_example
+from selfjudge.shared.models.sft.loop import sft
+from selfjudge.shared.models.sft.model import META_FILE, answer_loss_sum, export, load_trainable
 
 
 def examples() -> list[SFTExample]:

@@ -22,8 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from selfjudge.shared.models.backend import ChatRequest, GenerationBackend, SamplingParams, TransformersBackend, load_backend
-from selfjudge.shared.models.openai_backend import OpenAIBackend, OpenAIBackendError
+from selfjudge.shared.models.generation.backend import ChatRequest, GenerationBackend, SamplingParams
+from selfjudge.shared.models.generation.load import load_backend
+from selfjudge.shared.models.generation.openai_backend import OpenAIBackend, OpenAIBackendError
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
 from .conftest import requests
 
@@ -298,7 +300,7 @@ def _adapter_and_merged(tiny_qwen: Path, out: Path) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from selfjudge.shared.models.training import LORA_TARGET
+    from selfjudge.shared.models.sft.config import LORA_TARGET
 
     torch.manual_seed(2)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)
@@ -330,7 +332,7 @@ def test_load_adapter_is_sent_to_every_endpoint(stubs) -> None:
 
 
 def test_openai_run_plan_is_refused_unless_judges_are_adapters() -> None:
-    from selfjudge.shared.models.openai_backend import plan_problem
+    from selfjudge.shared.models.generation.openai_backend import plan_problem
 
     assert plan_problem("openai", "lora", lora_merge=False) is None
     assert plan_problem("transformers", "full", lora_merge=True) is None
@@ -360,7 +362,7 @@ def test_each_new_judge_reaches_the_vllm_server(
     from selfjudge.shared.config import load_settings
     from selfjudge.shared.context import make_context
     from selfjudge.shared.db import migrate
-    from selfjudge.shared.models.openai_backend import adapter_name
+    from selfjudge.shared.models.generation.openai_backend import adapter_name
     from selfjudge.shared.queue import LocalBus
 
     adapter, merged = _adapter_and_merged(tiny_qwen, tmp_path)

@@ -13,18 +13,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from selfjudge.shared.models import varlen
-from selfjudge.shared.models.sft_data import rope_index
-from selfjudge.shared.models.training import (
-    IGNORE,
-    SFTExample,
-    TrainConfig,
-    answer_loss_sum,
-    collate,
-    encode_example,
-    pack,
-    sft,
-)
+from selfjudge.shared.models.sft import varlen
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import IGNORE, SFTExample, collate, encode_example, pack, rope_index
+from selfjudge.shared.models.sft.loop import sft
+from selfjudge.shared.models.sft.model import answer_loss_sum
 
 
 def examples(n: int = 8) -> list[SFTExample]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from selfjudge.shared.models.training import TrainConfig, micro_budget, split_step, step_plan
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.loop import micro_budget, split_step, step_plan
 
 LENGTHS = [random.Random(i).choice([50, 60, 70, 140, 290]) for i in range(37)]
 

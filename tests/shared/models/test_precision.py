@@ -9,7 +9,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from selfjudge.shared.models.training import META_FILE, SFTExample, TrainConfig, resolve_precision, sft
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import SFTExample
+from selfjudge.shared.models.sft.loop import sft
+from selfjudge.shared.models.sft.model import META_FILE
+from selfjudge.shared.models.sft.runtime import resolve_precision
 
 
 def test_precision_resolution() -> None:

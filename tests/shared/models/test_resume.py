@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import SFTExample
+from selfjudge.shared.models.sft.loop import sft
 
 
 class Crash(RuntimeError):

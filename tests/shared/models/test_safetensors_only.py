@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfjudge.shared.models.backend import TransformersBackend
-from selfjudge.shared.models.training import SFTExample, TrainConfig, sft
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import SFTExample
+from selfjudge.shared.models.sft.loop import sft
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
 
 from .conftest import require_vllm
 
@@ -66,7 +66,8 @@ def test_model_cache_swap_closes_the_old_backend(tiny_qwen: Path, tmp_path: Path
 def _engine_round(tiny_qwen: Path, in_process: bool) -> tuple[int, int, int, list[psutil.Process]]:
     """(RSS before, while loaded, after close) of this process and its children, and the engine's
     processes while it ran."""
-    from selfjudge.shared.models.backend import close_backend, load_backend
+    from selfjudge.shared.models.generation.backend import close_backend
+    from selfjudge.shared.models.generation.load import load_backend
 
     me = psutil.Process()
     gc.collect()

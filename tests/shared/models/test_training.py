@@ -7,18 +7,20 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from selfjudge.shared.models.backend import ChatRequest, SamplingParams, TransformersBackend
-from selfjudge.shared.models.sft_data import fit_pixels, load_processor
-from selfjudge.shared.models.training import (
+from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
+from selfjudge.shared.models.sft.config import TrainConfig
+from selfjudge.shared.models.sft.data import (
     IGNORE,
     ExampleTooLong,
     SFTExample,
-    TrainConfig,
-    answer_loss_sum,
     collate,
     encode_example,
-    sft,
+    fit_pixels,
+    load_processor,
 )
+from selfjudge.shared.models.sft.loop import sft
+from selfjudge.shared.models.sft.model import answer_loss_sum
 
 COLOURS = ["red", "green", "blue", "yellow"]
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from selfjudge.shared.models import backend as backend_mod
-from selfjudge.shared.models import vllm_backend
-from selfjudge.shared.models.backend import ChatRequest, GenerationBackend, SamplingParams, TransformersBackend
+from selfjudge.shared.models.generation import load as load_mod
+from selfjudge.shared.models.generation import vllm_backend
+from selfjudge.shared.models.generation.backend import ChatRequest, GenerationBackend, SamplingParams
+from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
 from .conftest import check_n_samples, requests
 
@@ -89,7 +90,7 @@ def test_lora_adapter_matches_merged_model(vllm_tiny, tiny_qwen: Path, tmp_path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from selfjudge.shared.models.training import LORA_TARGET
+    from selfjudge.shared.models.sft.config import LORA_TARGET
 
     torch.manual_seed(1)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)
@@ -123,7 +124,7 @@ def _mllama_folder(path: Path) -> Path:
 def test_mllama_is_refused(tmp_path: Path) -> None:
     """Refused before vLLM is imported, so this runs with SELFJUDGE_NO_VLLM=1 too."""
     folder = _mllama_folder(tmp_path / "mllama")
-    for make in (lambda: vllm_backend.VLLMBackend(str(folder)), lambda: backend_mod.load_backend("vllm", str(folder))):
+    for make in (lambda: vllm_backend.VLLMBackend(str(folder)), lambda: load_mod.load_backend("vllm", str(folder))):
         with pytest.raises(ValueError, match="vLLM does not serve Mllama.*use the transformers backend"):
             make()
     adapter = tmp_path / "mllama_lora"
@@ -140,17 +141,17 @@ def test_load_backend_dispatch(monkeypatch: pytest.MonkeyPatch, tiny_qwen: Path)
         def __init__(self, model_path: str, **kw: object) -> None:
             seen.update(kw, model_path=model_path)
 
-    monkeypatch.setattr(vllm_backend, "VLLMBackend", Fake)
-    monkeypatch.setattr(backend_mod, "TransformersBackend", Fake)
+    monkeypatch.setattr(load_mod, "VLLMBackend", Fake)
+    monkeypatch.setattr(load_mod, "TransformersBackend", Fake)
     server_only = dict(endpoints=["http://x"], served_model_name="m", api_key="k", concurrency=2, request_timeout=1.0)
     for kind in ("vllm", "transformers"):  # every ModelConfig setting may be passed; server ones dropped
         seen.clear()
-        be = backend_mod.load_backend(kind, str(tiny_qwen), model_id="abc", device="cpu", dtype="float32",
-                                      batch_size=8, **server_only)  # fmt: skip
+        be = load_mod.load_backend(kind, str(tiny_qwen), model_id="abc", device="cpu", dtype="float32",
+                                   batch_size=8, **server_only)  # fmt: skip
         assert isinstance(be, Fake) and seen == {"model_path": str(tiny_qwen), "model_id": "abc", "device": "cpu",
                                                  "dtype": "float32", "batch_size": 8}  # fmt: skip
     with pytest.raises(NotImplementedError, match="transformers, vllm, openai"):
-        backend_mod.load_backend("nope", str(tiny_qwen))
+        load_mod.load_backend("nope", str(tiny_qwen))
 
 
 def test_config_engine_settings_reach_the_engine(vllm_tiny, tiny_qwen: Path) -> None:
@@ -160,8 +161,8 @@ def test_config_engine_settings_reach_the_engine(vllm_tiny, tiny_qwen: Path) -> 
     m = load_settings(environ={"SELFJUDGE__MODEL__VLLM__MAX_NUM_SEQS": "3"}, overrides={"model": {"vllm": {
         "max_model_len": 512, "gpu_memory_utilization": 0.5, "max_num_batched_tokens": 1024, "max_images": 2,
         "engine_kwargs": {"seed": 11}}}}).model  # fmt: skip
-    be = backend_mod.load_backend("vllm", str(tiny_qwen), dtype="float32", device="cpu", decode="plain",
-                                  vllm=m.vllm.backend_kwargs())  # fmt: skip
+    be = load_mod.load_backend("vllm", str(tiny_qwen), dtype="float32", device="cpu", decode="plain",
+                               vllm=m.vllm.backend_kwargs())  # fmt: skip
     try:
         cfg = be.llm.llm_engine.vllm_config
         assert cfg.scheduler_config.max_num_seqs == 3 and cfg.model_config.max_model_len == 512

@@ -1,6 +1,6 @@
 """Training data for `sft`: examples read one at a time, encoded per micro-batch, packed without padding.
 
-- A source is anything with `len()` and `[i] -> SFTExample` (a list; `distributed.FolderExamples`;
+- A source is anything with `len()` and `[i] -> SFTExample` (a list; `launch.FolderExamples`;
   the trainer stage's store-backed source). An optional `identity(i) -> str` names an example
   without reading its images (the resume fingerprint); otherwise the example's image bytes are hashed.
 - `encode_example`: chat template + images, then the answer and the end-of-turn token; labels only
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import vision_compat
+from .. import vision_compat
 
 vision_compat.ensure_torchvision()
 
@@ -37,8 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .backend import chat_messages  # noqa: E402
-from .chat_format import answer_format  # noqa: E402
+from ..chat_format import answer_format, chat_messages  # noqa: E402
 
 IGNORE = -100
 # per-token tensors of shape (T,) after encoding: right-padded (or concatenated, packed) in a batch

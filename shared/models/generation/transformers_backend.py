@@ -1,96 +1,23 @@
-"""Text generation from a VLM checkpoint folder: chat requests (text + images) in, completions out."""
+"""Text generation from a VLM checkpoint folder with transformers' `generate` (the default backend)."""
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from . import vision_compat
+from .. import vision_compat
 
 vision_compat.ensure_torchvision()
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig  # noqa: E402
 
+from ..chat_format import answer_format, chat_messages  # noqa: E402
+from ..dtypes import DTYPES  # noqa: E402
+from .backend import ChatRequest, Generation, SamplingParams, free_memory, stop_token_ids  # noqa: E402
 
-@dataclass
-class ChatRequest:
-    text: str  # the user message text
-    images: list[Image.Image]  # 0..n images, placed before the text in the user turn
-    system: str | None = None
-    key: str = ""  # caller's id, returned untouched
-
-
-@dataclass
-class SamplingParams:
-    n: int = 1
-    temperature: float = 0.0  # 0 -> greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 -> off
-    max_new_tokens: int = 128
-    seed: int = 0
-
-
-@dataclass
-class Generation:
-    key: str
-    texts: list[str]  # n completions, special tokens stripped
-    token_counts: list[int]  # generated tokens per completion, the stop token included
-    prompt_tokens: int
-
-
-@runtime_checkable
-class GenerationBackend(Protocol):
-    model_id: str  # identity of the loaded checkpoint (content hash given by caller)
-
-    def generate(
-        self,
-        requests: list[ChatRequest],
-        params: SamplingParams,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[Generation]: ...
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DECODE_MODES = ("plain", "static")
 STATIC_PAD = 64  # static decode: prompts padded to a multiple of this, so compiled shapes repeat
-
-
-def free_memory() -> None:
-    """Collect garbage and hand cached CUDA blocks back to the driver (what a model swap needs)."""
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
-def close_backend(backend: object) -> None:
-    """Shut a backend down (its `close()`, when it has one) and free its memory now, not at
-    some later garbage collection: a checkpoint swap must not hold two models at once."""
-    close = getattr(backend, "close", None)
-    if callable(close):
-        close()
-    free_memory()
-
-
-def chat_messages(text: str, images: list[Image.Image], system: str | None = None) -> list[dict[str, Any]]:
-    """One user turn (images first, then text), with an optional system turn before it."""
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    msgs = [{"role": "user", "content": content}]
-    if system is not None:
-        msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-    return msgs
-
-
-def stop_token_ids(processor: Any, model: Any) -> list[int]:
-    """The tokenizer's eos (<|im_end|> for chat models) plus whatever the checkpoint's generation config stops on."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    eos = processor.tokenizer.eos_token_id
-    return ids + ([eos] if eos is not None and eos not in ids else [])
 
 
 class TransformersBackend:
@@ -112,8 +39,6 @@ class TransformersBackend:
         trust_remote_code: bool = False,
         decode: str = "plain",
     ):
-        from .chat_format import answer_format
-
         if decode not in DECODE_MODES:
             raise ValueError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
         self.decode = decode
@@ -243,39 +168,3 @@ class TransformersBackend:
         if self.decode == "static" and self.device.type == "cuda":
             torch.compiler.reset()
         free_memory()
-
-
-BACKENDS = ("transformers", "vllm", "openai")
-# what the openai backend takes from load_backend's keywords (ModelConfig field -> OpenAIBackend argument)
-_OPENAI_KW = {"model_id": "model_id", "endpoints": "endpoints", "served_model_name": "model", "api_key": "api_key",
-              "concurrency": "concurrency", "request_timeout": "request_timeout"}  # fmt: skip
-
-
-def load_backend(kind: str, model_path: str, **kw: Any) -> GenerationBackend:
-    """The generation backend `kind` (ModelConfig.backend) for the checkpoint folder `model_path`.
-
-    Every ModelConfig setting may be passed to every kind; each takes what applies to it.
-    transformers / vllm: load `model_path` here (model_id, device, dtype, batch_size,
-    trust_remote_code, ...; vllm ignores batch_size; the openai-only endpoints,
-    served_model_name, api_key, concurrency, request_timeout are dropped). transformers also takes
-    `decode` (ModelConfig.hf_decode); vllm takes `vllm`, a dict of its engine settings
-    (ModelConfig.vllm.backend_kwargs()). openai: `model_path` is not read (the servers serve the
-    model); model_id and those openai settings are used.
-    """
-    local = {k: v for k, v in kw.items() if k not in _OPENAI_KW or k == "model_id"}  # server settings dropped
-    engine = local.pop("vllm", None) or {}
-    if kind == "transformers":
-        return TransformersBackend(model_path, **local)
-    if kind == "vllm":
-        from .vllm_backend import VLLMBackend
-
-        local.pop("decode", None)
-        return VLLMBackend(model_path, **(local | engine))
-    if kind == "openai":
-        from .openai_backend import OpenAIBackend
-
-        args = {_OPENAI_KW[k]: v for k, v in kw.items() if k in _OPENAI_KW}
-        if not args.get("endpoints"):
-            raise ValueError("model.backend 'openai' needs model.endpoints (base URLs of OpenAI-compatible servers)")
-        return OpenAIBackend(**args)
-    raise NotImplementedError(f"generation backend {kind!r} not implemented (have: {', '.join(BACKENDS)})")

@@ -4,7 +4,7 @@
 `cfg.distributed == "none"` or `cfg.nproc <= 1` it is `sft` in this process; otherwise it writes
 the examples (images as PNG, lossless) and the config into a spec folder, starts
 
-    python -m torch.distributed.run --standalone --nproc-per-node N -m selfjudge.shared.models.distributed SPEC
+    python -m torch.distributed.run --standalone --nproc-per-node N -m selfjudge.shared.models.sft.launch SPEC
 
 and relays rank 0's per-step progress (a JSON-lines file) to `progress` while it runs. Each rank
 calls `sft` with the same arguments; `sft` joins the process group (gloo on CPU, NCCL on CUDA),
@@ -27,17 +27,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from . import vision_compat
+from .. import vision_compat
 
 vision_compat.ensure_torchvision()
 
 from PIL import Image  # noqa: E402
 
-from .sft_data import identity  # noqa: E402
-from .training import SFTExample, TrainConfig, TrainResult, sft  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .data import SFTExample, identity  # noqa: E402
+from .loop import TrainResult, sft  # noqa: E402
 
 log = logging.getLogger(__name__)
-ENTRY = "selfjudge.shared.models.distributed"
+ENTRY = "selfjudge.shared.models.sft.launch"
 
 
 def train(

@@ -3,7 +3,7 @@ with no (L x L) mask and no work spent on the masked-out blocks.
 
 Registered with transformers' AttentionInterface as `NAME` (a name without "flash": transformers
 would look for a flash-attn package). In the text model the boundaries come from the packed row's
-text position ids (restarting at 0 per example, `sft_data.packed_positions`), found once per
+text position ids (restarting at 0 per example, `data.packed_positions`), found once per
 forward; Qwen-VL's vision tower calls it once per image/window, which goes to SDPA as before. On CUDA the kernel is torch's
 FlashAttention varlen (`torch.nn.attention.varlen.varlen_attn`), used only after `usable(device)`
 has checked it against SDPA on the device; elsewhere (CPU tests) each segment runs through SDPA.
