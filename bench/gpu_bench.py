@@ -285,14 +285,14 @@ class StepTimer:
         if gpu and self.cuda:
             torch.cuda.synchronize()
         steps: list[dict[str, float]] = []
-        for (_, t0, e0), (phase, t1, e1) in zip(self.marks, self.marks[1:]):
-            dt = e0.elapsed_time(e1) / 1e3 if gpu and self.cuda else t1 - t0
-            if phase == "step":  # the gap before a step begins belongs to the step before it
-                if steps:
-                    steps[-1]["other"] += dt
+        last: tuple[float, Any] | None = None
+        for phase, t, event in self.marks:
+            if last is not None and steps:  # the gap before a step begins belongs to the step before it
+                dt = last[1].elapsed_time(event) / 1e3 if gpu and self.cuda else t - last[0]
+                steps[-1]["other" if phase == "step" else phase] += dt
+            if phase == "step":
                 steps.append(dict.fromkeys(self.PHASES, 0.0))
-            elif steps:
-                steps[-1][phase] += dt
+            last = (t, event)
         return steps
 
     def line(self, label: str, first: int, n: int) -> str:
@@ -360,7 +360,7 @@ def mfu_text(flops_per_s: float, peak: float | None) -> str:
 
 
 def peak_memory(device: str) -> str:
-    return f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.startswith("cuda") else ""
+    return f"; peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.startswith("cuda") else ""
 
 
 def reset_peak(device: str) -> None:
@@ -406,7 +406,7 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float, list[str]]
     print(f"gpu_bench train plain: {tps:.0f} tok/s, {flops / 1e12:.2f} TFLOPS model, {mfu_text(flops, peak)} "
           f"({n} steps of {args.step_examples} examples in padded micro-batches of {args.plain_micro}, "
           f"full-vocab logits, torch AdamW; {w.steps_text()})", flush=True)  # fmt: skip
-    lines = [f"{timer.line('plain', w.warm, w.timed)}; {peak_memory(device)}"]
+    lines = [f"{timer.line('plain', w.warm, w.timed)}{peak_memory(device)}"]
     del model, opt
     free(device)
     return tps, flops, lines
@@ -473,7 +473,7 @@ def run_train(w: Workload, tmp: Path, peak: float | None, state: dict) -> None:
           f"(target 35%)", flush=True)  # fmt: skip
     state["ours"] = {"tps": r["tps"], "wall_s": r["wall_s"], "plain_tps": plain_tps}
     print(lines[0], flush=True)
-    print(f"{r['timer'].line('ours', w.warm, w.timed)}; startup + warm-up {r['warm_s']:.1f} s; {r['memory']}", flush=True)
+    print(f"{r['timer'].line('ours', w.warm, w.timed)}; startup + warm-up {r['warm_s']:.1f} s{r['memory']}", flush=True)
     if r["profile"] is not None:
         for line in profile_lines(r["profile"], "ours", r["timer"].mean_step(w.warm, w.timed)):
             print(line, flush=True)
@@ -497,7 +497,7 @@ def run_variant(w: Workload, name: str, peak: float | None, state: dict, deadlin
         return
     vs = f"{r['tps'] / base['tps']:.2f}x ours defaults, " if base.get("tps") else ""
     print(f"gpu_bench variant {name}: {r['tps']:.0f} tok/s, {mfu_text(r['flops'], peak)} ({vs}{what}; attention "
-          f"{r['res'].meta['attention']}; startup + warm-up {r['warm_s']:.1f} s; {r['memory']})", flush=True)  # fmt: skip
+          f"{r['res'].meta['attention']}; startup + warm-up {r['warm_s']:.1f} s{r['memory']})", flush=True)  # fmt: skip
     print(r["timer"].line(name, w.warm, w.timed), flush=True)
 
 

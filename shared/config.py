@@ -236,6 +236,10 @@ class TrainConfig(Section):
     # model supports it (Qwen2/2.5-VL), on, off (padded batches)
     packing: Literal["auto", "on", "off"] = "auto"
     loader_workers: int = Field(2, ge=0)   # DataLoader processes fetching/encoding examples ahead (0: in-process)
+    # speed-ups, off until bench/gpu_bench.py shows they pay on a card (shared/models/sft/speed.py)
+    vision_varlen: bool = False      # Qwen-VL vision windows in one varlen attention call per block
+    compile: bool = False            # torch.compile of each decoder layer and vision block (not with fsdp)
+    kernels: Literal["", "liger"] = ""   # liger: Liger RMSNorm/SwiGLU + fused linear cross-entropy (liger-kernel, CUDA)
 
 
 class BenchmarkConfig(Section):

@@ -53,6 +53,7 @@ def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Set
         freeze_vision=t.freeze_vision, save_every=t.save_every, gradient_checkpointing=t.gradient_checkpointing,
         distributed=t.distributed, nproc=t.nproc, micro_batch_tokens=t.micro_batch_tokens, packing=t.packing,
         loader_workers=t.loader_workers, max_pixels=m.max_pixels, min_pixels=m.min_pixels,
+        vision_varlen=t.vision_varlen, compile=t.compile, kernels=t.kernels,
     )  # fmt: skip
 
 

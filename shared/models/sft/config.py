@@ -9,6 +9,7 @@ from ..dtypes import DTYPES
 # LoRA on the language model's attention and MLP projections only (vision towers use the same names).
 LORA_TARGET = r".*(language_model|text_model).*layers\.\d+\.(self_attn|cross_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
 METHODS, PRECISIONS, DISTRIBUTED = ("full", "lora"), ("auto", "fp32", "bf16-mixed", "bf16"), ("none", "ddp", "fsdp")
+KERNELS = ("", "liger")
 
 
 @dataclass
@@ -52,6 +53,10 @@ class TrainConfig:
     # transformers attention: "" = packed rows on CUDA use varlen.NAME (FlashAttention varlen) when it passes its
     # check, else transformers' default (sdpa); or any name transformers takes (eager, sdpa, selfjudge_varlen, ...)
     attn_implementation: str = ""
+    # speed-ups (speed.py), off until bench/gpu_bench.py shows they pay on a card; not part of a run's identity
+    vision_varlen: bool = False  # Qwen-VL vision windows in one varlen attention call per block (not one per window)
+    compile: bool = False  # torch.compile of each decoder layer and vision block (regional, dynamic shapes); not with fsdp
+    kernels: str = ""  # "" | "liger": Liger RMSNorm/SwiGLU + fused linear cross-entropy (the liger-kernel package, CUDA)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -60,6 +65,9 @@ class TrainConfig:
             ("distributed", self.distributed, DISTRIBUTED),
             ("dtype", self.dtype, tuple(DTYPES)),
             ("packing", self.packing, ("auto", "on", "off")),
+            ("kernels", self.kernels, KERNELS),
         ):
             if value not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, not {value!r}")
+        if self.compile and self.distributed == "fsdp":
+            raise ValueError("TrainConfig.compile is not supported with distributed=fsdp")
