@@ -273,6 +273,10 @@ class TrainConfig(Section):
     # transformers attention: "" = packed rows on CUDA use varlen.NAME (FlashAttention varlen) when it passes its
     # check, else transformers' default (sdpa); or any name transformers takes (eager, sdpa, selfjudge_varlen, ...)
     attn_implementation: str = _not_a_setting("")
+    # speed-ups, off until bench/gpu_bench.py shows they pay on a card (shared/models/sft/speed.py)
+    vision_varlen: bool = False      # Qwen-VL vision windows in one varlen attention call per block
+    compile: bool = False            # torch.compile of each decoder layer and vision block (not with fsdp)
+    kernels: Literal["", "liger"] = ""   # liger: Liger RMSNorm/SwiGLU + fused linear cross-entropy (liger-kernel, CUDA)
 
     @classmethod
     def not_settings(cls) -> list[str]:

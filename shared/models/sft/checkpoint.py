@@ -29,7 +29,8 @@ def fingerprint(model_path: str, cfg: TrainConfig, examples: Sequence[SFTExample
     `identity(i)` names its examples without reading their images.
     """
     h = hashlib.sha256()
-    skip = ("device", "save_every", "nproc", "distributed", "loader_workers")
+    # how a run is executed, not what it trains (the speed-ups change rounding at most)
+    skip = ("device", "save_every", "nproc", "distributed", "loader_workers", "vision_varlen", "compile", "kernels")
     keep = {k: v for k, v in cfg.as_dict().items() if k not in skip}
     keep["global_accum"] = cfg.grad_accum * world
     keep["fsdp"] = cfg.distributed == "fsdp" and world > 1

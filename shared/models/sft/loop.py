@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
 from ...config import TrainConfig  # noqa: E402
-from . import data, varlen  # noqa: E402
+from . import data, speed, varlen  # noqa: E402
 from .checkpoint import Checkpointer, fingerprint  # noqa: E402
 from .data import EncodeSpec, SFTExample, collate, pack  # noqa: E402
 from .model import AnswerLoss, core_model, export, load_trainable  # noqa: E402
@@ -171,27 +171,36 @@ def _rank_batches(plan: list[list[list[int]]], start: int, rt: Runtime) -> tuple
 def sft(
     model_path: str,
     examples: Sequence[SFTExample],
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
     resume_from: str | Path | None = None,
+    timer: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train and write `out_dir` (rank 0). `progress(step, total, loss)` after every optimizer step.
+    """Train and write `out_dir` (rank 0; None: nothing is written). `progress(step, total, loss)`
+    after every optimizer step.
 
     `examples` is read one example at a time (a list, or any source with len() and [i]).
     Run under torchrun with cfg.distributed "ddp"/"fsdp", every rank calls this with the same
     arguments. With `resume_from` and cfg.save_every > 0, state is saved every save_every steps
     and a matching earlier save is resumed from.
+    `timer(phase)` (bench/gpu_bench.py's step breakdown) is called as each phase ends: "step" as a
+    step begins, "data" when a micro-batch has come from the loader, "compute" when its forward and
+    backward are queued, "optimizer" after the step and the loss read back.
     """
     t0 = time.time()
     rt = Runtime.start(cfg)
     try:
-        return _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from)
+        return _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from, timer or _no_timer)
     finally:
         rt.close()
 
 
-def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> TrainResult:  # noqa: ANN001
+def _no_timer(phase: str) -> None:
+    pass
+
+
+def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from, mark) -> TrainResult:  # noqa: ANN001
     torch.manual_seed(cfg.seed)
     processor = data.load_processor(model_path, cfg.max_pixels, cfg.min_pixels)
     model = load_trainable(model_path, cfg, rt.weight_dtype)
@@ -205,6 +214,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
     make_batch = (lambda feats: pack(feats, rope)) if packed else (lambda feats: collate(feats, pad_id))
     if packed and not cfg.attn_implementation and varlen.usable(rt.device):  # CUDA: FlashAttention varlen
         core_model(model).set_attn_implementation(varlen.register())
+    speedups = speed.apply(core_model(model), cfg)
 
     spec = EncodeSpec(cfg.max_length, cfg.max_pixels, cfg.min_pixels)
     measured = _measure_all(rt, processor, examples, spec, cfg)
@@ -212,7 +222,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
     plan = step_plan(lengths, cfg, rt.world, packed)  # indices into the measured (kept) examples
     total = len(plan)
 
-    wrapped = rt.wrap(AnswerLoss(model))
+    wrapped = rt.wrap(AnswerLoss(model, speed.fused_loss(cfg)))
     opt = _optimizer(wrapped, cfg)
     sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
 
@@ -232,6 +242,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
         micro = iter(dl)
     k = 0  # this rank's micro-batches so far
     for step in range(resumed_from, total):
+        mark("step")
         group = plan[step]
         n_tok = sum(n_answer[i] for b in group for i in b)
         local = torch.zeros((), device=rt.device)
@@ -239,6 +250,7 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
         for j in range(rounds[step - resumed_from]):
             weight, batch = weights[k], next(micro)
             k += 1
+            mark("data")
             padded += batch["input_ids"].numel() if weight else 0
             batch = {key: v.to(rt.device, non_blocking=True) for key, v in batch.items()}
             with rt.grad_sync(wrapped, sync=j == rounds[step - resumed_from] - 1):
@@ -247,12 +259,14 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
                 # DDP/FSDP average gradients over ranks: scale by world so the step sees sum / n_tok
                 (loss_sum * (weight * rt.world / n_tok)).backward()
             local += weight * loss_sum.detach().float() / n_tok
+            mark("compute")
         rt.drop_unused_grads(wrapped)
         torch.nn.utils.clip_grad_norm_(wrapped.parameters(), MAX_GRAD_NORM)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss = rt.sum(float(local))  # one device sync per step
+        mark("optimizer")
         state["step"] = step + 1
         state["losses"].append(loss)
         state["answer_tokens"] += n_tok
@@ -287,8 +301,11 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from) -> T
         "config": cfg.as_dict(),
         "versions": _versions(),
     }
+    if speedups:
+        meta["speedups"] = speedups
     meta["train_seconds"] = time.time() - t0
-    _write_output(rt, model, processor, out_dir, cfg, meta, model_path)
+    if out_dir is not None:
+        _write_output(rt, model, processor, out_dir, cfg, meta, model_path)
     return TrainResult(
         steps=len(losses), losses=losses, answer_tokens=state["answer_tokens"], seconds=time.time() - t0,
         resumed_from=resumed_from, world_size=rt.world, tokens=tokens, meta=meta,

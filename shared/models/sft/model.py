@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +29,36 @@ def core_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed cross-entropy over answer tokens; the LM head runs only at those positions."""
+def answer_loss_sum(model: Any, batch: dict[str, torch.Tensor], fused: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """Summed cross-entropy over answer tokens; the LM head runs only at those positions.
+
+    `fused(weight, hidden, targets, bias)` (speed.fused_loss: Liger's fused linear cross-entropy)
+    computes the head and the loss together instead.
+    """
     core = core_model(model)
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = core.model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    logits = core.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer, V)
+    head = core.get_output_embeddings()
+    if fused is not None:
+        return fused(head.weight, hidden[:, :-1][keep], targets[keep], head.bias)
+    logits = head(hidden[:, :-1][keep])  # (n_answer, V)
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
 class AnswerLoss(torch.nn.Module):
     """The model with the answer-only loss as its forward: what DDP/FSDP wrap, so their hooks fire."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, fused: Callable[..., torch.Tensor] | None = None):
         super().__init__()
         self.model = model
+        self.fused = fused  # the loss with the LM head fused in (answer_loss_sum), or None
         self.touch: list[str] = []  # FSDP: parameters every micro-batch must give a gradient to
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = answer_loss_sum(self.model, batch)
+        loss = answer_loss_sum(self.model, batch, self.fused)
         if self.touch:  # 0 * w: a text-only micro-batch still "uses" the vision tower, as its peers do
             loss = loss + 0.0 * sum(self.get_parameter(n).reshape(-1)[0].float() for n in self.touch)
         return loss

@@ -7,6 +7,11 @@ text position ids (restarting at 0 per example, `data.packed_positions`), found 
 forward; Qwen-VL's vision tower calls it once per image/window, which goes to SDPA as before. On CUDA the kernel is torch's
 FlashAttention varlen (`torch.nn.attention.varlen.varlen_attn`), used only after `usable(device)`
 has checked it against SDPA on the device; elsewhere (CPU tests) each segment runs through SDPA.
+
+`use_in_vision(model)` (TrainConfig.vision_varlen) sends a Qwen2/2.5-VL vision tower here too,
+under `VISION_NAME`: with "flash" in its name the tower passes its window/image boundaries
+(`cu_seqlens`) in one call per block, instead of calling once per window or image. The function is
+kept out of torch.compile (`compile` in speed.py compiles the blocks around it).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 NAME = "selfjudge_varlen"
+# the vision towers' name: "flash" in it makes transformers pass cu_seqlens (set on the config directly,
+# so transformers does not look for a flash-attn package)
+VISION_NAME = "selfjudge_flash_varlen_vision"
 
 
 def _cu_from_positions(position_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, int]:
@@ -63,6 +71,7 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, 
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
 
 
+@torch.compiler.disable
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
               position_ids: torch.Tensor | None = None, cu_seq_lens_q: torch.Tensor | None = None,
@@ -84,7 +93,7 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
             position_ids._selfjudge_cu = _cu_from_positions(position_ids, length)
         cu, max_len = position_ids._selfjudge_cu
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
-    if q.is_cuda and usable(q.device):
+    if q.is_cuda and kernel_ok(q.device, q.shape[-1], causal):
         # rotary embeddings leave q/k in fp32 under autocast; the kernel takes bf16/fp16 (as SDPA casts)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else v.dtype
         dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
@@ -94,23 +103,34 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return out[None], None
 
 
-@functools.cache
 def usable(device: torch.device) -> bool:
     """torch's varlen FlashAttention runs on `device` and matches SDPA (checked once per device)."""
+    return device.type == "cuda" and kernel_ok(device, 64, True)
+
+
+@functools.cache
+def kernel_ok(device: torch.device, head_dim: int, causal: bool) -> bool:
+    """The kernel runs for this head size (GQA 4/2 heads, two segments) and matches SDPA forward and
+    backward; checked once per (device, head size, causal)."""
     if device.type != "cuda":
         return False
-    try:
-        g = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(96, h, 64, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
-                   for h in (4, 2, 2))  # fmt: skip
-        cu = torch.tensor([0, 40, 96], device=device, dtype=torch.int32)
-        got = _flash(q, k, v, cu, 56, True, None)
-        (dq,) = torch.autograd.grad(got.float().square().sum(), [q])  # training needs its backward too
-        ref = _sdpa_segments(q, k, v, cu, True, None)
-        (rq,) = torch.autograd.grad(ref.float().square().sum(), [q])
-        return bool((got - ref).abs().max() < 2e-2) and bool((dq - rq).abs().max() < 5e-2 * (rq.abs().max() + 1))
-    except Exception:  # noqa: BLE001 - no kernel for this card/torch: SDPA with a block mask instead
+    try:  # also when first asked inside a forward: gradients on, no autocast
+        with torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            return _check(device, head_dim, causal)
+    except Exception:  # noqa: BLE001 - no kernel for this card/torch/shape: SDPA instead
         return False
+
+
+def _check(device: torch.device, head_dim: int, causal: bool) -> bool:
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(96, h, head_dim, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+               for h in (4, 2, 2))  # fmt: skip
+    cu = torch.tensor([0, 40, 96], device=device, dtype=torch.int32)
+    got = _flash(q, k, v, cu, 56, causal, None)
+    (dq,) = torch.autograd.grad(got.float().square().sum(), [q])  # training needs its backward too
+    ref = _sdpa_segments(q, k, v, cu, causal, None)
+    (rq,) = torch.autograd.grad(ref.float().square().sum(), [q])
+    return bool((got - ref).abs().max() < 2e-2) and bool((dq - rq).abs().max() < 5e-2 * (rq.abs().max() + 1))
 
 
 def register() -> str:
@@ -121,3 +141,15 @@ def register() -> str:
     AttentionInterface.register(NAME, attention)
     AttentionMaskInterface.register(NAME, flash_attention_mask)
     return NAME
+
+
+def use_in_vision(model: Any) -> bool:
+    """Route a Qwen2/2.5-VL vision tower's attention here, one call per block (False: no such tower)."""
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    if visual is None or not hasattr(visual, "blocks"):
+        return False
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VISION_NAME, attention)
+    visual.config._attn_implementation_internal = VISION_NAME  # not the setter: it would look for flash-attn
+    return True

@@ -32,7 +32,8 @@ def test_train_config_maps_every_key() -> None:
                   "lora_alpha": 16, "lora_dropout": 0.1, "lora_merge": False, "save_every": 7,
                   "distributed": "ddp", "nproc": 2, "lr_scheduler": "linear", "precision": "bf16-mixed",
                   "gradient_checkpointing": True, "weight_decay": 0.01, "micro_batch_tokens": -1,
-                  "freeze_vision": True, "packing": "off", "loader_workers": 0},
+                  "freeze_vision": True, "packing": "off", "loader_workers": 0,
+                  "vision_varlen": True, "compile": True, "kernels": "liger"},
     })  # fmt: skip
     cfg = stage.train_config(settings, iteration=2)
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.seed) == (2e-5, 3, 8, 2, 12)
@@ -41,6 +42,7 @@ def test_train_config_maps_every_key() -> None:
     assert (cfg.precision, cfg.gradient_checkpointing, cfg.weight_decay) == ("bf16-mixed", True, 0.01)
     assert (cfg.dtype, cfg.device, cfg.micro_batch_tokens, cfg.freeze_vision) == ("bfloat16", "cpu", -1, True)
     assert (cfg.packing, cfg.loader_workers, cfg.max_pixels, cfg.min_pixels) == ("off", 0, 1003520, 3136)
+    assert (cfg.vision_varlen, cfg.compile, cfg.kernels) == (True, True, "liger")
     default = stage.train_config(load_settings(), iteration=1)
     assert (default.lr, default.epochs, default.method, default.distributed) == (1e-5, 5, "full", "none")
     assert default.freeze_vision is False

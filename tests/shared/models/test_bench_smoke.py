@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
 
 def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     cmd = [sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--tiny", "--peak-tflops", "0.5",
-           "--work", str(tmp_path)]  # fmt: skip
+           "--work", str(tmp_path), "--profile", "--variants", "vision-varlen,nosuch", "--state", str(tmp_path / "s.json")]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("gpu_bench")]
@@ -21,6 +21,13 @@ def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     assert re.search(r"gpu_bench train plain: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*padded", lines[1])
     assert re.search(r"gpu_bench train ours: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*packed.*padding 0.0%", lines[2])
     assert re.search(r"gpu_bench train ratio: [\d.]+x ours/plain tok/s \(target 3x\); ours MFU [\d.]+%", lines[3])
+    after = "\n".join(lines[4:])
+    assert re.search(r"^gpu_bench breakdown plain: mean timed step, CPU clock \d+ ms = data wait \d+ \+ forward/backward", after, re.M)
+    assert re.search(r"^gpu_bench breakdown ours: .*startup \+ warm-up", after, re.M)
+    assert re.search(r"^gpu_bench profile ours: .*CPU ops in one step", after, re.M)
+    assert re.search(r"^gpu_bench variant vision-varlen: \d+ tok/s, MFU [\d.]+% \([\d.]+x ours defaults", after, re.M)
+    assert re.search(r"^gpu_bench breakdown vision-varlen: ", after, re.M)
+    assert "gpu_bench variant nosuch: unknown" in after
     assert "generate" in run.stdout.split(lines[3], 1)[1]  # bench/gpu_generate.py's lines, or why not
 
 
