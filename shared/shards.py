@@ -36,6 +36,26 @@ def shard_row(s: Session, stage: str, task: ShardTask) -> Shard:
     return row
 
 
+def plan_shards(s: Session, stage: str, run_id: int, iteration: int, inputs: dict[int, str]) -> set[int]:
+    """The rows of a stage's planned shards (index -> input key): made `pending` where missing,
+    pointed at their input where a failure report made the row before the plan existed; a row of
+    no planned shard is dropped. Returns the indexes already `done`."""
+    rows = {r.index: r for r in s.scalars(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
+                                                              Shard.stage == stage))}
+    for index, input_key in inputs.items():
+        row = rows.get(index)
+        if row is None:
+            s.add(Shard(run_id=run_id, iteration=iteration, stage=stage, index=index, input_key=input_key,
+                        state="pending", attempts=0))
+        elif row.input_key != input_key:
+            row.input_key = input_key
+    for index, row in list(rows.items()):
+        if index not in inputs:
+            s.delete(row)
+            del rows[index]
+    return {index for index, row in rows.items() if row.state == "done"}
+
+
 def is_done(s: Session, stage: str, task: ShardTask) -> bool:
     row = s.scalar(select(Shard.state).where(Shard.run_id == task.run_id, Shard.iteration == task.iteration,
                                              Shard.stage == stage, Shard.index == task.index))

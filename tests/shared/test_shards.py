@@ -117,3 +117,19 @@ def test_a_training_is_claimed_once_handed_on_and_its_lease_given_back_on_failur
     shards.run_training(ctx, task, trains, hand_off=handed.append)
     shards.run_training(ctx, task, lambda: pytest.fail("trained twice"), hand_off=handed.append)   # redelivered
     assert handed == [1, 1] and row(ctx, "trainer").attempts == 3
+
+
+def test_planned_shards_get_their_rows_and_stray_rows_go(ctx):
+    with ctx.sessions.begin() as s:
+        s.add(Shard(run_id=1, iteration=1, stage="evaluator", index=0, input_key="evaluator:iteration1", attempts=1,
+                    state="pending", error="made by a failure report"))
+        s.add(Shard(run_id=1, iteration=1, stage="evaluator", index=1, input_key="b", state="done"))
+        s.add(Shard(run_id=1, iteration=1, stage="evaluator", index=7, input_key="stray", state="pending"))
+        s.add(Shard(run_id=1, iteration=1, stage="filter", index=7, input_key="another stage's", state="pending"))
+    with ctx.sessions.begin() as s:
+        done = shards.plan_shards(s, "evaluator", 1, 1, {0: "a", 1: "b", 2: "c"})
+    assert done == {1}
+    with ctx.sessions() as s:
+        rows = {(r.stage, r.index): (r.input_key, r.state, r.attempts) for r in s.scalars(select(Shard))}
+    assert rows == {("evaluator", 0): ("a", "pending", 1), ("evaluator", 1): ("b", "done", 0),
+                    ("evaluator", 2): ("c", "pending", 0), ("filter", 7): ("another stage's", "pending", 0)}
