@@ -31,7 +31,7 @@ Then the ratio line (targets: ours >= 3x plain, >= 35% MFU); then where the time
   GPU busy time against the timed mean step (low: the GPU waits on the CPU, e.g. kernel launches),
   the kernel count, kernel time by kind and the top kernels; the profiler's tables go to the log;
 - `gpu_bench variant <name>` (`--variants a,b`): ours again with a candidate change of its config
-  (`VARIANTS`: vision-varlen, workers8, compile, liger, bf16, sdpa, all), not written, against ours
+  (`VARIANTS`: vision-varlen, workers8, compile, liger, bf16, sdpa, all, all+liger), not written, against ours
   with the defaults (read from `--state`), with its breakdown; one that fails says why, one that
   would end after `--deadline` is skipped.
 
@@ -169,17 +169,23 @@ def free(device: str) -> None:
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "vision-varlen": ({"vision_varlen": True}, "vision windows in one varlen attention call per block"),
     "workers8": ({"loader_workers": 8}, "8 DataLoader workers"),
-    "compile": ({"compile": True}, "torch.compile of each decoder layer and vision block"),
+    "compile": ({"compile": True}, "torch.compile of each decoder layer (vision blocks too with vision-varlen)"),
     "liger": ({"kernels": "liger"}, "Liger RMSNorm, SwiGLU, fused linear cross-entropy"),
     "bf16": ({"precision": "bf16"}, "bf16 weights and AdamW states, no fp32 master"),
     "sdpa": ({"attn_implementation": "sdpa"}, "SDPA with a block mask instead of varlen attention"),
 }
-VARIANTS["all"] = (
-    {k: v for name in ("vision-varlen", "workers8", "compile", "liger") for k, v in VARIANTS[name][0].items()},
-    "vision-varlen + workers8 + compile + liger",
-)
-SWEEP = ["vision-varlen", "all", "workers8", "compile", "liger", "bf16"]  # gpu_check.sh's order: most telling first
-SLOW = {"compile": 60.0, "all": 60.0}  # extra seconds (compilation) on top of a defaults run, for the time cap
+
+
+def combined(*names: str) -> tuple[dict[str, Any], str]:
+    """The variant that makes all of these variants' changes at once."""
+    return {k: v for name in names for k, v in VARIANTS[name][0].items()}, " + ".join(names)
+
+
+VARIANTS["all"] = combined("vision-varlen", "workers8", "compile")
+VARIANTS["all+liger"] = combined("vision-varlen", "workers8", "compile", "liger")
+# gpu_check.sh's order, most telling first: the biggest expected single win, the candidate defaults together, the rest
+SWEEP = ["vision-varlen", "all", "compile", "workers8", "liger", "all+liger", "bf16"]
+SLOW = {"compile": 60.0, "all": 90.0, "all+liger": 90.0}  # extra seconds (compilation) on top of a defaults run, for the time cap
 
 
 class Workload:
@@ -478,17 +484,24 @@ def run_train(w: Workload, tmp: Path, peak: float | None, state: dict) -> None:
             print(line, flush=True)
 
 
+def refusal(name: str, state: dict, deadline: float | None) -> str | None:
+    """Why this variant does not run (unknown, or its estimate ends after the deadline), or None."""
+    if name not in VARIANTS:
+        return f"gpu_bench variant {name}: unknown (known: {', '.join(VARIANTS)})"
+    need = 10.0 + state.get("ours", {}).get("wall_s", 30.0) + SLOW.get(name, 0.0)  # 10 s: the process starting
+    if deadline is not None and time.time() + need > deadline:
+        return f"gpu_bench variant {name}: skipped (time cap: needs ~{need:.0f} s, {deadline - time.time():.0f} s left)"
+    return None
+
+
 def run_variant(w: Workload, name: str, peak: float | None, state: dict, deadline: float | None) -> None:
     """ours with one variant's config changes, not written: one line (or why it did not run) + its breakdown."""
-    if name not in VARIANTS:
-        print(f"gpu_bench variant {name}: unknown (known: {', '.join(VARIANTS)})", flush=True)
+    why = refusal(name, state, deadline)
+    if why:
+        print(why, flush=True)
         return
     changes, what = VARIANTS[name]
     base = state.get("ours", {})
-    need = base.get("wall_s", 30.0) + SLOW.get(name, 0.0)
-    if deadline is not None and time.time() + need > deadline:
-        print(f"gpu_bench variant {name}: skipped (time cap: needs ~{need:.0f} s, {deadline - time.time():.0f} s left)", flush=True)
-        return
     try:
         r = run_ours(w, None, peak, changes)
     except Exception as exc:  # noqa: BLE001 - a candidate that does not run here: say why, the others go on
@@ -554,11 +567,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def ensure_model(folder: Path, args: argparse.Namespace) -> None:
-    """Build the model into `folder` unless it is there; one line either way."""
+def ensure_model(folder: Path, args: argparse.Namespace, announce: bool = True) -> None:
+    """Build the model into `folder` unless it is there; one line (a reused one: if `announce`)."""
     where = f"on {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     if (folder / "config.json").exists():
-        print(f"gpu_bench model: {param_counts(folder)['total'] / 1e6:.0f}M params, reused from {folder} {where}", flush=True)
+        if announce:
+            print(f"gpu_bench model: {param_counts(folder)['total'] / 1e6:.0f}M params, reused from {folder} {where}", flush=True)
         return
     t0 = time.perf_counter()
     build_model(folder) if args.tiny else build_big(folder, args.device)
@@ -574,16 +588,20 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(state_file.read_text()) if state_file and state_file.exists() else {}
     with tempfile.TemporaryDirectory(prefix="gpu-bench-", dir=args.work) as tmp:
         folder = Path(args.model) if args.model else Path(tmp) / "model"
-        ensure_model(folder, args)
+        ensure_model(folder, args, announce="build" in args.parts or "train" in args.parts)
         peak = peak_flops(args.peak_tflops, args.device)
-        if "train" in args.parts or ("variants" in args.parts and args.variants):
+        todo = args.variants if "variants" in args.parts else []
+        if "train" in args.parts or any(refusal(name, state, args.deadline) is None for name in todo):
             w = Workload(folder, args, state)
             if "train" in args.parts:
                 run_train(w, Path(tmp), peak, state)
             if state_file:
                 state_file.write_text(json.dumps(state))
-            for name in args.variants if "variants" in args.parts else []:
+            for name in todo:
                 run_variant(w, name, peak, state, args.deadline)
+        else:  # nothing to run: say why without loading anything
+            for name in todo:
+                print(refusal(name, state, args.deadline), flush=True)
         if "generate" in args.parts:
             run_generate(folder, args)
     return 0

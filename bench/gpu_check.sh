@@ -13,11 +13,12 @@
 #
 # Environment: GPU_BENCH_BUDGET    seconds for all parts (default 280): a part that would start with
 #                                  under 15 s left is skipped, a variant whose estimate (ours' time,
-#                                  + 60 s for compile) does not fit is skipped and says so
+#                                  + 90 s for compile) does not fit is skipped and says so
 #              GPU_BENCH_VARIANTS  comma-separated, in order (default below; names in gpu_bench.VARIANTS)
 #              GPU_BENCH_GENERATE  1: also the generation comparison, last (default 0: it was measured
 #                                  2026-12-04 and nothing here changes it; it takes ~90 s)
 #              GPU_BENCH_WORK      model and state folder (default /tmp/gpu-bench)
+#              GPU_BENCH_ARGS      more gpu_bench.py arguments for every part (e.g. `--device cpu --tiny`: a dry run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp}
@@ -25,8 +26,9 @@ mkdir -p "$out"
 LOG=$out/gpu_bench.log
 work=${GPU_BENCH_WORK:-/tmp/gpu-bench}
 budget=${GPU_BENCH_BUDGET:-280}
-variants=${GPU_BENCH_VARIANTS:-vision-varlen,all,compile,workers8,liger,bf16}
+variants=${GPU_BENCH_VARIANTS:-vision-varlen,all,compile,workers8,liger,all+liger,bf16}
 generate=${GPU_BENCH_GENERATE:-0}
+extra=${GPU_BENCH_ARGS:-}
 reserve=$([ "$generate" = 1 ] && echo 100 || echo 0)  # seconds kept for the generation part
 mkdir -p "$work"
 : >"$LOG"
@@ -51,7 +53,8 @@ part() {
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   echo "[$(date -u +%H:%M:%S)] part $name (limit ${limit}s)" >>"$LOG"
-  timeout -k 10 "$limit" python3 bench/gpu_bench.py --model "$work/model" --state "$work/state.json" "$@" 2>&1 |
+  # shellcheck disable=SC2086  # $extra: words
+  timeout -k 10 "$limit" python3 bench/gpu_bench.py --model "$work/model" --state "$work/state.json" $extra "$@" 2>&1 |
     tee -a "$LOG" | grep --line-buffered -E '^gpu_'
   local rc=${PIPESTATUS[0]}
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then

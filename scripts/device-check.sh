@@ -2,7 +2,7 @@
 # The device checks on a lent GPU card, one part per call (a card lends ~15 minutes in all):
 #
 #   bash scripts/device-check.sh miniature    # issue 22: base + ceiling + 3 iterations x both arms (~7 min)
-#   bash scripts/device-check.sh bench        # issue 21: plain transformers vs ours, SFT and generation (~3 min)
+#   bash scripts/device-check.sh bench        # issue 21: plain vs ours SFT, breakdown, variant sweep (~5 min; bench/gpu_check.sh)
 #
 # Run from the repository root on the card, with `.whl` carried (../shared/gpu/device-wheels.sh makes it):
 # it installs the wheels the card's image lacks and this project (not editable) under /tmp, once per

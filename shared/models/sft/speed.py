@@ -7,7 +7,9 @@ bench/gpu_bench.py shows that it pays on a card (its `gpu_bench variant <name>` 
   kernels and a device sync per block). Off CUDA each segment still runs through SDPA.
 - `compile`: regional torch.compile, each text decoder layer and vision block on its own with a
   dynamic sequence length (the layers of one kind share one compiled graph); the varlen attention
-  stays eager inside them. Not with FSDP.
+  stays eager inside them. A Qwen-VL vision block is compiled only with `vision_varlen` (else its
+  loop over windows would be unrolled into the graph, recompiled for every other image count).
+  Not with FSDP.
 - `kernels="liger"`: Liger kernels (the optional `liger-kernel` package, CUDA + triton): fused
   RMSNorm and SwiGLU in the text model, RMSNorm in the vision blocks, and the answer-only loss as
   its fused linear cross-entropy (logits made and reduced chunk by chunk, never all at once).
@@ -28,6 +30,7 @@ from ...config import TrainConfig
 
 # the repeated blocks compiled one by one: text decoder layers, vision blocks / encoder layers
 BLOCKS = re.compile(r"((language_model|text_model)\.layers|(visual|vision_model)\.(blocks|encoder\.layers|transformer\.layers))\.\d+$")
+QWEN_VISION_BLOCK = re.compile(r"(^|\.)visual\.blocks\.\d+$")
 LIGER_PATCHES = {"qwen2_5_vl": "apply_liger_kernel_to_qwen2_5_vl", "qwen2_vl": "apply_liger_kernel_to_qwen2_vl"}
 
 
@@ -71,10 +74,12 @@ def fused_loss(cfg: TrainConfig) -> Callable[..., torch.Tensor] | None:
 
 
 def compile_blocks(model: Any, backend: str = "inductor") -> int:
-    """torch.compile each repeated block (`BLOCKS`) in place, dynamic shapes; returns how many."""
+    """torch.compile each repeated block (`BLOCKS`; Qwen-VL vision blocks only once `varlen.use_in_vision`
+    sent them to one attention call) in place, dynamic shapes; returns how many."""
     n = 0
     for name, module in model.named_modules():
-        if BLOCKS.search(name):
+        window_loop = QWEN_VISION_BLOCK.search(name) and module.attn.config._attn_implementation != varlen.VISION_NAME
+        if BLOCKS.search(name) and not window_loop:
             module.compile(dynamic=True, backend=backend)
             n += 1
     if n == 0:

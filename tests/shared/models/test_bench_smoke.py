@@ -82,3 +82,25 @@ def test_pipeline_overhead_replays_the_same_model_calls(tmp_path: Path, tiny_bas
     assert re.fullmatch(r"pipeline vs direct model calls \(1 - overhead\): [\d.]+x \(target 0.95x\)", line)
     calls = re.search(r"the same (\d+) generate \+ (\d+) train calls", detail)
     assert calls and int(calls.group(1)) >= 4 and int(calls.group(2)) <= 1, detail
+
+
+def test_gpu_bench_profile_summary_of_device_kernels() -> None:
+    """The CUDA side of the profile lines (GPU busy, kernel kinds, top kernels) on stand-in events."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+        "from types import SimpleNamespace as E\nfrom torch.autograd import DeviceType\nimport gpu_bench\n"
+        "ev = [E(key='aten::mm', count=10, device_type=DeviceType.CPU, self_device_time_total=0),\n"
+        "      E(key='sm90_xmma_gemm_bf16', count=10, device_type=DeviceType.CUDA, self_device_time_total=300e3),\n"
+        "      E(key='pytorch_flash::flash_fwd_kernel', count=2, device_type=DeviceType.CUDA, self_device_time_total=50e3),\n"
+        "      E(key='vectorized_elementwise_kernel', count=100, device_type=DeviceType.CUDA, self_device_time_total=150e3)]\n"
+        "class T(list):\n    def table(self, **kw): return 'TABLE ' + kw['sort_by']\n"
+        "prof = E(key_averages=lambda: T(ev))\n"
+        "print('\\n'.join(gpu_bench.profile_lines(prof, 'ours', 1.0)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, top, *tables = out.stdout.strip().splitlines()
+    assert first.startswith("gpu_bench profile ours: GPU busy 500 ms in one step = 50% of the timed mean step (1000 ms); "
+                            "112 kernels (mean 4464 us), 10 CPU ops; kernel ms by kind: matmul 300, other 150, attention 50")
+    assert top.startswith("gpu_bench profile ours top kernels: sm90_xmma_gemm_bf16 x10 300.0 ms;")
+    assert tables == ["TABLE self_device_time_total", "TABLE self_cpu_time_total"]

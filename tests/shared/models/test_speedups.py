@@ -88,6 +88,9 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_qwen: Path) -> No
     assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
     worst = max(float((p.grad - ref[k]).abs().max() / (ref[k].abs().max() + 1e-8)) for k, p in model.named_parameters() if k in ref)
     assert worst < 1e-4
+    # without the varlen vision route a Qwen-VL vision block loops over windows: left uncompiled
+    fresh, _ = _packed(tiny_qwen, 1)
+    assert speed.compile_blocks(fresh, backend="eager") == cfg.text_config.num_hidden_layers
     with pytest.raises(ValueError, match="no decoder layers"):
         speed.compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
