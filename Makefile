@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # makes it import on CPU torch). Qwen2-VL image processors need it.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install tools vllm demo replicate status test services bench clean compose-test compose-preflight
+.PHONY: install tools vllm demo replicate status lint test services bench clean compose-test compose-preflight
 
 install: $(VENV)/.installed
 
@@ -42,7 +42,12 @@ tools: install
 vllm: install
 	bash scripts/install-vllm.sh $(VENV)
 
-test: install tools vllm services
+# ruff's lint rules and formatting (pyproject.toml [tool.ruff]); `make test` runs it first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install tools vllm services lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 # The real docker-compose.yml (+ CPU overlay) on a real Docker engine: installs and starts one if
