@@ -418,7 +418,7 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float, list[str]]
     return tps, flops, lines
 
 
-def run_ours(w: Workload, out: Path | None, peak: float | None, changes: dict[str, Any] | None = None,
+def run_ours(w: Workload, out: Path | None, peak: float | None, changes: dict[str, Any] | None = None,  # noqa: ARG001
              profile: bool = False) -> dict[str, Any]:  # fmt: skip
     """selfjudge's `sft` on the workload with `changes` to its config (None: as configured), writing the
     model to `out` (None: not written). Returns tokens/s, FLOP/s, the TrainResult, the timer, the
@@ -434,7 +434,7 @@ def run_ours(w: Workload, out: Path | None, peak: float | None, changes: dict[st
     timer = StepTimer(device.startswith("cuda"))
     prof: list[Any] = []
 
-    def progress(step: int, total: int, loss: float) -> None:
+    def progress(step: int, total: int, loss: float) -> None:  # noqa: ARG001 - sft's progress callback
         sync(device)
         if profile and step == w.warm + w.timed + 1:
             prof[0].stop()

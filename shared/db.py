@@ -207,7 +207,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(conn, _record) -> None:  # noqa: ANN001
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA journal_mode=WAL")
         return engine

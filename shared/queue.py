@@ -133,7 +133,7 @@ def queue_depths(app: Celery) -> dict[str, dict[str, int]]:
 
 
 class CeleryBus:
-    def __init__(self, app: Celery):
+    def __init__(self, app: Celery) -> None:
         self.app = app
 
     def send(self, stage: str, message: Message) -> None:

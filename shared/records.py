@@ -235,7 +235,7 @@ R = TypeVar("R", bound=Record)
 class RecordError(ValueError):
     """A shard line that is not a valid record of its kind."""
 
-    def __init__(self, key: str, line: int, model: type[Record], record_id: str, why: str):
+    def __init__(self, key: str, line: int, model: type[Record], record_id: str, why: str) -> None:
         self.key, self.line, self.model, self.record_id, self.why = key, line, model, record_id, why
         name = f" {record_id}" if record_id else ""
         super().__init__(f"invalid {model.record_kind} record{name} ({key} line {line}): {why}")

@@ -1,6 +1,8 @@
 """What `selfjudge status` shows: per iteration, how much flowed through each stage."""
 from __future__ import annotations
 
+from typing import Any
+
 import re
 
 from sqlalchemy import func, select
@@ -10,7 +12,7 @@ from .db import (Checkpoint, EvalSummary, Iteration, Judgment, Pair, Prompt, Run
                  TrainingExample)
 
 
-def _count(s: Session, model, run_id: int, iteration: int, *where) -> int:  # noqa: ANN001
+def _count(s: Session, model, run_id: int, iteration: int, *where: Any) -> int:  # noqa: ANN001
     return s.scalar(select(func.count()).select_from(model).where(
         model.run_id == run_id, model.iteration == iteration, *where)) or 0
 

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from .config import StoreConfig
 
@@ -37,7 +37,7 @@ class Store(Protocol):
 
 
 class LocalStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -77,7 +77,7 @@ PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidAcces
 class S3Store:
     """S3 via the minio client; transient failures are retried with backoff."""
 
-    def __init__(self, cfg: StoreConfig, retries: int | None = None):
+    def __init__(self, cfg: StoreConfig, retries: int | None = None) -> None:
         from minio import Minio
 
         self.client = Minio(cfg.endpoint, access_key=cfg.access_key or None, secret_key=cfg.secret_key or None,
@@ -101,7 +101,7 @@ class S3Store:
                     self.bucket):
                 raise
 
-    def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+    def _call(self, fn, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN001
         """Run one client call, retrying connection errors and server-side (5xx) errors."""
         from minio.error import S3Error
         from urllib3.exceptions import HTTPError

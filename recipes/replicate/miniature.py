@@ -212,7 +212,7 @@ def arm_results(work: Path) -> list[dict]:
             per_item = both_orders(results)
             items[k] = per_item
 
-            def stored(category: str, items: int) -> dict:
+            def stored(category: str, items: int, summary: dict = summary) -> dict:
                 """Accuracy and CI as the evaluator scored and stored them."""
                 ci = (summary.get((category, "accuracy_ci_low")), summary.get((category, "accuracy_ci_high")))
                 return {"accuracy": summary[(category, "accuracy")], "ci": None if None in ci else ci, "items": items}

@@ -22,7 +22,7 @@ from selfjudge.shared.store import Store, get_image
 
 
 class StoreExamples:
-    def __init__(self, path: Path, store: Store, reopen: Callable[[], Store]):
+    def __init__(self, path: Path, store: Store, reopen: Callable[[], Store]) -> None:
         self.path, self._store, self._reopen, self._pid = Path(path), store, reopen, os.getpid()
         self.offsets: list[int] = []
         with open(self.path, "rb") as f:

@@ -82,7 +82,7 @@ def _decode(source, label: str) -> Image.Image | str:  # noqa: ANN001 - a path o
         return f"decompression bomb {str(path)!r}: {e}"
     except Image.UnidentifiedImageError:
         return f"not a recognised image {str(path)!r}"
-    except Exception as e:  # truncated/corrupt data surfaces as OSError, SyntaxError, ValueError, ...
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces as OSError, SyntaxError, ValueError, ...
         return f"corrupt image {str(path)!r}: {type(e).__name__}: {e}"
 
 
@@ -115,7 +115,7 @@ class JsonlSource:
     def __iter__(self) -> Iterator[SourceItem]:
         return self.items()
 
-    def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
+    def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:  # noqa: ARG002 - one split
         """Lines [offset, offset + n) in file order (`split` is accepted for parity with ScenesSource)."""
         count = self.count()
         return self.read(range(offset, count if n is None else min(count, offset + n)))
@@ -292,7 +292,7 @@ class FolderSource:
     def __iter__(self) -> Iterator[SourceItem]:
         return self.items()
 
-    def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
+    def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:  # noqa: ARG002 - one split
         """Files [offset, offset + n) in sorted order, each with every instruction."""
         m = max(1, len(self._instructions()))
         files = len(self)

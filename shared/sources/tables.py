@@ -199,7 +199,7 @@ class TableSource:
     def __iter__(self) -> Iterator[SourceItem]:
         return self.items()
 
-    def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:
+    def items(self, n: int | None = None, split: str = "train", offset: int = 0) -> Iterator[SourceItem]:  # noqa: ARG002 - one split
         """Rows [offset, offset + n) in file order, wrapping past the end; no row twice in one read."""
         count = self.count()
         if not self.files_list():
@@ -241,7 +241,7 @@ class TableSource:
                 yield item
 
     @staticmethod
-    def columns(names: list[str]) -> set[str]:
+    def columns(names: list[str]) -> set[str]:  # noqa: ARG004 - the same signature as the other layouts'
         return {"image", "images", "conversations", *TEXT_COLUMNS, *GOLD_COLUMNS, *ID_COLUMNS, *EXTRA_COLUMNS}
 
     def _item(self, row: dict, uri: str, group: int, r: int, seen_ids: set[str],

@@ -21,7 +21,7 @@ def test_run_completes_and_counts_add_up(distributed_run):
         iterations = {it.number: it for it in s.scalars(select(Iteration).where(Iteration.run_id == run.id))}
         assert sorted(iterations) == [0, 1, 2]
         for k in (1, 2):
-            count = lambda model, *w: s.scalar(select(func.count()).select_from(model).where(  # noqa: E731
+            count = lambda model, *w, k=k: s.scalar(select(func.count()).select_from(model).where(  # noqa: E731
                 model.run_id == run.id, model.iteration == k, *w))
             prompts, pairs = count(Prompt), count(Pair)
             judged, examples = count(Judgment), count(TrainingExample)

@@ -97,7 +97,7 @@ class OpenAIBackend:
         max_backoff: float = 30.0,
         vllm_extras: bool = True,
         transport: httpx.BaseTransport | None = None,
-    ):
+    ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:

@@ -38,7 +38,7 @@ class TransformersBackend:
         batch_size: int = 8,
         trust_remote_code: bool = False,
         decode: str = "plain",
-    ):
+    ) -> None:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
         self.decode = decode

@@ -130,7 +130,7 @@ class VLLMBackend:
         kv_cache_gib: float = 1,
         enforce_eager: bool | None = None,
         engine_kwargs: dict[str, Any] | None = None,
-    ):
+    ) -> None:
         global _live_in_process
         del batch_size
         if enforce_eager is None:

@@ -71,7 +71,7 @@ class Checkpointer:
     (rank 0 writes), so a run can resume with another world size only if the global batch is equal.
     """
 
-    def __init__(self, root: str | Path, print_: str, rt: Runtime):
+    def __init__(self, root: str | Path, print_: str, rt: Runtime) -> None:
         self.root, self.print, self.rt = Path(root), print_, rt
 
     def latest(self) -> Path | None:

@@ -269,7 +269,7 @@ class _ConfigView:
     """The model class's methods bound to a holder of its config only (what get_rope_index reads),
     so DataLoader workers compute mrope positions without the model's weights."""
 
-    def __init__(self, cls: type, config: Any):
+    def __init__(self, cls: type, config: Any) -> None:
         self._cls, self.config = cls, config
 
     def __getattr__(self, name: str) -> Any:
@@ -318,7 +318,7 @@ def example_identity(ex: SFTExample) -> str:
 class _Encoded(torch.utils.data.Dataset):
     """Source index -> encoded example (what the workers run)."""
 
-    def __init__(self, source: Sequence[SFTExample], processor: Any, spec: EncodeSpec):
+    def __init__(self, source: Sequence[SFTExample], processor: Any, spec: EncodeSpec) -> None:
         self.source, self.processor, self.spec = source, processor, spec
 
     def __len__(self) -> int:

@@ -102,7 +102,7 @@ def _write_image(folder: Path, im: Image.Image) -> str:
 class FolderExamples:
     """The examples of a spec folder, read one at a time: a line (by its byte offset) and its images."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.offsets: list[int] = []
         with open(self.folder / "examples.jsonl", "rb") as f:
@@ -187,7 +187,7 @@ def launch(
 
 
 class _ProgressRelay:
-    def __init__(self, path: Path, progress: Callable[[int, int, float], None] | None):
+    def __init__(self, path: Path, progress: Callable[[int, int, float], None] | None) -> None:
         self.path, self.progress, self.offset = path, progress, 0
 
     def poll(self) -> None:

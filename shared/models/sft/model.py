@@ -51,7 +51,7 @@ def answer_loss_sum(model: Any, batch: dict[str, torch.Tensor], fused: Callable[
 class AnswerLoss(torch.nn.Module):
     """The model with the answer-only loss as its forward: what DDP/FSDP wrap, so their hooks fire."""
 
-    def __init__(self, model: Any, fused: Callable[..., torch.Tensor] | None = None):
+    def __init__(self, model: Any, fused: Callable[..., torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
         self.fused = fused  # the loss with the LM head fused in (answer_loss_sum), or None

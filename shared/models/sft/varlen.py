@@ -73,9 +73,9 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, 
 
 @torch.compiler.disable
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,  # noqa: ARG001
               position_ids: torch.Tensor | None = None, cu_seq_lens_q: torch.Tensor | None = None,
-              max_length_q: int | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+              max_length_q: int | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip  # noqa: ARG001 - transformers' attention signature
     """transformers attention function: (1, H, L, D) q/k/v in, (1, L, H, D) out."""
     if query.shape[0] != 1 or attention_mask is not None:
         raise ValueError(f"{NAME} takes one packed row without an attention mask (got batch {query.shape[0]})")
