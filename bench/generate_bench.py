@@ -15,12 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from common import Result, build_model, chat_requests
 
-import torch  # noqa: E402
 
-
-def plain_loop(be, reqs: list, max_new_tokens: int) -> tuple[int, list[list[int]]]:  # noqa: ANN001
+def plain_loop(be, reqs: list, max_new_tokens: int) -> tuple[int, list[list[int]]]:
     from selfjudge.shared.models.chat_format import chat_messages
 
     proc, model = be.processor, be.model

@@ -59,14 +59,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import build_model, sft_examples  # noqa: E402
-
-import torch  # noqa: E402
+import torch
+from common import build_model, sft_examples
 
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 
 
-def big_config(ids: dict[str, int]):  # noqa: ANN201 - Qwen2_5_VLConfig
+def big_config(ids: dict[str, int]):
     """Qwen2.5-VL with a Qwen2.5-1.5B text model and a 16-block vision tower (~1.9B params)."""
     from transformers import Qwen2_5_VLConfig
 
@@ -185,7 +184,11 @@ VARIANTS["all"] = combined("vision-varlen", "workers8", "compile")
 VARIANTS["all+liger"] = combined("vision-varlen", "workers8", "compile", "liger")
 # gpu_check.sh's order, most telling first: the biggest expected single win, the candidate defaults together, the rest
 SWEEP = ["vision-varlen", "all", "compile", "workers8", "liger", "all+liger", "bf16"]
-SLOW = {"compile": 60.0, "all": 90.0, "all+liger": 90.0}  # extra seconds (compilation) on top of a defaults run, for the time cap
+SLOW = {
+    "compile": 60.0,
+    "all": 90.0,
+    "all+liger": 90.0,
+}  # extra seconds (compilation) on top of a defaults run, for the time cap
 
 
 class Workload:
@@ -200,7 +203,9 @@ class Workload:
         from selfjudge.shared.models.sft.loop import step_plan
 
         self.folder, self.args = folder, args
-        if args.micro_tokens is None:  # varlen attention: one long row costs no more per token; else keep the mask small
+        if (
+            args.micro_tokens is None
+        ):  # varlen attention: one long row costs no more per token; else keep the mask small
             from selfjudge.shared.models.sft import varlen
 
             args.micro_tokens = 16384 if varlen.usable(torch.device(args.device)) else 4096
@@ -386,7 +391,11 @@ def run_plain(w: Workload, peak: float | None) -> tuple[float, float, list[str]]
     model = AutoModelForImageTextToText.from_pretrained(w.folder, dtype=torch.float32).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     pad = w.processor.tokenizer.pad_token_id
-    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
     timer = StepTimer(device.startswith("cuda"))
     stamps: list[float] = []
     sync(device)
@@ -505,7 +514,10 @@ def run_variant(w: Workload, name: str, peak: float | None, state: dict, deadlin
     try:
         r = run_ours(w, None, peak, changes)
     except Exception as exc:  # noqa: BLE001 - a candidate that does not run here: say why, the others go on
-        print(f"gpu_bench variant {name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})", flush=True)
+        print(
+            f"gpu_bench variant {name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})",
+            flush=True,
+        )
         return
     vs = f"{r['tps'] / base['tps']:.2f}x ours defaults, " if base.get("tps") else ""
     print(f"gpu_bench variant {name}: {r['tps']:.0f} tok/s, {mfu_text(r['flops'], peak)} ({vs}{what}; attention "
@@ -534,24 +546,43 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="the tiny test model and a few steps (smoke check)")
-    ap.add_argument("--parts", default="build,train,variants,generate",
-                    help=f"comma-separated, run in this order: {', '.join(PARTS)} (build: only if the model is missing)")
+    ap.add_argument(
+        "--parts",
+        default="build,train,variants,generate",
+        help=f"comma-separated, run in this order: {', '.join(PARTS)} (build: only if the model is missing)",
+    )
     ap.add_argument("--variants", default="", help=f"ours again with these config changes: {', '.join(VARIANTS)} "
                     f"(gpu_check.sh runs {','.join(SWEEP)}, one process each)")  # fmt: skip
-    ap.add_argument("--model", default=None, help="model folder, kept (built there if missing; default: a temporary one)")
-    ap.add_argument("--state", default=None, help="JSON file shared by runs on one model: the data's lengths, ours' figures")
+    ap.add_argument(
+        "--model", default=None, help="model folder, kept (built there if missing; default: a temporary one)"
+    )
+    ap.add_argument(
+        "--state", default=None, help="JSON file shared by runs on one model: the data's lengths, ours' figures"
+    )
     ap.add_argument("--deadline", type=float, default=None, help="unix time: a variant that would end later is skipped")
     ap.add_argument("--profile", action="store_true", help="profile one more step of ours after the timed ones")
-    ap.add_argument("--train-examples", type=int, default=None,
-                    help="examples trained on (default: enough for the warm-up, timed and profiled steps)")
+    ap.add_argument(
+        "--train-examples",
+        type=int,
+        default=None,
+        help="examples trained on (default: enough for the warm-up, timed and profiled steps)",
+    )
     ap.add_argument("--step-examples", type=int, default=None, help="examples per optimizer step, both sides")
     ap.add_argument("--plain-micro", type=int, default=None, help="plain side: examples per padded micro-batch")
-    ap.add_argument("--micro-tokens", type=int, default=None,
-                    help="ours: tokens per packed micro-batch (default: 16384 with varlen attention, else 4096)")
+    ap.add_argument(
+        "--micro-tokens",
+        type=int,
+        default=None,
+        help="ours: tokens per packed micro-batch (default: 16384 with varlen attention, else 4096)",
+    )
     ap.add_argument("--warmup-steps", type=int, default=None)
     ap.add_argument("--timed-steps", type=int, default=None)
-    ap.add_argument("--attn", default="", help="ours: attention implementation ('' = varlen on CUDA where it passes its check)")
-    ap.add_argument("--no-generate", action="store_true", help="skip bench/gpu_generate.py (same as leaving it out of --parts)")
+    ap.add_argument(
+        "--attn", default="", help="ours: attention implementation ('' = varlen on CUDA where it passes its check)"
+    )
+    ap.add_argument(
+        "--no-generate", action="store_true", help="skip bench/gpu_generate.py (same as leaving it out of --parts)"
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the device")
     ap.add_argument("--work", default=None, help="folder for the temporary model (default: the system's temp folder)")
     args = ap.parse_args(argv)
@@ -572,11 +603,17 @@ def ensure_model(folder: Path, args: argparse.Namespace, announce: bool = True) 
     where = f"on {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     if (folder / "config.json").exists():
         if announce:
-            print(f"gpu_bench model: {param_counts(folder)['total'] / 1e6:.0f}M params, reused from {folder} {where}", flush=True)
+            print(
+                f"gpu_bench model: {param_counts(folder)['total'] / 1e6:.0f}M params, reused from {folder} {where}",
+                flush=True,
+            )
         return
     t0 = time.perf_counter()
     build_model(folder) if args.tiny else build_big(folder, args.device)
-    print(f"gpu_bench model: {param_counts(folder)['total'] / 1e6:.0f}M params, built in {time.perf_counter() - t0:.0f}s {where}", flush=True)
+    print(
+        f"gpu_bench model: {param_counts(folder)['total'] / 1e6:.0f}M params, built in {time.perf_counter() - t0:.0f}s {where}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,8 @@ try:  # an installed selfjudge stays first: common.py would put the source folde
 except ImportError:
     pass
 
-from common import build_model, chat_requests  # noqa: E402
-
 import torch  # noqa: E402
+from common import build_model, chat_requests  # noqa: E402
 
 MiB = 2**20
 

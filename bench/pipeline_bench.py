@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import ROOT, Result
 
-BASE_STEPS = 120   # a short format lesson: the judge must emit verdicts, so that the filter keeps traces
+BASE_STEPS = 120  # a short format lesson: the judge must emit verdicts, so that the filter keeps traces
 
 
 def base_model(work: Path) -> Path:
@@ -47,17 +47,33 @@ def base_model(work: Path) -> Path:
 def write_config(work: Path, base: Path, prompts: int) -> Path:
     """One iteration; the demo's sampling settings; default shard size."""
     config = work / f"pipeline-{prompts}.yaml"
-    config.write_text(json.dumps({
-        "run": {"name": f"bench-{prompts}", "iterations": 1, "prompts_per_iteration": prompts,
-                "heldout_pairs": 16, "work_dir": str(work / f"run-{prompts}")},
-        "model": {"base": str(base), "batch_size": 8},
-        "synth": {"n_samples": 4, "majority_threshold": 2, "max_new_tokens": 16, "open_max_new_tokens": 48,
-                  "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 48},
-        "reason": {"temperature": 1.0, "max_new_tokens": 48},
-        "filter": {"require_all_samples": False},
-        "train": {"lr": 1e-4, "epochs": 1, "batch_size": 4, "max_length": 512},
-        "eval": {"max_new_tokens": 48},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "run": {
+                    "name": f"bench-{prompts}",
+                    "iterations": 1,
+                    "prompts_per_iteration": prompts,
+                    "heldout_pairs": 16,
+                    "work_dir": str(work / f"run-{prompts}"),
+                },
+                "model": {"base": str(base), "batch_size": 8},
+                "synth": {
+                    "n_samples": 4,
+                    "majority_threshold": 2,
+                    "max_new_tokens": 16,
+                    "open_max_new_tokens": 48,
+                    "injection": "both",
+                    "alter_samples": 1,
+                    "alter_max_new_tokens": 48,
+                },
+                "reason": {"temperature": 1.0, "max_new_tokens": 48},
+                "filter": {"require_all_samples": False},
+                "train": {"lr": 1e-4, "epochs": 1, "batch_size": 4, "max_length": 512},
+                "eval": {"max_new_tokens": 48},
+            }
+        )
+    )
     return config
 
 
@@ -65,7 +81,7 @@ class Recorder:
     """Wraps the backend's generate and the trainer's train: records each call and its seconds."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str, tuple, float]] = []   # (kind, model path, args, seconds)
+        self.calls: list[tuple[str, str, tuple, float]] = []  # (kind, model path, args, seconds)
 
     def __enter__(self) -> "Recorder":
         from selfjudge.services.trainer import stage as trainer_stage
@@ -74,14 +90,15 @@ class Recorder:
         self._generate, self._train = TransformersBackend.generate, trainer_stage.train
         rec, generate, train = self, self._generate, self._train
 
-        def recorded_generate(backend, requests, params, progress=None):  # noqa: ANN001
+        def recorded_generate(backend, requests, params, progress=None):
             t0 = time.perf_counter()
             out = generate(backend, requests, params, progress)
-            rec.calls.append(("generate", backend.model.name_or_path, (list(requests), params),
-                              time.perf_counter() - t0))
+            rec.calls.append(
+                ("generate", backend.model.name_or_path, (list(requests), params), time.perf_counter() - t0)
+            )
             return out
 
-        def recorded_train(model_path, examples, out_dir, cfg, **kw):  # noqa: ANN001
+        def recorded_train(model_path, examples, out_dir, cfg, **kw):
             t0 = time.perf_counter()
             out = train(model_path, examples, out_dir, cfg, **kw)
             rec.calls.append(("train", str(model_path), (list(examples), cfg), time.perf_counter() - t0))
@@ -102,7 +119,7 @@ def run_pipeline(config: Path) -> float:
     from selfjudge.cli import main as cli_main
 
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):     # the run's status table is not bench output
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's status table is not bench output
         rc = cli_main(["run", "--config", str(config), "--json"])
     seconds = time.perf_counter() - t0
     if rc != 0:
@@ -120,7 +137,7 @@ def replay(calls: list, work: Path) -> float:
     for i, (kind, path, args, _) in enumerate(calls):
         if kind == "generate":
             if path not in backends:
-                backends.clear()    # one model in memory at a time, as a worker keeps it
+                backends.clear()  # one model in memory at a time, as a worker keeps it
                 backends[path] = TransformersBackend(path, batch_size=8)
             backends[path].generate(*args)
         else:
@@ -137,9 +154,11 @@ def overhead(work: Path, prompts: int, base: Path | None = None) -> Result:
     model_seconds = sum(c[3] for c in rec.calls)
     direct = replay(rec.calls, work)
     n_gen = sum(c[0] == "generate" for c in rec.calls)
-    detail = (f"{prompts} prompts, 1 iteration: pipeline {pipeline:.1f}s (model calls inside it {model_seconds:.1f}s), "
-              f"the same {n_gen} generate + {len(rec.calls) - n_gen} train calls made directly {direct:.1f}s; "
-              f"overhead {100 * (pipeline - direct) / pipeline:.1f}% of wall time")
+    detail = (
+        f"{prompts} prompts, 1 iteration: pipeline {pipeline:.1f}s (model calls inside it {model_seconds:.1f}s), "
+        f"the same {n_gen} generate + {len(rec.calls) - n_gen} train calls made directly {direct:.1f}s; "
+        f"overhead {100 * (pipeline - direct) / pipeline:.1f}% of wall time"
+    )
     return Result("pipeline vs direct model calls (1 - overhead)", direct / pipeline, 0.95, detail)
 
 
@@ -147,16 +166,23 @@ def scaled_run(prompts: int, work: Path) -> dict:
     """In this (fresh) process: one iteration at `prompts`; wall seconds and peak RSS."""
     config = write_config(work, base_model(work), prompts)
     seconds = run_pipeline(config)
-    return {"prompts": prompts, "seconds": seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "prompts": prompts,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def scaling(work: Path, prompts: int, scales: list[int]) -> list[Result]:
-    base_model(work)   # built once, before the timed runs
+    base_model(work)  # built once, before the timed runs
     runs = []
     for scale in scales:
-        out = subprocess.run([sys.executable, __file__, "--scaled-run", str(prompts * scale), "--work", str(work)],
-                             capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, __file__, "--scaled-run", str(prompts * scale), "--work", str(work)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"scaled run x{scale} failed:\n{out.stderr[-3000:]}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -168,10 +194,18 @@ def scaling(work: Path, prompts: int, scales: list[int]) -> list[Result]:
     per_prompt = (first["seconds"] / first["prompts"]) / (last["seconds"] / last["prompts"])
     table = ", ".join(f"{r['prompts']} prompts {r['seconds']:.1f}s {r['peak_rss_mb']:.0f} MB" for r in runs)
     return [
-        Result(f"scaling {scales[-1]}x prompts: time per prompt (exponent {exponent:.2f})", per_prompt, 1.0,
-               f"{table}; wall ~ prompts^{exponent:.2f}"),
-        Result(f"scaling {scales[-1]}x prompts: peak memory (1x / {scales[-1]}x)", first["peak_rss_mb"] / last["peak_rss_mb"],
-               0.9, table),
+        Result(
+            f"scaling {scales[-1]}x prompts: time per prompt (exponent {exponent:.2f})",
+            per_prompt,
+            1.0,
+            f"{table}; wall ~ prompts^{exponent:.2f}",
+        ),
+        Result(
+            f"scaling {scales[-1]}x prompts: peak memory (1x / {scales[-1]}x)",
+            first["peak_rss_mb"] / last["peak_rss_mb"],
+            0.9,
+            table,
+        ),
     ]
 
 

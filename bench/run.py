@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Result  # noqa: E402
+from common import Result
 
 # name -> module in bench/ with compare(work: Path) -> list[Result]; run in this order
 COMPARISONS: dict[str, str] = {
@@ -44,7 +44,7 @@ def run(names: list[str], work: Path) -> list[Result]:
         t0 = time.perf_counter()
         try:
             compared = module.compare(work)
-        except ImportError as exc:      # e.g. vLLM where `make vllm` has not run: said, not hidden
+        except ImportError as exc:  # e.g. vLLM where `make vllm` has not run: said, not hidden
             print(f"{name}: not run ({exc})", flush=True)
             continue
         for r in compared:

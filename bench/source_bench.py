@@ -12,6 +12,7 @@ The details give each side's figures and the memory the draw added over the proc
 
     python bench/source_bench.py [--records 1000000] [--prompts 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from common import ROOT, Result
 
-TARGET = 0.83     # 1 / 1.2: the 1M side may use at most 1.2x
+TARGET = 0.83  # 1 / 1.2: the 1M side may use at most 1.2x
 CHILD = r"""
 import json, resource, sys, time
 from types import SimpleNamespace
@@ -54,20 +55,37 @@ def write_manifest(folder: Path, records: int) -> Path:
     path = folder / "prompts.jsonl"
     with open(path, "w") as f:
         for start in range(0, records, 10_000):
-            f.write("".join(json.dumps({"id": f"r{i}", "image": f"img/{i % 64}.png",
-                                        "instruction": f"What is shown in picture number {i}?"}) + "\n"
-                            for i in range(start, min(records, start + 10_000))))
+            f.write(
+                "".join(
+                    json.dumps(
+                        {
+                            "id": f"r{i}",
+                            "image": f"img/{i % 64}.png",
+                            "instruction": f"What is shown in picture number {i}?",
+                        }
+                    )
+                    + "\n"
+                    for i in range(start, min(records, start + 10_000))
+                )
+            )
     return path
 
 
 def settings_for(manifest: Path, cache: Path) -> dict:
-    return {"run": {"seed": 1, "work_dir": str(cache.parent)},
-            "source": {"kind": "jsonl", "path": str(manifest), "cache_dir": str(cache)}}
+    return {
+        "run": {"seed": 1, "work_dir": str(cache.parent)},
+        "source": {"kind": "jsonl", "path": str(manifest), "cache_dir": str(cache)},
+    }
 
 
 def measure(manifest: Path, cache: Path, prompts: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings_for(manifest, cache)), str(prompts)],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(settings_for(manifest, cache)), str(prompts)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -78,19 +96,34 @@ def compare(work: Path, records: int = 1_000_000, prompts: int = 256) -> list[Re
     for name, n in (("small", 1000), ("large", records)):
         manifest = write_manifest(work / f"source-{name}", n)
         cache = work / f"source-{name}" / "cache"
-        assert JsonlSource(manifest, cache_dir=cache).count() == n      # the offsets, built once and kept
-        measure(manifest, cache, prompts)                                 # warm the page cache
+        assert JsonlSource(manifest, cache_dir=cache).count() == n  # the offsets, built once and kept
+        measure(manifest, cache, prompts)  # warm the page cache
         runs = [measure(manifest, cache, prompts) for _ in range(3)]
-        sides[name] = {"peak_mb": min(r["peak_mb"] for r in runs), "seconds": min(r["seconds"] for r in runs),
-                       "added_mb": min(r["peak_mb"] - r["start_mb"] for r in runs)}
+        sides[name] = {
+            "peak_mb": min(r["peak_mb"] for r in runs),
+            "seconds": min(r["seconds"] for r in runs),
+            "added_mb": min(r["peak_mb"] - r["start_mb"] for r in runs),
+        }
     small, large = sides["small"], sides["large"]
-    detail = (f"{prompts} prompts drawn; 1k records: peak {small['peak_mb']:.0f} MB (+{small['added_mb']:.0f} MB "
-              f"by the draw), {small['seconds']:.3f} s; {records:,} records: peak {large['peak_mb']:.0f} MB "
-              f"(+{large['added_mb']:.0f} MB), {large['seconds']:.3f} s")
-    return [Result(f"source draw {records:,} vs 1,000 records: peak memory (1k / 1M)",
-                   small["peak_mb"] / large["peak_mb"], TARGET, detail),
-            Result(f"source draw {records:,} vs 1,000 records: time (1k / 1M)",
-                   small["seconds"] / large["seconds"], TARGET, detail)]
+    detail = (
+        f"{prompts} prompts drawn; 1k records: peak {small['peak_mb']:.0f} MB (+{small['added_mb']:.0f} MB "
+        f"by the draw), {small['seconds']:.3f} s; {records:,} records: peak {large['peak_mb']:.0f} MB "
+        f"(+{large['added_mb']:.0f} MB), {large['seconds']:.3f} s"
+    )
+    return [
+        Result(
+            f"source draw {records:,} vs 1,000 records: peak memory (1k / 1M)",
+            small["peak_mb"] / large["peak_mb"],
+            TARGET,
+            detail,
+        ),
+        Result(
+            f"source draw {records:,} vs 1,000 records: time (1k / 1M)",
+            small["seconds"] / large["seconds"],
+            TARGET,
+            detail,
+        ),
+    ]
 
 
 def main() -> None:

@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from common import Result, build_model, sft_examples
-
-import torch  # noqa: E402  (after common: torchvision shim)
 
 
 def answer_loss(model_dir: Path, data: list) -> float:
@@ -45,13 +44,13 @@ def answer_loss(model_dir: Path, data: list) -> float:
     return total / n
 
 
-def config(batch: int, lr: float):  # noqa: ANN201
+def config(batch: int, lr: float):
     from selfjudge.shared.config import TrainConfig
 
     return TrainConfig(lr=lr, epochs=1, batch_size=batch, warmup_ratio=0.03, max_length=1024)
 
 
-def run_ours(model: Path, data: list, out: Path, batch: int, lr: float):  # noqa: ANN201 - (seconds, TrainResult)
+def run_ours(model: Path, data: list, out: Path, batch: int, lr: float):
     from selfjudge.shared.models.sft.loop import sft
 
     t0 = time.perf_counter()
@@ -129,8 +128,10 @@ def compare(work: Path, n_examples: int = 64, batch: int = 4, lr: float = 1e-3, 
     pad_detail = (f"sft {'packed' if res.meta['packed'] else 'padded'} micro-batches: {res.padded_tokens - tokens} padding "
                   f"of {res.padded_tokens} input tokens; the Trainer's padded batches of {batch}: "
                   f"{100 * padded_share(model, ordered, batch):.1f}% padding")  # fmt: skip
-    return [Result("train_tokens_per_s_vs_hf_trainer", ratio, 1.2, detail, extra_ok=same),
-            Result("train_padding_share", share, 0.05, pad_detail, at_most=True, percent=True)]
+    return [
+        Result("train_tokens_per_s_vs_hf_trainer", ratio, 1.2, detail, extra_ok=same),
+        Result("train_padding_share", share, 0.05, pad_detail, at_most=True, percent=True),
+    ]
 
 
 def main() -> None:

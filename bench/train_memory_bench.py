@@ -71,7 +71,9 @@ def child(model: str, store_root: str, key: str, steps: int, out: str) -> dict:
     torch.set_num_threads(1)
     store = LocalStore(store_root)
     examples = StoreExamples.spill(store, [key], Path(out) / "traces.jsonl", reopen=lambda: LocalStore(store_root))
-    cfg = TrainConfig(lr=1e-4, epochs=1, batch_size=4, max_steps=steps, warmup_ratio=0.0, max_length=512, loader_workers=2)
+    cfg = TrainConfig(
+        lr=1e-4, epochs=1, batch_size=4, max_steps=steps, warmup_ratio=0.0, max_length=512, loader_workers=2
+    )
     stamps: list[float] = []
     res = sft(model, examples, Path(out) / "model", cfg, progress=lambda s, t, l: stamps.append(time.perf_counter()))
     per_step = res.tokens / res.steps  # tokens are near equal per step; the first step (warm-up) is left out
@@ -84,7 +86,16 @@ def child(model: str, store_root: str, key: str, steps: int, out: str) -> dict:
 
 def run_child(model: Path, store: Path, key: str, steps: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(HERE / "train_memory_bench.py"), "--child", str(model), str(store), key, str(steps), str(work)]
+    cmd = [
+        sys.executable,
+        str(HERE / "train_memory_bench.py"),
+        "--child",
+        str(model),
+        str(store),
+        key,
+        str(steps),
+        str(work),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"trainer run failed: {out.stderr[-3000:]}")

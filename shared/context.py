@@ -3,6 +3,7 @@
 A worker process builds one Context at start and keeps it (the model stays loaded
 across tasks and is swapped only when the run moves to a new judge checkpoint).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ModelCache:
     """Resolves checkpoint ids to local folders and keeps one generation backend loaded."""
+
     settings: Settings
     sessions: sessionmaker
     store: Store
@@ -61,7 +63,7 @@ class ModelCache:
         from .models.generation.load import load_backend
 
         start = time.perf_counter()
-        self.release()   # the old model is shut down and its memory freed before the new one loads
+        self.release()  # the old model is shut down and its memory freed before the new one loads
         with self.sessions() as s:
             ckpt = s.get(Checkpoint, checkpoint_id)
             if ckpt is None:
@@ -71,10 +73,17 @@ class ModelCache:
         if m.backend == "openai":
             self._backend = self._served(checkpoint_id, identity, iteration)
         else:
-            self._backend = load_backend(m.backend, self.local_path(checkpoint_id), model_id=identity,
-                                         device=m.device, dtype=m.dtype, batch_size=m.batch_size,
-                                         trust_remote_code=m.trust_remote_code, decode=m.hf_decode,
-                                         vllm=m.vllm.backend_kwargs())
+            self._backend = load_backend(
+                m.backend,
+                self.local_path(checkpoint_id),
+                model_id=identity,
+                device=m.device,
+                dtype=m.dtype,
+                batch_size=m.batch_size,
+                trust_remote_code=m.trust_remote_code,
+                decode=m.hf_decode,
+                vllm=m.vllm.backend_kwargs(),
+            )
         self._loaded_id = checkpoint_id
         seconds = time.perf_counter() - start
         self.metrics.model_load_seconds.labels(self.stage).observe(seconds)
@@ -96,17 +105,26 @@ class ModelCache:
         from .models.generation.openai_backend import adapter_name
 
         m = self.settings.model
-        backend = load_backend("openai", "", model_id=identity, endpoints=m.endpoints,
-                               served_model_name=m.served_model_name, api_key=m.api_key,
-                               concurrency=m.concurrency, request_timeout=m.request_timeout)
+        backend = load_backend(
+            "openai",
+            "",
+            model_id=identity,
+            endpoints=m.endpoints,
+            served_model_name=m.served_model_name,
+            api_key=m.api_key,
+            concurrency=m.concurrency,
+            request_timeout=m.request_timeout,
+        )
         if iteration == 0:
             return backend
         path = self.local_path(checkpoint_id)
         if not (Path(path) / "adapter_config.json").is_file():
             backend.close()
-            raise ValueError(f"checkpoint {checkpoint_id} (iteration {iteration}) is a full model folder: the "
-                             "openai backend can only bring LoRA adapters to its servers (train.method lora, "
-                             "train.lora_merge false), or use model.backend transformers or vllm")
+            raise ValueError(
+                f"checkpoint {checkpoint_id} (iteration {iteration}) is a full model folder: the "
+                "openai backend can only bring LoRA adapters to its servers (train.method lora, "
+                "train.lora_merge false), or use model.backend transformers or vllm"
+            )
         backend.load_adapter(adapter_name(identity), self._adapter_path(path, identity))
         return backend
 
@@ -120,7 +138,7 @@ class ModelCache:
             shutil.copytree(path, tmp, dirs_exist_ok=True)
             try:
                 tmp.rename(dest)
-            except OSError:   # another worker put it there first
+            except OSError:  # another worker put it there first
                 shutil.rmtree(tmp, ignore_errors=True)
         return str(dest)
 
@@ -143,9 +161,19 @@ class Context:
         self.models = ModelCache(self.settings, self.sessions, self.store, self.metrics, self.stage)
 
 
-def make_context(settings: Settings, stage: str, bus: Bus, metrics: Metrics | None = None,
-                 sessions: sessionmaker | None = None, store: Store | None = None) -> Context:
-    return Context(settings=settings, stage=stage,
-                   sessions=sessions or make_sessionmaker(settings.database_url()),
-                   store=store or open_store(settings.store, settings.run.work_dir),
-                   bus=bus, metrics=metrics or Metrics())
+def make_context(
+    settings: Settings,
+    stage: str,
+    bus: Bus,
+    metrics: Metrics | None = None,
+    sessions: sessionmaker | None = None,
+    store: Store | None = None,
+) -> Context:
+    return Context(
+        settings=settings,
+        stage=stage,
+        sessions=sessions or make_sessionmaker(settings.database_url()),
+        store=store or open_store(settings.store, settings.run.work_dir),
+        bus=bus,
+        metrics=metrics or Metrics(),
+    )

@@ -6,16 +6,29 @@ images, checkpoints) live in the store; rows hold their keys.
 Natural unique keys make every write idempotent: a redelivered shard finds its
 rows already there (written in one transaction with the shard's `done` state).
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event, text)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
 def utcnow() -> datetime:
@@ -31,7 +44,7 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed
-    config: Mapped[dict] = mapped_column(JSON)          # redacted settings
+    config: Mapped[dict] = mapped_column(JSON)  # redacted settings
     iterations: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -39,16 +52,17 @@ class Run(Base):
 
 class Iteration(Base):
     """Iteration 0 evaluates the base model; iteration k >= 1 trains judge k from judge k-1."""
+
     __tablename__ = "iterations"
     __table_args__ = (UniqueConstraint("run_id", "number"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     number: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="running")  # running | trained | done
-    judge_checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))   # judge used
+    judge_checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))  # judge used
     output_checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))  # judge made
     n_shards: Mapped[int] = mapped_column(Integer, default=0)
-    train_enqueued: Mapped[bool] = mapped_column(Boolean, default=False)   # the barrier's latch
+    train_enqueued: Mapped[bool] = mapped_column(Boolean, default=False)  # the barrier's latch
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -74,7 +88,7 @@ class Shard(Base):
 
 class Image(Base):
     __tablename__ = "images"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)   # sha256 of the stored PNG
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the stored PNG
     key: Mapped[str] = mapped_column(String(500))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -87,25 +101,25 @@ class Prompt(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     iteration: Mapped[int] = mapped_column(Integer)
     shard_index: Mapped[int] = mapped_column(Integer)
-    source_id: Mapped[str] = mapped_column(String(300))     # e.g. scenes:train:42:count
+    source_id: Mapped[str] = mapped_column(String(300))  # e.g. scenes:train:42:count
     source: Mapped[str] = mapped_column(String(50))
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
     instruction: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(10))            # open | closed | auto (decided by the synthesizer)
-    kind_reason: Mapped[str | None] = mapped_column(String(200))   # why it was classed open/closed
+    kind: Mapped[str] = mapped_column(String(10))  # open | closed | auto (decided by the synthesizer)
+    kind_reason: Mapped[str | None] = mapped_column(String(200))  # why it was classed open/closed
     question_type: Mapped[str] = mapped_column(String(40))
-    gold: Mapped[str | None] = mapped_column(Text)           # kept for analysis only; never a label
+    gold: Mapped[str | None] = mapped_column(Text)  # kept for analysis only; never a label
 
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
-    iteration: Mapped[int] = mapped_column(Integer)          # 0 = base
-    uri: Mapped[str] = mapped_column(String(500))            # store:<prefix> | hf:<id> | file:<path>
+    iteration: Mapped[int] = mapped_column(Integer)  # 0 = base
+    uri: Mapped[str] = mapped_column(String(500))  # store:<prefix> | hf:<id> | file:<path>
     content_hash: Mapped[str] = mapped_column(String(64))
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)   # training metadata
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)  # training metadata
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -119,12 +133,12 @@ class Pair(Base):
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
     preferred: Mapped[str] = mapped_column(Text)
     rejected: Mapped[str] = mapped_column(Text)
-    method: Mapped[str] = mapped_column(String(30))          # majority_vote | rule_perturb | ...
+    method: Mapped[str] = mapped_column(String(30))  # majority_vote | rule_perturb | ...
     errors: Mapped[list] = mapped_column(JSON, default=list)  # injected error types
     vote_count: Mapped[int | None] = mapped_column(Integer)
     n_samples: Mapped[int | None] = mapped_column(Integer)
-    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))   # who wrote the texts
-    meta: Mapped[dict | None] = mapped_column(JSON)          # method details (votes, injection prompt, ...)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))  # who wrote the texts
+    meta: Mapped[dict | None] = mapped_column(JSON)  # method details (votes, injection prompt, ...)
 
 
 class Judgment(Base):
@@ -135,7 +149,7 @@ class Judgment(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     shard_index: Mapped[int] = mapped_column(Integer)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))
-    order: Mapped[str] = mapped_column(String(2))      # "AB": preferred shown as A; "BA": as B
+    order: Mapped[str] = mapped_column(String(2))  # "AB": preferred shown as A; "BA": as B
     sample: Mapped[int] = mapped_column(Integer)
     prompt_text: Mapped[str] = mapped_column(Text)
     output: Mapped[str] = mapped_column(Text)
@@ -155,7 +169,7 @@ class TrainingExample(Base):
     shard_index: Mapped[int] = mapped_column(Integer)
     judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id"))
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))
-    label: Mapped[str] = mapped_column(String(1))      # the verdict it teaches
+    label: Mapped[str] = mapped_column(String(1))  # the verdict it teaches
 
 
 class EvalResult(Base):
@@ -183,14 +197,15 @@ class EvalSummary(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"))
     benchmark: Mapped[str] = mapped_column(String(40))
-    category: Mapped[str] = mapped_column(String(80))   # "overall" or a category
-    metric: Mapped[str] = mapped_column(String(40))     # accuracy | both_orders | position_bias
+    category: Mapped[str] = mapped_column(String(80))  # "overall" or a category
+    metric: Mapped[str] = mapped_column(String(40))  # accuracy | both_orders | position_bias
     value: Mapped[float] = mapped_column(Float)
     n: Mapped[int] = mapped_column(Integer)
 
 
 class SetAside(Base):
     """Bad input or unusable output, kept with the reason instead of stopping a run."""
+
     __tablename__ = "set_aside"
     __table_args__ = (UniqueConstraint("run_id", "iteration", "stage", "record_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -210,6 +225,7 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(conn, _record) -> None:  # noqa: ANN001
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA journal_mode=WAL")
+
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
@@ -245,9 +261,9 @@ def migrate(url: str) -> None:
         return
     engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.begin() as conn:        # the lock is released when this transaction commits
+        with engine.begin() as conn:  # the lock is released when this transaction commits
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            cfg.attributes["connection"] = conn     # migrations/env.py runs in this transaction
+            cfg.attributes["connection"] = conn  # migrations/env.py runs in this transaction
             command.upgrade(cfg, "head")
     finally:
         engine.dispose()

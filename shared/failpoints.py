@@ -6,6 +6,7 @@
 redelivered task, run by the restarted worker, gets through); `raise` raises every time. With
 the variable unset (always, outside tests) a failpoint is a dictionary lookup.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,11 @@ def failpoint(name: str) -> None:
         if point.strip() != name:
             continue
         if action.startswith("kill:"):
-            marker = Path(action[len("kill:"):])
+            marker = Path(action[len("kill:") :])
             if not marker.exists():
                 marker.touch()
                 os.kill(os.getpid(), signal.SIGKILL)
         elif action.startswith("sleep:"):
-            time.sleep(float(action[len("sleep:"):]))
+            time.sleep(float(action[len("sleep:") :]))
         elif action == "raise":
             raise FailpointError(f"failpoint {name} raised (SELFJUDGE_FAILPOINTS)")

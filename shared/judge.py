@@ -1,4 +1,5 @@
 """The pairwise judge prompt, shared by the reasoner (training traces) and the evaluator."""
+
 from __future__ import annotations
 
 JUDGE_SYSTEM = "You are an impartial judge of answers about images."

@@ -12,6 +12,7 @@
 Stages call the `on_*` functions below after they have recorded their work; the
 functions only read the database and publish the next messages on the bus.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 
 # --- run and iteration start -------------------------------------------------------------
 
-def register_checkpoint(ctx: Context, run_id: int | None, iteration: int, model: str,
-                        parent_id: int | None = None, meta: dict | None = None) -> int:
+
+def register_checkpoint(
+    ctx: Context, run_id: int | None, iteration: int, model: str, parent_id: int | None = None, meta: dict | None = None
+) -> int:
     """A local HF folder is uploaded to the store; a hub id is recorded as `hf:<id>`."""
     from pathlib import Path
 
@@ -43,10 +46,12 @@ def register_checkpoint(ctx: Context, run_id: int | None, iteration: int, model:
         uri = f"store:{prefix}"
     else:
         import hashlib
+
         digest, uri = hashlib.sha256(model.encode()).hexdigest(), f"hf:{model}"
     with ctx.sessions.begin() as s:
-        ckpt = Checkpoint(run_id=run_id, iteration=iteration, uri=uri, content_hash=digest,
-                          parent_id=parent_id, meta=meta or {})
+        ckpt = Checkpoint(
+            run_id=run_id, iteration=iteration, uri=uri, content_hash=digest, parent_id=parent_id, meta=meta or {}
+        )
         s.add(ckpt)
         s.flush()
         return ckpt.id
@@ -78,13 +83,26 @@ def write_heldout(ctx: Context, run_id: int) -> None:
 
     cfg = ctx.settings
     records = []
-    for pair in heldout_pairs(cfg.run.seed, cfg.run.heldout_pairs, image_size=cfg.source.image_size,
-                              max_objects=cfg.source.max_objects, object_scale=cfg.source.object_scale,
-                              layout=cfg.source.layout):
+    for pair in heldout_pairs(
+        cfg.run.seed,
+        cfg.run.heldout_pairs,
+        image_size=cfg.source.image_size,
+        max_objects=cfg.source.max_objects,
+        object_scale=cfg.source.object_scale,
+        layout=cfg.source.layout,
+    ):
         _, image_key = put_image(ctx.store, _png(pair.image))
-        records.append(HeldoutRecord(item_id=pair.pair_id, image_key=image_key, instruction=pair.instruction,
-                                     preferred=pair.preferred, rejected=pair.rejected,
-                                     category=pair.question_type, error_type=pair.error_type))
+        records.append(
+            HeldoutRecord(
+                item_id=pair.pair_id,
+                image_key=image_key,
+                instruction=pair.instruction,
+                preferred=pair.preferred,
+                rejected=pair.rejected,
+                category=pair.question_type,
+                error_type=pair.error_type,
+            )
+        )
     write_records(ctx.store, heldout_key(run_id), records)
 
 
@@ -102,8 +120,13 @@ def make_source(ctx: Context):  # noqa: ANN201 - a ScenesSource or a stream.Reco
 
     src = ctx.settings.source
     if src.kind == "scenes":
-        return scenes.ScenesSource(ctx.settings.run.seed, image_size=src.image_size, max_objects=src.max_objects,
-                                   object_scale=src.object_scale, layout=src.layout)
+        return scenes.ScenesSource(
+            ctx.settings.run.seed,
+            image_size=src.image_size,
+            max_objects=src.max_objects,
+            object_scale=src.object_scale,
+            layout=src.layout,
+        )
     fs = Files(ctx.settings.store)
     cache = Path(src.cache_dir or Path(ctx.settings.run.work_dir) / "cache" / "sources")
     if src.kind == "jsonl":
@@ -136,12 +159,12 @@ def start_iteration(ctx: Context, run_id: int, k: int, judge_id: int) -> None:
     cfg = ctx.settings.run
     with ctx.sessions() as s:
         if s.scalar(select(Iteration.id).where(Iteration.run_id == run_id, Iteration.number == k)) is not None:
-            return              # already started (a resumed run): the shards are queued already
+            return  # already started (a resumed run): the shards are queued already
     items, rejected = _draw_prompts(ctx, cfg.prompts_per_iteration, k)
     shards: list[list[PromptRecord]] = []
     with ctx.sessions.begin() as s:
         it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == k))
-        if it is not None:      # already started (a resumed run): the shards are queued already
+        if it is not None:  # already started (a resumed run): the shards are queued already
             return
         for record_id, reason in rejected:
             set_aside(s, (run_id, k), "source", record_id, reason)
@@ -152,16 +175,33 @@ def start_iteration(ctx: Context, run_id: int, k: int, judge_id: int) -> None:
                 s.add(Image(id=digest, key=image_key, width=item.image.width, height=item.image.height))
                 s.flush()
             index = i // cfg.shard_size
-            prompt = Prompt(run_id=run_id, iteration=k, shard_index=index, source_id=item.prompt_id,
-                            source=item.source, image_id=digest, instruction=item.instruction, kind=item.kind,
-                            question_type=item.question_type, gold=item.gold)
+            prompt = Prompt(
+                run_id=run_id,
+                iteration=k,
+                shard_index=index,
+                source_id=item.prompt_id,
+                source=item.source,
+                image_id=digest,
+                instruction=item.instruction,
+                kind=item.kind,
+                question_type=item.question_type,
+                gold=item.gold,
+            )
             s.add(prompt)
             s.flush()
             if index == len(shards):
                 shards.append([])
-            shards[index].append(PromptRecord(prompt_id=prompt.id, source_id=item.prompt_id, image_key=image_key,
-                                              instruction=item.instruction, kind=item.kind,
-                                              question_type=item.question_type, options=item.options))
+            shards[index].append(
+                PromptRecord(
+                    prompt_id=prompt.id,
+                    source_id=item.prompt_id,
+                    image_key=image_key,
+                    instruction=item.instruction,
+                    kind=item.kind,
+                    question_type=item.question_type,
+                    options=item.options,
+                )
+            )
         for index, records in enumerate(shards):
             key = shard_key(run_id, k, "prompts", index)
             write_records(ctx.store, key, records)
@@ -170,14 +210,22 @@ def start_iteration(ctx: Context, run_id: int, k: int, judge_id: int) -> None:
     ctx.metrics.iteration.labels(str(run_id)).set(k)
     log.info("run %s iteration %s: %s prompts in %s shards", run_id, k, len(items), len(shards))
     for index in range(len(shards)):
-        ctx.bus.send("synthesizer", ShardTask(run_id=run_id, iteration=k, index=index,
-                                              input_key=shard_key(run_id, k, "prompts", index),
-                                              judge_checkpoint_id=judge_id))
-    if not shards:   # nothing to do this iteration: go straight to the barrier
+        ctx.bus.send(
+            "synthesizer",
+            ShardTask(
+                run_id=run_id,
+                iteration=k,
+                index=index,
+                input_key=shard_key(run_id, k, "prompts", index),
+                judge_checkpoint_id=judge_id,
+            ),
+        )
+    if not shards:  # nothing to do this iteration: go straight to the barrier
         _maybe_train(ctx, run_id, k, judge_id)
 
 
 # --- hand-offs between stages ------------------------------------------------------------
+
 
 def on_synthesized(ctx: Context, task: ShardTask, pairs_key: str) -> None:
     ctx.bus.send("reasoner", task.model_copy(update={"input_key": pairs_key}))
@@ -194,10 +242,12 @@ def on_filtered(ctx: Context, task: ShardTask) -> None:
 def _maybe_train(ctx: Context, run_id: int, k: int, judge_id: int) -> None:
     """The barrier: training starts once, when every filter shard of iteration k is done."""
     with ctx.sessions.begin() as s:
-        it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == k)
-                      .with_for_update())
-        done = s.scalar(select(func.count()).select_from(Shard).where(
-            Shard.run_id == run_id, Shard.iteration == k, Shard.stage == "filter", Shard.state == "done"))
+        it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == k).with_for_update())
+        done = s.scalar(
+            select(func.count())
+            .select_from(Shard)
+            .where(Shard.run_id == run_id, Shard.iteration == k, Shard.stage == "filter", Shard.state == "done")
+        )
         if it.train_enqueued or done < it.n_shards:
             return
         it.train_enqueued = True
@@ -219,8 +269,11 @@ def on_evaluated(ctx: Context, task: EvalTask) -> None:
         it = s.scalar(select(Iteration).where(Iteration.run_id == task.run_id, Iteration.number == task.iteration))
         it.status, it.finished_at = "done", utcnow()
         s.flush()
-        finished = s.scalar(select(func.count()).select_from(Iteration).where(
-            Iteration.run_id == task.run_id, Iteration.status == "done"))
+        finished = s.scalar(
+            select(func.count())
+            .select_from(Iteration)
+            .where(Iteration.run_id == task.run_id, Iteration.status == "done")
+        )
         if finished == run.iterations + 1:
             run.status, run.finished_at = "done", utcnow()
         last = run.iterations
@@ -236,6 +289,7 @@ def rng_for(run_seed: int, *parts: object) -> random.Random:
 
 
 # --- recovery ----------------------------------------------------------------------------
+
 
 def resume(ctx: Context, run_id: int) -> int:
     """Re-publish whatever the database says is unfinished; returns how many messages were sent.
@@ -267,8 +321,13 @@ def resume(ctx: Context, run_id: int) -> int:
             continue
         for index in range(it.n_shards):
             done = {stage: rows.get((k, stage, index)) for stage in ("synthesizer", "reasoner", "filter")}
-            task = ShardTask(run_id=run_id, iteration=k, index=index, input_key=shard_key(run_id, k, "prompts", index),
-                             judge_checkpoint_id=it.judge_checkpoint_id)
+            task = ShardTask(
+                run_id=run_id,
+                iteration=k,
+                index=index,
+                input_key=shard_key(run_id, k, "prompts", index),
+                judge_checkpoint_id=it.judge_checkpoint_id,
+            )
             if done["filter"] is not None and done["filter"].state == "done":
                 continue
             if done["reasoner"] is not None and done["reasoner"].state == "done":

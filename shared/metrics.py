@@ -4,6 +4,7 @@ One registry per process; each worker process serves it on its own port
 (`metrics_port` in the config, 0 = do not serve). Names follow Prometheus
 conventions: base units (seconds, bytes), counters end in `_total`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,18 +43,26 @@ class Metrics:
         self.train_tokens = Counter("selfjudge_train_tokens_total", "Tokens trained on (answer tokens)", registry=r)
         self.train_steps = Counter("selfjudge_train_steps_total", "Optimizer steps", registry=r)
         self.train_dropped = Counter(
-            "selfjudge_train_dropped_examples_total", "Training examples left out (too long, unreadable image)",
-            ["run", "iteration", "reason"], registry=r)
+            "selfjudge_train_dropped_examples_total",
+            "Training examples left out (too long, unreadable image)",
+            ["run", "iteration", "reason"],
+            registry=r,
+        )
         self.train_step_seconds = Histogram(
-            "selfjudge_train_step_duration_seconds", "Wall time per optimizer step",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r,
+            "selfjudge_train_step_duration_seconds",
+            "Wall time per optimizer step",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
         )
         self.eval_accuracy = Gauge(
             "selfjudge_eval_accuracy_ratio", "Judge accuracy", ["run", "iteration", "benchmark", "category"], registry=r
         )
         self.model_load_seconds = Histogram(
-            "selfjudge_model_load_duration_seconds", "Time to load or swap a model", ["stage"],
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=r,
+            "selfjudge_model_load_duration_seconds",
+            "Time to load or swap a model",
+            ["stage"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=r,
         )
         self.errors = Counter("selfjudge_errors_total", "Errors by kind", ["stage", "kind"], registry=r)
         self.iteration = Gauge("selfjudge_iteration", "Iteration a run is working on", ["run"], registry=r)

@@ -13,6 +13,7 @@ window-attention vision tower + merger) and Mllama (Llama-3.2-Vision: self- and 
 layers, tiled vision encoder with global layers, projector); any other decoder-only config
 counts its text decoder and warns that its vision tower is not counted.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,34 +30,39 @@ GIB = 1024**3
 # (batch 4 x 1024, MFU 15%). vLLM was not measured on the card: 3,000 tok/s is an assumption (vLLM's
 # continuous batching at 64+ sequences). Other model sizes scale by 8.3B / params. Override with
 # `--throughput generate_vllm=5000` etc.
-THROUGHPUTS = {"generate_transformers": 692.0, "generate_vllm": 3000.0, "generate_openai": 3000.0,
-               "train_full": 2992.0, "train_lora": 4500.0}
+THROUGHPUTS = {
+    "generate_transformers": 692.0,
+    "generate_vllm": 3000.0,
+    "generate_openai": 3000.0,
+    "train_full": 2992.0,
+    "train_lora": 4500.0,
+}
 REFERENCE_PARAMS = 8.3e9
-BENCHMARK_ITEMS = {"vl-rewardbench": 1250, "mm-rewardbench": 5211}   # published sizes
+BENCHMARK_ITEMS = {"vl-rewardbench": 1250, "mm-rewardbench": 5211}  # published sizes
 
 
 @dataclass
 class Assumptions:
-    gpu_memory_gib: float = 141.0      # H200 (80 for an H100/A100-80GB)
-    gpus_per_stage: int = 1            # generation: one worker (one GPU) per stage; trainer: train.nproc
-    closed_share: float = 0.5          # share of prompts classed closed-ended
-    keep_rate: float = 0.3             # share of judgments that become training examples
-    prompt_tokens: int = 600           # text tokens of a prompt, a judge prompt adds both responses
-    image_width: int = 640             # a typical LLaVA-OneVision image
+    gpu_memory_gib: float = 141.0  # H200 (80 for an H100/A100-80GB)
+    gpus_per_stage: int = 1  # generation: one worker (one GPU) per stage; trainer: train.nproc
+    closed_share: float = 0.5  # share of prompts classed closed-ended
+    keep_rate: float = 0.3  # share of judgments that become training examples
+    prompt_tokens: int = 600  # text tokens of a prompt, a judge prompt adds both responses
+    image_width: int = 640  # a typical LLaVA-OneVision image
     image_height: int = 480
     vllm_memory_utilization: float = 0.9
-    sequences_in_flight: int = 64      # KV cache: concurrent sequences per generation worker
+    sequences_in_flight: int = 64  # KV cache: concurrent sequences per generation worker
 
 
 @dataclass
 class Stage:
     name: str
     gpus: int
-    memory_gib: dict[str, float]       # per GPU: weights, kv_cache, gradients, optimizer, activations
-    tokens: int                        # generated (generation stages) or trained (trainer) per iteration
+    memory_gib: dict[str, float]  # per GPU: weights, kv_cache, gradients, optimizer, activations
+    tokens: int  # generated (generation stages) or trained (trainer) per iteration
     tokens_kind: str
-    throughput: float                  # tokens/s per GPU used
-    gpu_hours: float                   # per iteration
+    throughput: float  # tokens/s per GPU used
+    gpu_hours: float  # per iteration
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -89,11 +95,15 @@ class Plan:
         return self.iterations * self.gpu_hours_per_iteration + self.eval_hours
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "gpu_hours_per_iteration": self.gpu_hours_per_iteration,
-                "gpu_hours_run": self.gpu_hours_run}
+        return {
+            **asdict(self),
+            "gpu_hours_per_iteration": self.gpu_hours_per_iteration,
+            "gpu_hours_run": self.gpu_hours_run,
+        }
 
 
 # --- config.json ----------------------------------------------------------------------------
+
 
 def find_config(model: str) -> Path:
     """config.json of a local folder, or of a hub id from the Hugging Face cache (never downloaded)."""
@@ -110,8 +120,10 @@ def find_config(model: str) -> Path:
         cached = None
     if isinstance(cached, str) and os.path.isfile(cached):
         return Path(cached)
-    raise FileNotFoundError(f"no config.json for {model!r}: not a folder holding one and not in the Hugging Face "
-                            f"cache ({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})")
+    raise FileNotFoundError(
+        f"no config.json for {model!r}: not a folder holding one and not in the Hugging Face "
+        f"cache ({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
+    )
 
 
 def _text(cfg: dict) -> dict:
@@ -137,35 +149,50 @@ def count_params(cfg: dict) -> dict[str, int]:
     if mt == "mllama":
         cross = set(t.get("cross_attention_layers", []))
         layer = _decoder_layer(h, heads, kv, inter, head_dim, False)
-        out["text"] = (vocab + 8) * h + layers * layer + len(cross) * (2 * head_dim + 2) + h \
-            + (0 if tied else vocab * h)
+        out["text"] = (
+            (vocab + 8) * h + layers * layer + len(cross) * (2 * head_dim + 2) + h + (0 if tied else vocab * h)
+        )
         v = cfg["vision_config"]
         vh, vi, vl, vg = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["num_global_layers"]
         patches = (v["image_size"] // v["patch_size"]) ** 2 + 1
         ratios = v.get("max_aspect_ratio_id") or len(v.get("supported_aspect_ratios", [])) or 8
         tiles = v["max_num_tiles"]
         vlayer = 4 * vh * vh + (vh * vi + vi) + (vi * vh + vh) + 4 * vh
-        out["vision"] = (v.get("num_channels", 3) * v["patch_size"] ** 2 * vh + vh + patches * vh + 1
-                         + (ratios + 1) * tiles * patches * vh + 2 * ((ratios + 1) * tiles * vh + 1) + 4 * vh
-                         + vl * vlayer + vg * (vlayer + 2))
+        out["vision"] = (
+            v.get("num_channels", 3) * v["patch_size"] ** 2 * vh
+            + vh
+            + patches * vh
+            + 1
+            + (ratios + 1) * tiles * patches * vh
+            + 2 * ((ratios + 1) * tiles * vh + 1)
+            + 4 * vh
+            + vl * vlayer
+            + vg * (vlayer + 2)
+        )
         out["projector"] = v["vision_output_dim"] * h + h
     else:
         qkv_bias = mt.startswith("qwen2")
-        out["text"] = vocab * h + layers * _decoder_layer(h, heads, kv, inter, head_dim, qkv_bias) + h \
+        out["text"] = (
+            vocab * h
+            + layers * _decoder_layer(h, heads, kv, inter, head_dim, qkv_bias)
+            + h
             + (0 if tied else vocab * h)
+        )
         v = cfg.get("vision_config")
         if mt == "qwen2_5_vl" and v:
             vh, vi, depth = v["hidden_size"], v["intermediate_size"], v["depth"]
             merged = vh * v.get("spatial_merge_size", 2) ** 2
-            out["vision"] = (v.get("in_chans", 3) * v.get("temporal_patch_size", 2) * v["patch_size"] ** 2 * vh
-                             + depth * (2 * vh + 3 * vh * vh + 3 * vh + vh * vh + vh + 2 * (vh * vi + vi) + vi * vh + vh))
+            out["vision"] = v.get("in_chans", 3) * v.get("temporal_patch_size", 2) * v[
+                "patch_size"
+            ] ** 2 * vh + depth * (2 * vh + 3 * vh * vh + 3 * vh + vh * vh + vh + 2 * (vh * vi + vi) + vi * vh + vh)
             out["projector"] = vh + merged * merged + merged + merged * v["out_hidden_size"] + v["out_hidden_size"]
         elif mt == "qwen2_vl" and v:
             vh, depth = v["embed_dim"], v["depth"]
             vi = int(vh * v.get("mlp_ratio", 4))
             merged = vh * v.get("spatial_merge_size", 2) ** 2
-            out["vision"] = (v.get("in_chans", 3) * v.get("temporal_patch_size", 2) * v["patch_size"] ** 2 * vh
-                             + depth * (4 * vh + 3 * vh * vh + 3 * vh + vh * vh + vh + vh * vi + vi + vi * vh + vh))
+            out["vision"] = v.get("in_chans", 3) * v.get("temporal_patch_size", 2) * v[
+                "patch_size"
+            ] ** 2 * vh + depth * (4 * vh + 3 * vh * vh + 3 * vh + vh * vh + vh + vh * vi + vi + vi * vh + vh)
             out["projector"] = 2 * vh + merged * merged + merged + merged * v["hidden_size"] + v["hidden_size"]
     out["total"] = out["text"] + out["vision"] + out["projector"]
     return out
@@ -194,12 +221,14 @@ def image_tokens(cfg: dict, width: int, height: int) -> tuple[int, int]:
 
 # --- the plan ------------------------------------------------------------------------------
 
+
 def _dtype_bytes(dtype: str) -> int:
     return 4 if dtype in ("float32", "fp32") else 2
 
 
-def make_plan(settings: Settings, assumptions: Assumptions | None = None,
-              throughputs: dict[str, float] | None = None) -> Plan:
+def make_plan(
+    settings: Settings, assumptions: Assumptions | None = None, throughputs: dict[str, float] | None = None
+) -> Plan:
     a = assumptions or Assumptions()
     tp = {**THROUGHPUTS, **(throughputs or {})}
     path = find_config(settings.model.base)
@@ -225,25 +254,35 @@ def make_plan(settings: Settings, assumptions: Assumptions | None = None,
         """Weights + the KV cache of `sequences_in_flight` sequences of max_len tokens; GPU-hours = tokens / rate."""
         kv = a.sequences_in_flight * (max_len * kv_bytes_per_token(cfg, dbytes) + cross_kv) / GIB
         rate = tp[f"generate_{backend}"] * scale
-        stage = Stage(name, a.gpus_per_stage, {"weights": round(weights, 2), "kv_cache": round(kv, 2)}, tokens,
-                      "generated", round(rate, 1), tokens / rate / 3600)
+        stage = Stage(
+            name,
+            a.gpus_per_stage,
+            {"weights": round(weights, 2), "kv_cache": round(kv, 2)},
+            tokens,
+            "generated",
+            round(rate, 1),
+            tokens / rate / 3600,
+        )
         budget = a.gpu_memory_gib * (a.vllm_memory_utilization if backend == "vllm" else 1.0)
         if stage.total_gib > budget:
-            stage.warnings.append(f"{name}: needs {stage.total_gib:.1f} GiB per GPU, more than {budget:.0f} GiB "
-                                  f"(lower sequences in flight or max_new_tokens, or shard the model)")
+            stage.warnings.append(
+                f"{name}: needs {stage.total_gib:.1f} GiB per GPU, more than {budget:.0f} GiB "
+                f"(lower sequences in flight or max_new_tokens, or shard the model)"
+            )
         return stage
 
     s, run = settings.synth, settings.run
     prompts = run.prompts_per_iteration
     closed = round(prompts * a.closed_share)
-    sampled = prompts if s.classify in ("samples", "both") else closed     # probes reuse their samples as votes
+    sampled = prompts if s.classify in ("samples", "both") else closed  # probes reuse their samples as votes
     alteration = max(s.alter_max_new_tokens, math.ceil(s.alter_budget_ratio * s.open_max_new_tokens))
     opened = prompts - closed
-    synth_tokens = sampled * s.n_samples * s.max_new_tokens + opened * (s.open_max_new_tokens + s.alter_samples *
-                                                                        alteration)
+    synth_tokens = sampled * s.n_samples * s.max_new_tokens + opened * (
+        s.open_max_new_tokens + s.alter_samples * alteration
+    )
     prompt_len = a.prompt_tokens + seq_image
     synth = generation("synthesizer", synth_tokens, prompt_len + s.open_max_new_tokens + alteration)
-    pairs = prompts            # at most one pair per prompt
+    pairs = prompts  # at most one pair per prompt
     judgments = pairs * 2 * settings.reason.samples_per_order
     judge_len = prompt_len + 2 * s.open_max_new_tokens + settings.reason.max_new_tokens
     reason = generation("reasoner", judgments * settings.reason.max_new_tokens, judge_len)
@@ -251,7 +290,7 @@ def make_plan(settings: Settings, assumptions: Assumptions | None = None,
     for b in settings.eval.benchmarks:
         items = b.limit or BENCHMARK_ITEMS[b.name]
         k = b.k or (5 if b.name == "vl-rewardbench" else 1)
-        eval_tokens += items * (k + 2) * (b.max_new_tokens or settings.eval.max_new_tokens)   # official k + both orders
+        eval_tokens += items * (k + 2) * (b.max_new_tokens or settings.eval.max_new_tokens)  # official k + both orders
     eval_tokens += run.heldout_pairs * 2 * settings.eval.max_new_tokens
     evaluate = generation("evaluator", eval_tokens, judge_len)
 
@@ -264,46 +303,62 @@ def make_plan(settings: Settings, assumptions: Assumptions | None = None,
     shard = gpus if t.distributed == "fsdp" else 1
     mixed = t.precision in ("auto", "bf16-mixed", "fp32")
     master = 4 if mixed else dbytes
-    trainable = params["total"] - (params["vision"] if t.freeze_vision else 0) if full else \
-        2 * t.lora_r * t_cfg["hidden_size"] * 7 * t_cfg["num_hidden_layers"]
+    trainable = (
+        params["total"] - (params["vision"] if t.freeze_vision else 0)
+        if full
+        else 2 * t.lora_r * t_cfg["hidden_size"] * 7 * t_cfg["num_hidden_layers"]
+    )
     tokens_per_micro = t.batch_size * example_len
     h = t_cfg["hidden_size"]
     # bytes per layer: its bf16 input only when checkpointed, else ~34 x hidden per token (Korthikanti et al.
     # 2022, without the attention scores: flash attention); plus one layer's MLP working set being recomputed
     per_layer = tokens_per_micro * h * (2 if t.gradient_checkpointing else 34)
     activations = (t_cfg["num_hidden_layers"] * per_layer + tokens_per_micro * t_cfg["intermediate_size"] * 2 * 4) / GIB
-    memory = {"weights": round((params["total"] * (master if full else dbytes)) / shard / GIB, 2),
-              "gradients": round(trainable * master / shard / GIB, 2),
-              "optimizer": round(trainable * 8 / shard / GIB, 2),     # AdamW m and v in fp32
-              "activations": round(activations, 2)}
+    memory = {
+        "weights": round((params["total"] * (master if full else dbytes)) / shard / GIB, 2),
+        "gradients": round(trainable * master / shard / GIB, 2),
+        "optimizer": round(trainable * 8 / shard / GIB, 2),  # AdamW m and v in fp32
+        "activations": round(activations, 2),
+    }
     rate = tp["train_full" if full else "train_lora"] * scale
     train = Stage("trainer", gpus, memory, trained, "trained", round(rate, 1), trained / rate / 3600)
     if train.total_gib > a.gpu_memory_gib:
-        train.warnings.append(f"trainer: needs {train.total_gib:.1f} GiB per GPU, more than {a.gpu_memory_gib:.0f} GiB "
-                              f"(use train.distributed fsdp over more GPUs, gradient_checkpointing, or lora)")
-    return Plan(settings.model.base, str(path), params, [synth, reason, train, evaluate], run.iterations, a, tp,
-                warnings)
+        train.warnings.append(
+            f"trainer: needs {train.total_gib:.1f} GiB per GPU, more than {a.gpu_memory_gib:.0f} GiB "
+            f"(use train.distributed fsdp over more GPUs, gradient_checkpointing, or lora)"
+        )
+    return Plan(
+        settings.model.base, str(path), params, [synth, reason, train, evaluate], run.iterations, a, tp, warnings
+    )
 
 
 def format_plan(plan: Plan) -> str:
     a = plan.assumptions
     p = plan.params
-    lines = [f"model {plan.model} ({plan.config_path})",
-             f"parameters: {p['total'] / 1e9:.3f}B (text {p['text'] / 1e9:.3f}B, vision {p['vision'] / 1e9:.3f}B, "
-             f"projector {p['projector'] / 1e6:.1f}M)",
-             f"assumptions: {a.gpu_memory_gib:g} GiB per GPU, {a.sequences_in_flight} sequences in flight, "
-             f"{a.closed_share:.0%} closed prompts, {a.keep_rate:.0%} of judgments kept, prompt {a.prompt_tokens} "
-             f"tokens + a {a.image_width}x{a.image_height} image; token counts are budgets (upper bounds)",
-             "throughputs (tokens/s per GPU at 8.3B, scaled by size): "
-             + ", ".join(f"{k} {v:g}" for k, v in plan.throughputs.items()), "",
-             f"{'stage':<12} {'GPUs':>4} {'GiB/GPU':>8}  {'memory':<58} {'tokens/iter':>14} {'tok/s/GPU':>10} "
-             f"{'GPU-h/iter':>10}"]
+    lines = [
+        f"model {plan.model} ({plan.config_path})",
+        f"parameters: {p['total'] / 1e9:.3f}B (text {p['text'] / 1e9:.3f}B, vision {p['vision'] / 1e9:.3f}B, "
+        f"projector {p['projector'] / 1e6:.1f}M)",
+        f"assumptions: {a.gpu_memory_gib:g} GiB per GPU, {a.sequences_in_flight} sequences in flight, "
+        f"{a.closed_share:.0%} closed prompts, {a.keep_rate:.0%} of judgments kept, prompt {a.prompt_tokens} "
+        f"tokens + a {a.image_width}x{a.image_height} image; token counts are budgets (upper bounds)",
+        "throughputs (tokens/s per GPU at 8.3B, scaled by size): "
+        + ", ".join(f"{k} {v:g}" for k, v in plan.throughputs.items()),
+        "",
+        f"{'stage':<12} {'GPUs':>4} {'GiB/GPU':>8}  {'memory':<58} {'tokens/iter':>14} {'tok/s/GPU':>10} "
+        f"{'GPU-h/iter':>10}",
+    ]
     for s in plan.stages:
         mem = ", ".join(f"{k} {v:g}" for k, v in s.memory_gib.items())
-        lines.append(f"{s.name:<12} {s.gpus:>4} {s.total_gib:>8.1f}  {mem:<58} {s.tokens:>14,} {s.throughput:>10,.0f} "
-                     f"{s.gpu_hours:>10.2f}")
-    lines += ["", f"GPU-hours per iteration: {plan.gpu_hours_per_iteration:.1f}; for the run ({plan.iterations} "
-                  f"iterations + the base judge's evaluation): {plan.gpu_hours_run:.1f}"]
+        lines.append(
+            f"{s.name:<12} {s.gpus:>4} {s.total_gib:>8.1f}  {mem:<58} {s.tokens:>14,} {s.throughput:>10,.0f} "
+            f"{s.gpu_hours:>10.2f}"
+        )
+    lines += [
+        "",
+        f"GPU-hours per iteration: {plan.gpu_hours_per_iteration:.1f}; for the run ({plan.iterations} "
+        f"iterations + the base judge's evaluation): {plan.gpu_hours_run:.1f}",
+    ]
     for w in plan.warnings + [w for s in plan.stages for w in s.warnings]:
         lines.append(f"WARNING: {w}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ is handed to that callback and skipped: the stages set it aside (`bad_record: <w
 as they do with any other bad input. The error names the shard, the line, the record kind, the
 record's id when it has one, and each field that failed and why.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,12 +37,14 @@ Choice = Literal["A", "B"]
 
 class Record(BaseModel):
     """Base of every shard record: strict types, no unknown fields, one JSON object per line."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    record_kind: ClassVar[str] = "record"      # the name used in error messages
-    id_field: ClassVar[str | None] = None      # the field that names a record in errors
+    record_kind: ClassVar[str] = "record"  # the name used in error messages
+    id_field: ClassVar[str | None] = None  # the field that names a record in errors
 
 
 # --- the loop's iteration -> synthesizer ---------------------------------------------------------
+
 
 class PromptRecord(Record):
     """One prompt of an iteration, as drawn from the source (`runs/<r>/iter<k>/prompts/<i>.jsonl`,
@@ -50,10 +53,11 @@ class PromptRecord(Record):
 
     `kind` is the source's word: "open" / "closed", or "auto" to let the synthesizer decide.
     `options` are the texts of a multiple-choice question's options when the source gave them."""
+
     record_kind: ClassVar[str] = "prompt"
     id_field: ClassVar[str] = "source_id"
-    prompt_id: int                      # prompts.id
-    source_id: str                      # the source's id of the record ("scenes:train:3:count", "jsonl:a17")
+    prompt_id: int  # prompts.id
+    source_id: str  # the source's id of the record ("scenes:train:3:count", "jsonl:a17")
     image_key: str
     instruction: str
     kind: Literal["auto", "open", "closed"]
@@ -62,6 +66,7 @@ class PromptRecord(Record):
 
 
 # --- synthesizer -> reasoner ---------------------------------------------------------------------
+
 
 class PairRecord(Record):
     """A preference pair over one prompt (`runs/<r>/iter<k>/pairs/<i>.jsonl`, written by the
@@ -74,6 +79,7 @@ class PairRecord(Record):
     injected errors (`errors`: the kinds changed: colour, count, position, ...); vote_count None.
     `meta` records every decision (votes, thresholds, injection variant and attempts), as in
     Pair.meta; `holdout`: the prompt is in the checkpoint-selection holdout, never trained on."""
+
     record_kind: ClassVar[str] = "pair"
     id_field: ClassVar[str] = "pair_id"
     prompt_id: int
@@ -83,20 +89,21 @@ class PairRecord(Record):
     kind: Literal["open", "closed"]
     question_type: str
     options: list[str] | None
-    source: str                         # the source's name (prompts.source): "scenes", "jsonl", ...
+    source: str  # the source's name (prompts.source): "scenes", "jsonl", ...
     holdout: bool
-    kind_reason: str                    # why open or closed (prompts.kind_reason)
+    kind_reason: str  # why open or closed (prompts.kind_reason)
     preferred: str
     rejected: str
-    method: str                         # majority_vote | gold_label | model_detail | model_style_mimic | rule_perturb
+    method: str  # majority_vote | gold_label | model_detail | model_style_mimic | rule_perturb
     errors: list[str]
     vote_count: int | None
     n_samples: int
     meta: dict[str, Any]
-    pair_id: int                        # pairs.id
+    pair_id: int  # pairs.id
 
 
 # --- reasoner -> filter ----------------------------------------------------------------------------
+
 
 class JudgmentRecord(Record):
     """One judge trace: the judge's reasoning and verdict on a pair in one order
@@ -106,6 +113,7 @@ class JudgmentRecord(Record):
     order. `output` is the judge's text, `verdict` the parsed choice (None when unparseable, with
     `parse_reason`), `correct` whether it picked the pair's preferred response. The last fields
     repeat the pair's for the filter and the reports."""
+
     record_kind: ClassVar[str] = "judgment"
     id_field: ClassVar[str] = "judgment_id"
     judgment_id: int
@@ -113,10 +121,10 @@ class JudgmentRecord(Record):
     order: Order
     sample: int
     image_key: str
-    prompt_text: str                    # the judge prompt, as given to the judge
+    prompt_text: str  # the judge prompt, as given to the judge
     output: str
     verdict: Choice | None
-    parse_reason: str                   # ok | empty | no_verdict | conflicting | too_long
+    parse_reason: str  # ok | empty | no_verdict | conflicting | too_long
     correct: bool
     question_type: str
     errors: list[str]
@@ -128,11 +136,13 @@ class JudgmentRecord(Record):
 
 # --- filter -> trainer -----------------------------------------------------------------------------
 
+
 class ExampleRecord(Record):
     """A kept trace: a training example (`runs/<r>/iter<k>/examples/<i>.jsonl`, written by the
     filter; one `training_examples` row each). In the chat-SFT format of TRL's conversational
     datasets: the user turn is `prompt_text` with the image at `image_key`, the assistant turn is
     `answer` (the judge's reasoning and verdict), `label` its verdict."""
+
     record_kind: ClassVar[str] = "example"
     id_field: ClassVar[str] = "example_id"
     example_id: int
@@ -148,6 +158,7 @@ class TrainTrace(Record):
     """What the trainer reads of an ExampleRecord (the other fields are dropped on read), and the
     line of its local spill file. A hand-made trace file (a benchmark, a test) needs only these;
     without `example_id` a dropped trace is reported as "trace:<index>"."""
+
     record_kind: ClassVar[str] = "trace"
     id_field: ClassVar[str] = "example_id"
     example_id: int | None = None
@@ -158,10 +169,12 @@ class TrainTrace(Record):
 
 # --- evaluator ---------------------------------------------------------------------------------
 
+
 class HeldoutRecord(Record):
     """A generator-labelled pair for evaluation only (`runs/<r>/heldout/pairs.jsonl`, written once
     per run by loop.write_heldout from a scene split never trained on): `preferred` is right about
     the image, `rejected` has `error_type` injected ("count", "colour+position", ...)."""
+
     record_kind: ClassVar[str] = "heldout pair"
     id_field: ClassVar[str] = "item_id"
     item_id: str
@@ -169,18 +182,19 @@ class HeldoutRecord(Record):
     instruction: str
     preferred: str
     rejected: str
-    category: str                       # the question type
+    category: str  # the question type
     error_type: str
 
 
 class EvalItem(Record):
     """One item of an evaluator shard (`runs/<r>/eval/<benchmark>/shards/<i>.jsonl`): a query, two
     responses and which one is better (the held-out pairs: always 0; a benchmark: its label)."""
+
     record_kind: ClassVar[str] = "eval item"
     id_field: ClassVar[str] = "item_id"
     item_id: str
     category: str
-    source: str                         # the benchmark's sub-source, or the held-out pair's error type
+    source: str  # the benchmark's sub-source, or the held-out pair's error type
     query: str
     responses: list[str] = Field(min_length=2, max_length=2)
     better: Literal[0, 1]
@@ -190,6 +204,7 @@ class EvalItem(Record):
 class EvalResult(Record):
     """One judgment of an eval item (an `eval_results` row; not stored as a shard): the item's
     verdict in one order and sample under `benchmark` ("heldout", "<name>", "<name>:both")."""
+
     record_kind: ClassVar[str] = "eval result"
     id_field: ClassVar[str] = "item_id"
     benchmark: str
@@ -204,6 +219,7 @@ class EvalResult(Record):
 
 class SelectionJudgment(Record):
     """One verdict of a checkpoint on the selection set (`runs/<r>/selection/iter<k>.jsonl`)."""
+
     record_kind: ClassVar[str] = "selection judgment"
     id_field: ClassVar[str] = "pair_id"
     pair_id: int
@@ -213,9 +229,11 @@ class SelectionJudgment(Record):
 
 # --- set aside -------------------------------------------------------------------------------------
 
+
 class SetAsideRecord(Record):
     """A record a stage did not use, and why (a `set_aside` row). `code` is what `selfjudge status`
     counts it under ("duplicate", "closed_no_majority", "bad_record", ...), `detail` the particulars."""
+
     record_kind: ClassVar[str] = "set-aside"
     id_field: ClassVar[str] = "record_id"
     record_id: str
@@ -242,8 +260,9 @@ class RecordError(ValueError):
 
     def set_aside(self) -> SetAsideRecord:
         """As a set-aside record: under the record's id, or "<key>:<line>" when it has none."""
-        return SetAsideRecord(record_id=self.record_id or f"{self.key}:{self.line}", code="bad_record",
-                              detail=str(self))
+        return SetAsideRecord(
+            record_id=self.record_id or f"{self.key}:{self.line}", code="bad_record", detail=str(self)
+        )
 
 
 def _why(exc: ValidationError) -> str:
@@ -266,8 +285,9 @@ def parse_record(model: type[R], text: str, key: str = "", line: int = 0) -> R:
         raise RecordError(key, line, model, "" if rid is None else str(rid)[:200], _why(exc)) from None
 
 
-def read_records(store: Store, key: str, model: type[R],
-                 invalid: Callable[[RecordError], None] | None = None) -> Iterator[R]:
+def read_records(
+    store: Store, key: str, model: type[R], invalid: Callable[[RecordError], None] | None = None
+) -> Iterator[R]:
     """The records of one shard, in order. A line that is not a valid `model` raises RecordError,
     or with `invalid` is passed to it and skipped. Blank lines are skipped."""
     for n, text in enumerate(store.get_bytes(key).decode().splitlines(), 1):

@@ -17,6 +17,7 @@ rate). It is stored as eval_summaries rows (benchmark "selection", category "ove
 `choose` takes the highest score (ties: the earlier checkpoint, the less trained one), says why,
 and `record_choice` marks it in checkpoints.meta["selected"] and the store (runs/<id>/selection/choice.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,26 +35,53 @@ log = logging.getLogger(__name__)
 
 def selection_pairs(s: Session, run_id: int, limit: int) -> list[Pair]:
     """The run's fixed selection set (empty while iteration 1 has no holdout pairs)."""
-    return list(s.scalars(select(Pair).where(Pair.run_id == run_id, Pair.iteration == 1,
-                                             Pair.meta["holdout"].as_boolean().is_(True))
-                          .order_by(Pair.id).limit(limit)))
+    return list(
+        s.scalars(
+            select(Pair)
+            .where(Pair.run_id == run_id, Pair.iteration == 1, Pair.meta["holdout"].as_boolean().is_(True))
+            .order_by(Pair.id)
+            .limit(limit)
+        )
+    )
 
 
 def base_judgments(s: Session, run_id: int, pair_ids: list[int]) -> list[tuple[int, str, str | None]]:
     """Checkpoint 0's judgments of the set: iteration 1's reasoner (whose judge is the base)."""
-    return [tuple(r) for r in s.execute(select(Judgment.pair_id, Judgment.order, Judgment.verdict).where(
-        Judgment.run_id == run_id, Judgment.iteration == 1, Judgment.pair_id.in_(pair_ids)))]
+    return [
+        tuple(r)
+        for r in s.execute(
+            select(Judgment.pair_id, Judgment.order, Judgment.verdict).where(
+                Judgment.run_id == run_id, Judgment.iteration == 1, Judgment.pair_id.in_(pair_ids)
+            )
+        )
+    ]
 
 
 def write_signal(s: Session, run_id: int, iteration: int, checkpoint_id: int, signal: dict) -> None:
     for metric in METRICS:
-        s.add(EvalSummary(run_id=run_id, iteration=iteration, checkpoint_id=checkpoint_id, benchmark=BENCHMARK,
-                          category="overall", metric=metric, value=float(signal[metric]), n=int(signal["pairs"])))
+        s.add(
+            EvalSummary(
+                run_id=run_id,
+                iteration=iteration,
+                checkpoint_id=checkpoint_id,
+                benchmark=BENCHMARK,
+                category="overall",
+                metric=metric,
+                value=float(signal[metric]),
+                n=int(signal["pairs"]),
+            )
+        )
 
 
 def has_signal(s: Session, run_id: int, iteration: int) -> bool:
-    return s.scalar(select(EvalSummary.id).where(EvalSummary.run_id == run_id, EvalSummary.iteration == iteration,
-                                                 EvalSummary.benchmark == BENCHMARK).limit(1)) is not None
+    return (
+        s.scalar(
+            select(EvalSummary.id)
+            .where(EvalSummary.run_id == run_id, EvalSummary.iteration == iteration, EvalSummary.benchmark == BENCHMARK)
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dict | None:  # noqa: ANN001 - Context
@@ -77,11 +105,14 @@ def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dic
         ids = [p.id for p in pairs]
         base_missing = iteration >= 1 and not has_signal(s, run_id, 0)
         base = signal_from_judgments(base_judgments(s, run_id, ids)) if base_missing else None
-        base_ckpt = s.scalar(select(Iteration.output_checkpoint_id).where(Iteration.run_id == run_id,
-                                                                          Iteration.number == 0))
+        base_ckpt = s.scalar(
+            select(Iteration.output_checkpoint_id).where(Iteration.run_id == run_id, Iteration.number == 0)
+        )
         done = has_signal(s, run_id, iteration)
-        keys = {p.id: s.scalar(select(Image.key).join(Prompt, Prompt.image_id == Image.id)
-                               .where(Prompt.id == p.prompt_id)) for p in pairs}
+        keys = {
+            p.id: s.scalar(select(Image.key).join(Prompt, Prompt.image_id == Image.id).where(Prompt.id == p.prompt_id))
+            for p in pairs
+        }
         items = [(p.id, s.get(Prompt, p.prompt_id).instruction, p.preferred, p.rejected) for p in pairs]
     signal = None
     if iteration >= 1 and not done:
@@ -90,37 +121,60 @@ def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dic
             image = get_image(ctx.store, keys[pair_id])
             for order in ("AB", "BA"):
                 a, b, _ = ordered(preferred, rejected, order)
-                requests.append(ChatRequest(text=judge_prompt(instruction, a, b), images=[image], system=JUDGE_SYSTEM,
-                                            key=f"{pair_id}:{order}"))
+                requests.append(
+                    ChatRequest(
+                        text=judge_prompt(instruction, a, b),
+                        images=[image],
+                        system=JUDGE_SYSTEM,
+                        key=f"{pair_id}:{order}",
+                    )
+                )
                 slots.append((pair_id, order))
         r = cfg.reason
-        params = SamplingParams(n=r.samples_per_order, temperature=r.temperature, top_p=r.top_p,
-                                max_new_tokens=r.max_new_tokens,
-                                seed=rng_for(cfg.run.seed, BENCHMARK, iteration).randrange(2**31))
+        params = SamplingParams(
+            n=r.samples_per_order,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            max_new_tokens=r.max_new_tokens,
+            seed=rng_for(cfg.run.seed, BENCHMARK, iteration).randrange(2**31),
+        )
         gens = ctx.models.backend(checkpoint_id).generate(requests, params)
-        judgments = [(pair_id, order, parse_verdict(text).choice)
-                     for (pair_id, order), g in zip(slots, gens) for text in g.texts]
-        write_records(ctx.store, f"runs/{run_id}/selection/iter{iteration}.jsonl",
-                      [SelectionJudgment(pair_id=p, order=o, verdict=v) for p, o, v in judgments])
+        judgments = [
+            (pair_id, order, parse_verdict(text).choice) for (pair_id, order), g in zip(slots, gens) for text in g.texts
+        ]
+        write_records(
+            ctx.store,
+            f"runs/{run_id}/selection/iter{iteration}.jsonl",
+            [SelectionJudgment(pair_id=p, order=o, verdict=v) for p, o, v in judgments],
+        )
         signal = signal_from_judgments(judgments)
     with ctx.sessions.begin() as s:
         if base is not None and base_ckpt is not None and not has_signal(s, run_id, 0):
             write_signal(s, run_id, 0, base_ckpt, base)
         if signal is not None and not has_signal(s, run_id, iteration):
             write_signal(s, run_id, iteration, checkpoint_id, signal)
-    if signal is None:       # judged before (a redelivered evaluation): the stored figures
+    if signal is None:  # judged before (a redelivered evaluation): the stored figures
         with ctx.sessions() as s:
             return signals(s, run_id).get(iteration)
-    log.info("selection: run %s checkpoint %s (iteration %s): score %.3f on %s pairs", run_id, checkpoint_id,
-             iteration, signal["score"], signal["pairs"])
+    log.info(
+        "selection: run %s checkpoint %s (iteration %s): score %.3f on %s pairs",
+        run_id,
+        checkpoint_id,
+        iteration,
+        signal["score"],
+        signal["pairs"],
+    )
     return signal
 
 
 def signals(s: Session, run_id: int) -> dict[int, dict]:
     """{iteration: {checkpoint_id, pairs, score, agreement, consistency, parse_rate}} as stored."""
     out: dict[int, dict] = {}
-    for e in s.scalars(select(EvalSummary).where(EvalSummary.run_id == run_id, EvalSummary.benchmark == BENCHMARK)
-                       .order_by(EvalSummary.iteration)):
+    for e in s.scalars(
+        select(EvalSummary)
+        .where(EvalSummary.run_id == run_id, EvalSummary.benchmark == BENCHMARK)
+        .order_by(EvalSummary.iteration)
+    ):
         row = out.setdefault(e.iteration, {"checkpoint_id": e.checkpoint_id, "pairs": e.n})
         row[e.metric] = e.value
     return out
@@ -133,12 +187,19 @@ def choose(by_iteration: dict[int, dict]) -> dict | None:
     best = max(sorted(by_iteration), key=lambda k: (by_iteration[k]["score"], -k))
     b = by_iteration[best]
     others = ", ".join(f"iteration {k} {v['score']:.3f}" for k, v in sorted(by_iteration.items()) if k != best)
-    reason = (f"iteration {best} (checkpoint {b['checkpoint_id']}) has the highest selection score {b['score']:.3f}: "
-              f"the share of {b['pairs']} fixed synthetic pairs, never trained on, that it judges right in both "
-              f"orders (consistency {b['consistency']:.3f}, parse rate {b['parse_rate']:.3f})"
-              + (f"; others: {others}" if others else ""))
-    return {"iteration": best, "checkpoint_id": b["checkpoint_id"], "score": b["score"], "reason": reason,
-            "scores": {k: v["score"] for k, v in sorted(by_iteration.items())}}
+    reason = (
+        f"iteration {best} (checkpoint {b['checkpoint_id']}) has the highest selection score {b['score']:.3f}: "
+        f"the share of {b['pairs']} fixed synthetic pairs, never trained on, that it judges right in both "
+        f"orders (consistency {b['consistency']:.3f}, parse rate {b['parse_rate']:.3f})"
+        + (f"; others: {others}" if others else "")
+    )
+    return {
+        "iteration": best,
+        "checkpoint_id": b["checkpoint_id"],
+        "score": b["score"],
+        "reason": reason,
+        "scores": {k: v["score"] for k, v in sorted(by_iteration.items())},
+    }
 
 
 def record_choice(sessions, store, run_id: int, choice: dict) -> None:  # noqa: ANN001
@@ -149,8 +210,7 @@ def record_choice(sessions, store, run_id: int, choice: dict) -> None:  # noqa: 
             meta = dict(ckpt.meta or {})
             meta.pop("selected", None)
             if ckpt.id == choice["checkpoint_id"]:
-                meta["selected"] = {"reason": choice["reason"], "score": choice["score"],
-                                    "at": utcnow().isoformat()}
+                meta["selected"] = {"reason": choice["reason"], "score": choice["score"], "at": utcnow().isoformat()}
             ckpt.meta = meta
     store.put_bytes(f"runs/{run_id}/selection/choice.json", json.dumps(choice, indent=1).encode())
 

@@ -3,16 +3,18 @@
 A shard's rows and its `done` state are written in one transaction, so a shard
 redelivered after a crash either finds everything or nothing.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Iteration, SetAside, Shard, utcnow
 from .messages import ShardTask, TrainTask
@@ -26,11 +28,24 @@ log = logging.getLogger(__name__)
 def shard_row(s: Session, stage: str, task: ShardTask) -> Shard:
     """The shard's row, created `pending` on first sight. `task`: any message with run_id,
     iteration, index and input_key (a ShardTask, or the evaluator's EvalShard)."""
-    row = s.scalar(select(Shard).where(Shard.run_id == task.run_id, Shard.iteration == task.iteration,
-                                       Shard.stage == stage, Shard.index == task.index))
+    row = s.scalar(
+        select(Shard).where(
+            Shard.run_id == task.run_id,
+            Shard.iteration == task.iteration,
+            Shard.stage == stage,
+            Shard.index == task.index,
+        )
+    )
     if row is None:
-        row = Shard(run_id=task.run_id, iteration=task.iteration, stage=stage, index=task.index,
-                    input_key=task.input_key, state="pending", attempts=0)
+        row = Shard(
+            run_id=task.run_id,
+            iteration=task.iteration,
+            stage=stage,
+            index=task.index,
+            input_key=task.input_key,
+            state="pending",
+            attempts=0,
+        )
         s.add(row)
         s.flush()
     return row
@@ -40,13 +55,26 @@ def plan_shards(s: Session, stage: str, run_id: int, iteration: int, inputs: dic
     """The rows of a stage's planned shards (index -> input key): made `pending` where missing,
     pointed at their input where a failure report made the row before the plan existed; a row of
     no planned shard is dropped. Returns the indexes already `done`."""
-    rows = {r.index: r for r in s.scalars(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
-                                                              Shard.stage == stage))}
+    rows = {
+        r.index: r
+        for r in s.scalars(
+            select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration, Shard.stage == stage)
+        )
+    }
     for index, input_key in inputs.items():
         row = rows.get(index)
         if row is None:
-            s.add(Shard(run_id=run_id, iteration=iteration, stage=stage, index=index, input_key=input_key,
-                        state="pending", attempts=0))
+            s.add(
+                Shard(
+                    run_id=run_id,
+                    iteration=iteration,
+                    stage=stage,
+                    index=index,
+                    input_key=input_key,
+                    state="pending",
+                    attempts=0,
+                )
+            )
         elif row.input_key != input_key:
             row.input_key = input_key
     for index, row in list(rows.items()):
@@ -57,8 +85,14 @@ def plan_shards(s: Session, stage: str, run_id: int, iteration: int, inputs: dic
 
 
 def is_done(s: Session, stage: str, task: ShardTask) -> bool:
-    row = s.scalar(select(Shard.state).where(Shard.run_id == task.run_id, Shard.iteration == task.iteration,
-                                             Shard.stage == stage, Shard.index == task.index))
+    row = s.scalar(
+        select(Shard.state).where(
+            Shard.run_id == task.run_id,
+            Shard.iteration == task.iteration,
+            Shard.stage == stage,
+            Shard.index == task.index,
+        )
+    )
     return row == "done"
 
 
@@ -69,21 +103,29 @@ def mark_attempt(sessions, stage: str, task: ShardTask) -> int:  # noqa: ANN001
         return row.attempts
 
 
-def finish(s: Session, stage: str, task: ShardTask, output_key: str | None, items_in: int, items_out: int,
-           seconds: float) -> None:
+def finish(
+    s: Session, stage: str, task: ShardTask, output_key: str | None, items_in: int, items_out: int, seconds: float
+) -> None:
     row = shard_row(s, stage, task)
     row.state, row.output_key, row.items_in, row.items_out, row.seconds, row.error = (
-        "done", output_key, items_in, items_out, seconds, None)
+        "done",
+        output_key,
+        items_in,
+        items_out,
+        seconds,
+        None,
+    )
 
 
 @dataclass
 class Attempt:
     """One attempt at a shard, as the stage's work function sees it (`number` 1 is the first)."""
+
     stage: str
     task: ShardTask
     number: int
     start: float = field(default_factory=time.perf_counter)
-    finished: tuple[int, float] | None = None       # (items out, seconds) once recorded
+    finished: tuple[int, float] | None = None  # (items out, seconds) once recorded
 
     def finish(self, s: Session, output_key: str | None, items_in: int, items_out: int) -> float:
         """Record the shard `done` in `s`, the transaction that writes the stage's rows; its seconds."""
@@ -93,8 +135,9 @@ class Attempt:
         return seconds
 
 
-def run_shard(ctx: Context, stage: str, task: ShardTask, work: Callable[[Attempt], None],
-              hand_off: Callable[[], None]) -> None:
+def run_shard(
+    ctx: Context, stage: str, task: ShardTask, work: Callable[[Attempt], None], hand_off: Callable[[], None]
+) -> None:
     """One shard message's life, the same in every shard stage and on both buses: a shard already
     `done` (a redelivered message, a resumed run) is only handed on; otherwise the attempt is
     counted, `work` does the stage's work and records it with `attempt.finish`, the shard's
@@ -106,8 +149,10 @@ def run_shard(ctx: Context, stage: str, task: ShardTask, work: Callable[[Attempt
         attempt = Attempt(stage, task, mark_attempt(ctx.sessions, stage, task))
         work(attempt)
         if attempt.finished is None:
-            raise RuntimeError(f"{stage}: shard {task.index} of run {task.run_id} iteration {task.iteration} "
-                               "was worked on but not recorded")
+            raise RuntimeError(
+                f"{stage}: shard {task.index} of run {task.run_id} iteration {task.iteration} "
+                "was worked on but not recorded"
+            )
         items_out, seconds = attempt.finished
         ctx.metrics.items_out.labels(stage).inc(items_out)
         ctx.metrics.shards.labels(stage, "done").inc()
@@ -116,7 +161,9 @@ def run_shard(ctx: Context, stage: str, task: ShardTask, work: Callable[[Attempt
 
 
 def set_aside(s: Session, task_or_run: ShardTask | tuple[int, int], stage: str, record_id: str, reason: str) -> None:
-    run_id, iteration = (task_or_run.run_id, task_or_run.iteration) if isinstance(task_or_run, ShardTask) else task_or_run
+    run_id, iteration = (
+        (task_or_run.run_id, task_or_run.iteration) if isinstance(task_or_run, ShardTask) else task_or_run
+    )
     s.add(SetAside(run_id=run_id, iteration=iteration, stage=stage, record_id=record_id[:300], reason=reason[:300]))
 
 
@@ -124,16 +171,34 @@ def shard_key(run_id: int, iteration: int, what: str, index: int) -> str:
     return f"runs/{run_id}/iter{iteration}/{what}/{index:05d}.jsonl"
 
 
-def record_failure(sessions, stage: str, payload: dict, error: BaseException, final: bool,  # noqa: ANN001
-                   attempt: int = 1) -> None:
+def record_failure(
+    sessions: sessionmaker,
+    stage: str,
+    payload: dict,
+    error: BaseException,
+    final: bool,
+    attempt: int = 1,
+) -> None:
     """Keep the error on the shard's row (trainer/evaluator: a row with index 0); `failed` when final."""
     index = payload.get("index", 0)
     with sessions.begin() as s:
-        row = s.scalar(select(Shard).where(Shard.run_id == payload["run_id"], Shard.iteration == payload["iteration"],
-                                           Shard.stage == stage, Shard.index == index))
+        row = s.scalar(
+            select(Shard).where(
+                Shard.run_id == payload["run_id"],
+                Shard.iteration == payload["iteration"],
+                Shard.stage == stage,
+                Shard.index == index,
+            )
+        )
         if row is None:
-            row = Shard(run_id=payload["run_id"], iteration=payload["iteration"], stage=stage, index=index,
-                        input_key=payload.get("input_key", f"{stage}:iteration{payload['iteration']}"), attempts=0)
+            row = Shard(
+                run_id=payload["run_id"],
+                iteration=payload["iteration"],
+                stage=stage,
+                index=index,
+                input_key=payload.get("input_key", f"{stage}:iteration{payload['iteration']}"),
+                attempts=0,
+            )
             s.add(row)
         if row.state == "done":
             return
@@ -148,20 +213,33 @@ def record_failure(sessions, stage: str, payload: dict, error: BaseException, fi
 # fresh. A redelivered or duplicate message finds the lease held and steps aside; a trainer that
 # died stops renewing, and `stale_trainings` lets any trainer worker send the work again.
 
+
 def _aware(moment):  # noqa: ANN001, ANN202 - SQLite hands back naive datetimes (stored as UTC)
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) -> bool:  # noqa: ANN001
     with sessions.begin() as s:
-        row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
-                                           Shard.stage == "trainer", Shard.index == 0).with_for_update())
+        row = s.scalar(
+            select(Shard)
+            .where(Shard.run_id == run_id, Shard.iteration == iteration, Shard.stage == "trainer", Shard.index == 0)
+            .with_for_update()
+        )
         if row is None:
-            row = Shard(run_id=run_id, iteration=iteration, stage="trainer", index=0,
-                        input_key=f"trainer:iteration{iteration}", attempts=0)
+            row = Shard(
+                run_id=run_id,
+                iteration=iteration,
+                stage="trainer",
+                index=0,
+                input_key=f"trainer:iteration{iteration}",
+                attempts=0,
+            )
             s.add(row)
-        elif row.state == "done" or (row.state == "running" and row.updated_at is not None
-                                      and _aware(row.updated_at) > utcnow() - timedelta(seconds=lease_seconds)):
+        elif row.state == "done" or (
+            row.state == "running"
+            and row.updated_at is not None
+            and _aware(row.updated_at) > utcnow() - timedelta(seconds=lease_seconds)
+        ):
             return False
         row.state, row.attempts, row.updated_at = "running", (row.attempts or 0) + 1, utcnow()
         return True
@@ -169,16 +247,22 @@ def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) 
 
 def renew_training(sessions, run_id: int, iteration: int) -> None:  # noqa: ANN001
     with sessions.begin() as s:
-        row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
-                                           Shard.stage == "trainer", Shard.index == 0))
+        row = s.scalar(
+            select(Shard).where(
+                Shard.run_id == run_id, Shard.iteration == iteration, Shard.stage == "trainer", Shard.index == 0
+            )
+        )
         if row is not None:
             row.updated_at = utcnow()
 
 
 def release_training(sessions, run_id: int, iteration: int, state: str) -> None:  # noqa: ANN001
     with sessions.begin() as s:
-        row = s.scalar(select(Shard).where(Shard.run_id == run_id, Shard.iteration == iteration,
-                                           Shard.stage == "trainer", Shard.index == 0))
+        row = s.scalar(
+            select(Shard).where(
+                Shard.run_id == run_id, Shard.iteration == iteration, Shard.stage == "trainer", Shard.index == 0
+            )
+        )
         if row is not None:
             row.state = state
 
@@ -198,7 +282,7 @@ def run_training(ctx: Context, task: TrainTask, work: Callable[[], int], hand_of
     returns the checkpoint and releases the lease `done`; if it fails, the lease is given back so
     the retry trains at once (if the database is down too, the lease runs out)."""
     done = trained_checkpoint(ctx.sessions, task.run_id, task.iteration)
-    if done is not None:      # trained already (redelivered message)
+    if done is not None:  # trained already (redelivered message)
         hand_off(done)
         return
     if not claim_training(ctx.sessions, task.run_id, task.iteration, ctx.settings.run.train_lease_seconds):
@@ -209,7 +293,7 @@ def run_training(ctx: Context, task: TrainTask, work: Callable[[], int], hand_of
     except BaseException:
         try:
             release_training(ctx.sessions, task.run_id, task.iteration, "pending")
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trainer: could not release the lease of run %s iter %s", task.run_id, task.iteration)
         raise
     hand_off(checkpoint_id)
@@ -219,8 +303,12 @@ def stale_trainings(sessions, lease_seconds: float) -> list[tuple[int, int, int]
     """(run_id, iteration, judge_checkpoint_id) whose trainer lease ran out before a checkpoint was made."""
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
     with sessions() as s:
-        rows = s.execute(select(Iteration.run_id, Iteration.number, Iteration.judge_checkpoint_id).join(
-            Shard, (Shard.run_id == Iteration.run_id) & (Shard.iteration == Iteration.number)
-            & (Shard.stage == "trainer")).where(
-            Iteration.output_checkpoint_id.is_(None), Shard.state == "running", Shard.updated_at < cutoff)).all()
+        rows = s.execute(
+            select(Iteration.run_id, Iteration.number, Iteration.judge_checkpoint_id)
+            .join(
+                Shard,
+                (Shard.run_id == Iteration.run_id) & (Shard.iteration == Iteration.number) & (Shard.stage == "trainer"),
+            )
+            .where(Iteration.output_checkpoint_id.is_(None), Shard.state == "running", Shard.updated_at < cutoff)
+        ).all()
     return [tuple(r) for r in rows]

@@ -4,6 +4,7 @@ Two implementations behind one small interface: `S3Store` on the `minio` client
 (MinIO in compose, any S3 server in tests) and `LocalStore` (a folder, embedded mode).
 Keys are validated: relative, no `..`, no empty segments, a safe character set.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,9 @@ import io
 import json
 import re
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from .config import StoreConfig
 
@@ -52,7 +54,7 @@ class LocalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
-        tmp.replace(path)          # readers never see half a file
+        tmp.replace(path)  # readers never see half a file
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -67,11 +69,20 @@ class LocalStore:
         base = self.root / prefix.rstrip("/") if prefix else self.root
         if not base.exists():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+        return sorted(
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+        )
 
 
-PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
-                      "SignatureDoesNotMatch", "InvalidBucketName", "BucketAlreadyOwnedByYou"}
+PERMANENT_S3_CODES = {
+    "NoSuchKey",
+    "NoSuchBucket",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidBucketName",
+    "BucketAlreadyOwnedByYou",
+}
 
 
 class S3Store:
@@ -80,8 +91,13 @@ class S3Store:
     def __init__(self, cfg: StoreConfig, retries: int | None = None) -> None:
         from minio import Minio
 
-        self.client = Minio(cfg.endpoint, access_key=cfg.access_key or None, secret_key=cfg.secret_key or None,
-                            secure=cfg.secure, region=cfg.region)
+        self.client = Minio(
+            cfg.endpoint,
+            access_key=cfg.access_key or None,
+            secret_key=cfg.secret_key or None,
+            secure=cfg.secure,
+            region=cfg.region,
+        )
         self.bucket = cfg.bucket
         self.endpoint = cfg.endpoint
         self.retries = cfg.retries if retries is None else retries
@@ -98,7 +114,8 @@ class S3Store:
             self.client.make_bucket(self.bucket)
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists") or not self.client.bucket_exists(
-                    self.bucket):
+                self.bucket
+            ):
                 raise
 
     def _call(self, fn, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN001
@@ -135,6 +152,7 @@ class S3Store:
             finally:
                 resp.close()
                 resp.release_conn()
+
         try:
             return self._call(get)
         except S3Error as exc:
@@ -155,8 +173,11 @@ class S3Store:
             raise
 
     def list(self, prefix: str) -> list[str]:
-        return sorted(self._call(lambda: [o.object_name for o in self.client.list_objects(
-            self.bucket, prefix=prefix, recursive=True)]))
+        return sorted(
+            self._call(
+                lambda: [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+            )
+        )
 
 
 def open_store(cfg: StoreConfig, work_dir: str) -> Store:
@@ -166,6 +187,7 @@ def open_store(cfg: StoreConfig, work_dir: str) -> Store:
 
 
 # --- helpers over any Store ---------------------------------------------------------------
+
 
 def put_jsonl(store: Store, key: str, records: Iterable[dict]) -> int:
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
@@ -206,7 +228,7 @@ def get_dir(store: Store, prefix: str, folder: str | Path) -> Path:
     if not keys:
         raise StoreError(f"no artifacts under {prefix!r}")
     for key in keys:
-        dest = folder / key[len(prefix) + 1:]
+        dest = folder / key[len(prefix) + 1 :]
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(store.get_bytes(key))
     return folder

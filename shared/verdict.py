@@ -30,6 +30,7 @@ Ties ("[[C]]", "[[A=B]]", "tie") are not verdicts: "no_verdict".
 Text over MAX_CHARS is "too_long" and not parsed at all: a runaway generation is not a
 judgment we trust, even if it happens to end in a marker.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,17 +48,19 @@ _TOKEN = r"[\(\[\"']?\s*(?P<c>[ab12])\s*[\)\]\"']?(?!\w|'[a-rt-z])"
 _LABEL = r"(?:overall\s+|final\s+|my\s+)?(?:judge?ment|verdict|winner)"
 # labels that are verdicts only when followed by a colon or dash ("the correct choice is B" is not one);
 # the generic ones only at a line start ("Response A's answer: B" is about the question, not the pair)
-_COLON_LABEL = (r"\b(?:final\s+answer|(?:final\s+)?(?:decision|conclusion|preference)|final\s+choice|"
-                r"(?:better|preferred|winning)(?:\s+(?:response|answer|output|one))?)")
+_COLON_LABEL = (
+    r"\b(?:final\s+answer|(?:final\s+)?(?:decision|conclusion|preference)|final\s+choice|"
+    r"(?:better|preferred|winning)(?:\s+(?:response|answer|output|one))?)"
+)
 _ORD = r"(?P<o>first|second|former|latter|1st|2nd)"
 _WORSE = r"(?P<worse>worse|inferior|weaker|less\s+(?:accurate|correct|helpful|detailed|faithful|precise))"
 _TAGS = r"(?:answer|verdict|choice|judge?ment|winner|preference|final_answer|final_verdict)"
-_JSON_KEYS = (r"(?:verdict|winner|choice|preference|decision|judge?ment|final[_ ]verdict|"
-              r"better[_ ]?(?:response|answer|output)?|preferred(?:[_ ](?:response|answer|output))?)")
-_LINE_LABEL = r"^[ \t]*(?:answer|choice|result|output)"
-_BETTER = (
-    r"(?:better|best|superior|preferred|preferable|stronger|more\s+(?:accurate|correct|helpful|detailed|faithful|precise))"
+_JSON_KEYS = (
+    r"(?:verdict|winner|choice|preference|decision|judge?ment|final[_ ]verdict|"
+    r"better[_ ]?(?:response|answer|output)?|preferred(?:[_ ](?:response|answer|output))?)"
 )
+_LINE_LABEL = r"^[ \t]*(?:answer|choice|result|output)"
+_BETTER = r"(?:better|best|superior|preferred|preferable|stronger|more\s+(?:accurate|correct|helpful|detailed|faithful|precise))"
 _THE_BETTER = r"(?:the\s+)?(?:better|best|preferred|superior|winning|stronger)\s+" + _NOUN + r"\s+(?:is|would\s+be)"
 _TIERS: list[list[re.Pattern[str]]] = [
     [
@@ -127,12 +130,12 @@ def _markers(text: str, patterns: list[re.Pattern[str]]) -> list[tuple[int, Choi
                 found.append((m.start("o"), choice))
                 continue
             c = m.group("c")
-            after = text[m.end("c"):m.end("c") + 3]
+            after = text[m.end("c") : m.end("c") + 3]
             # a bare lower-case "a" after a label is usually an article ("Verdict: a tie")
             if c == "a" and m.group(0).rstrip(")]\"' ").endswith(" a") and re.match(r"\s+\w", after):
                 continue
             choice = "A" if c.lower() in "a1" else "B"
-            if groups.get("worse"):        # "Response B is worse" names the other one
+            if groups.get("worse"):  # "Response B is worse" names the other one
                 choice = "B" if choice == "A" else "A"
             found.append((m.start("c"), choice))
     return sorted(found)
@@ -182,7 +185,7 @@ def _score_verdict(text: str) -> Choice | None:
 
 
 def format_verdict(choice: str) -> str:
-    """"A" -> "[[A]]" (the form the judge is trained to emit)."""
+    """ "A" -> "[[A]]" (the form the judge is trained to emit)."""
     if choice not in ("A", "B"):
         raise ValueError(f"choice must be 'A' or 'B', got {choice!r}")
     return f"[[{choice}]]"

@@ -19,14 +19,16 @@ app's task_reject_on_worker_lost a worker that dies mid-shard has it redelivered
 acks on receipt instead: training can outlast RabbitMQ's consumer_timeout, so it holds a
 database lease (shared/shards.py), and `watch_trainings` re-sends the work of a trainer that died.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, NoReturn
+from typing import Literal, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Reject
@@ -50,14 +52,16 @@ class Decision:
     wait: an outage, sent again after `countdown` s without counting it; retry: a counted failure,
     sent again after `countdown` s; dead: the last failure, dead-lettered. `failures` and
     `outage_since` are what the next try is sent with."""
+
     action: Literal["wait", "retry", "dead"]
     countdown: float
     failures: int
     outage_since: float | None
 
 
-def decide(error: BaseException, failures: int, outage_since: float | None, retries: int, now: float,
-           run: RunConfig) -> Decision:
+def decide(
+    error: BaseException, failures: int, outage_since: float | None, retries: int, now: float, run: RunConfig
+) -> Decision:
     """The policy. `failures`: failures counted before this one; `outage_since`: when the outage
     this task is waiting out began (None: none); `retries`: times the task was sent again (Celery's
     count, outages included)."""
@@ -67,17 +71,18 @@ def decide(error: BaseException, failures: int, outage_since: float | None, retr
             return Decision("wait", min(2 ** min(retries, 5), 30), failures, since)
     if failures >= run.max_retries:
         return Decision("dead", 0, failures, None)
-    return Decision("retry", min(2 ** failures, 60), failures + 1, None)
+    return Decision("retry", min(2**failures, 60), failures + 1, None)
 
 
 class StageTask(Task):
     """The base class of every stage's task: runs `handler(payload, context)` and applies `decide`.
 
     `register_stage` makes one subclass per stage, with `stage`, `context` and `handler` set."""
+
     stage: str
     context: Context
     handler: Handler
-    max_retries = None      # run.max_retries bounds the counted failures (outages are not counted)
+    max_retries = None  # run.max_retries bounds the counted failures (outages are not counted)
 
     def run(self, payload: dict, failures: int = 0, outage_since: float | None = None) -> None:
         try:
@@ -93,8 +98,14 @@ class StageTask(Task):
         run = self.context.settings.run
         step = decide(error, failures, outage_since, self.request.retries, time.time(), run)
         if step.action == "wait":
-            log.warning("%s: a server is unreachable (%s: %s); trying again in %ss, for up to %.0fs",
-                        self.stage, type(error).__name__, str(error)[:200], step.countdown, run.outage_seconds)
+            log.warning(
+                "%s: a server is unreachable (%s: %s); trying again in %ss, for up to %.0fs",
+                self.stage,
+                type(error).__name__,
+                str(error)[:200],
+                step.countdown,
+                run.outage_seconds,
+            )
             self.send_again(error, step)
         log.error("%s failed (attempt %s of %s)", self.stage, failures + 1, run.max_retries + 1, exc_info=error)
         self.record_failure(payload, error, final=step.action == "dead", attempt=failures + 1)
@@ -105,25 +116,36 @@ class StageTask(Task):
     def record_failure(self, payload: dict, error: Exception, final: bool, attempt: int) -> None:
         try:
             shards.record_failure(self.context.sessions, self.stage, payload, error, final=final, attempt=attempt)
-        except Exception:  # noqa: BLE001 - the database may be what failed; the retry must still go out
+        except Exception:
             log.exception("%s: could not record the failure", self.stage)
 
     def send_again(self, error: Exception, step: Decision) -> NoReturn:
         """Schedule the retry. If even that cannot be published (the broker is down too), hand the
         message back to the broker instead of dropping it, as Celery would by default."""
         try:
-            raise self.retry(exc=error, countdown=step.countdown,
-                             kwargs={"failures": step.failures, "outage_since": step.outage_since})
+            raise self.retry(
+                exc=error,
+                countdown=step.countdown,
+                kwargs={"failures": step.failures, "outage_since": step.outage_since},
+            )
         except Reject as reject:
-            log.warning("%s: the retry could not be published (%s); returning the message to its queue",
-                        self.stage, reject.reason)
+            log.warning(
+                "%s: the retry could not be published (%s); returning the message to its queue",
+                self.stage,
+                reject.reason,
+            )
             raise Reject(reject.reason, requeue=True) from error
 
 
 def register_stage(app: Celery, ctx: Context, handler: Handler) -> StageTask:
     """`handler` as the task of stage `ctx.stage` on `app` (one StageTask subclass per stage)."""
-    attributes = {"name": task_name(ctx.stage), "stage": ctx.stage, "context": ctx,
-                  "handler": staticmethod(handler), "acks_late": ctx.stage != "trainer"}
+    attributes = {
+        "name": task_name(ctx.stage),
+        "stage": ctx.stage,
+        "context": ctx,
+        "handler": staticmethod(handler),
+        "acks_late": ctx.stage != "trainer",
+    }
     return app.register_task(type(f"{ctx.stage.title()}Task", (StageTask,), attributes))
 
 
@@ -131,8 +153,21 @@ def worker_argv(stage: str, loglevel: str) -> list[str]:
     """solo: the task runs in the main process (one per GPU, no fork). The trainer uses one thread
     instead, so its message is acked on receipt (the solo pool acks only afterwards)."""
     pool = "threads" if stage == "trainer" else "solo"
-    return ["worker", "-Q", stage, "-P", pool, "-c", "1", "--without-gossip", "--without-mingle",
-            "-n", f"{stage}-{os.getpid()}@%h", "--loglevel", loglevel]
+    return [
+        "worker",
+        "-Q",
+        stage,
+        "-P",
+        pool,
+        "-c",
+        "1",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"{stage}-{os.getpid()}@%h",
+        "--loglevel",
+        loglevel,
+    ]
 
 
 def serve(settings: Settings, stage: str, handler: Handler, loglevel: str) -> None:
@@ -161,7 +196,7 @@ def watch_trainings(ctx: Context) -> None:
         while True:
             try:
                 check()
-            except Exception:  # noqa: BLE001 - the database may be restarting; try again next time
+            except Exception:
                 log.exception("checking trainer leases failed")
             time.sleep(max(1.0, lease / 3))
 

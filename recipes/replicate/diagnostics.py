@@ -6,6 +6,7 @@ trains the base judge on right-in-every-part traces (`gold_judge_examples`) with
 trainer settings and scores it on the held-out pairs: what one training round could reach at best.
 Diagnostics only: nothing here is part of the base model or of the loop.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ from selfjudge.shared.verdict import format_verdict
 
 log = logging.getLogger(__name__)
 
-_REASONING = re.compile(r"Response A says: (.*?)\. Response B says: (.*?)\. My answer: (.*?), "
-                        f"({'|'.join(map(re.escape, CLAUSES.values()))})\\.")
+_REASONING = re.compile(
+    r"Response A says: (.*?)\. Response B says: (.*?)\. My answer: (.*?), "
+    f"({'|'.join(map(re.escape, CLAUSES.values()))})\\."
+)
 _LETTER = {clause: letter for letter, clause in CLAUSES.items()}
 
 
@@ -49,8 +52,9 @@ def judge_requests(pairs: list) -> tuple[list, list[tuple]]:
     return requests, shown
 
 
-def base_skills(model: str | Path, pairs: list, batch_size: int = 32, device: str = "cpu",
-                dtype: str = "float32") -> dict[str, dict[str, float | int]]:
+def base_skills(
+    model: str | Path, pairs: list, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, dict[str, float | int]]:
     """What the judge needs and the base model can (not) do, per closed question type, on labelled
     held-out pairs (evaluation only): `qa` answers the plain question right; in the judge's prompt
     (both orders, greedy), `format` writes the reasoning format, `restates` copies both responses,
@@ -62,15 +66,23 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32, device: st
 
     closed = [p for p in pairs if p.question_type in ("count", "colour", "choice", "position")]
     backend = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype)
-    answers = backend.generate([ChatRequest(text=p.instruction, images=[p.image]) for p in closed],
-                               SamplingParams(max_new_tokens=8))
+    answers = backend.generate(
+        [ChatRequest(text=p.instruction, images=[p.image]) for p in closed], SamplingParams(max_new_tokens=8)
+    )
     requests, shown = judge_requests(closed)
-    judged = backend.generate(requests, SamplingParams(max_new_tokens=64),
-                              progress=lambda done, total: log.info("base skills: %s/%s judge prompts", done, total))
+    judged = backend.generate(
+        requests,
+        SamplingParams(max_new_tokens=64),
+        progress=lambda done, total: log.info("base skills: %s/%s judge prompts", done, total),
+    )
     counts: dict[str, dict[str, int]] = {}
     for p, gen in zip(closed, answers):
-        c = counts.setdefault(p.question_type, dict.fromkeys(
-            ["qa", "format", "restates", "own_right", "agrees_own", "agrees_right", "verdict_a", "pairs"], 0))
+        c = counts.setdefault(
+            p.question_type,
+            dict.fromkeys(
+                ["qa", "format", "restates", "own_right", "agrees_own", "agrees_right", "verdict_a", "pairs"], 0
+            ),
+        )
         c["qa"] += gen.texts[0].strip() == p.preferred
         c["pairs"] += 1
     for (p, a, b, right), gen in zip(shown, judged):
@@ -85,16 +97,23 @@ def base_skills(model: str | Path, pairs: list, batch_size: int = 32, device: st
         c["own_right"] += own == p.preferred
         c["agrees_own"] += letter == agreeing(own, said_a, said_b)
         c["agrees_right"] += letter == right
-    return {t: {"pairs": c["pairs"], "qa": c["qa"] / c["pairs"],
-                **{k: v / (2 * c["pairs"]) for k, v in c.items() if k not in ("qa", "pairs")}}
-            for t, c in sorted(counts.items())}
+    return {
+        t: {
+            "pairs": c["pairs"],
+            "qa": c["qa"] / c["pairs"],
+            **{k: v / (2 * c["pairs"]) for k, v in c.items() if k not in ("qa", "pairs")},
+        }
+        for t, c in sorted(counts.items())
+    }
 
 
 def format_skills(skills: dict[str, dict[str, float | int]]) -> str:
     keys = ["qa", "format", "restates", "own_right", "agrees_own", "agrees_right", "verdict_a"]
     head = f"{'base model':10} {'pairs':>5} " + " ".join(f"{k:>12}" for k in keys)
-    return "\n".join([head, "-" * len(head)] + [
-        f"{t:10} {s['pairs']:>5} " + " ".join(f"{100 * s[k]:11.1f}%" for k in keys) for t, s in skills.items()])
+    return "\n".join(
+        [head, "-" * len(head)]
+        + [f"{t:10} {s['pairs']:>5} " + " ".join(f"{100 * s[k]:11.1f}%" for k in keys) for t, s in skills.items()]
+    )
 
 
 def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTExample]:
@@ -110,7 +129,7 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
         if len(examples) == n:
             break
         bad = wrong_answer(p, rng) if p.kind == "closed" else perturb(p.gold, rng)[0]
-        if bad == p.gold:    # no wrong value, or no word the perturber could change
+        if bad == p.gold:  # no wrong value, or no word the perturber could change
             continue
         a, b, right = (p.gold, bad, "A") if rng.random() < 0.5 else (bad, p.gold, "B")
         reply = f"{judge_reasoning(p.gold, a, b, p.kind == 'closed')} {format_verdict(right)}"
@@ -118,8 +137,9 @@ def gold_judge_examples(prompts: list, rng: random.Random, n: int) -> list[SFTEx
     return examples
 
 
-def judge_accuracy(model: Path, pairs: list, batch_size: int = 32, device: str = "cpu",
-                   dtype: str = "float32") -> dict[str, dict]:
+def judge_accuracy(
+    model: Path, pairs: list, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, dict]:
     """Greedy verdicts on the held-out pairs in both orders, scored as the evaluator scores them
     (`summarize_heldout`: accuracy over judgments with its CI, per question type and overall; an
     unparseable verdict is wrong), plus the share of [[A]] verdicts."""
@@ -130,10 +150,19 @@ def judge_accuracy(model: Path, pairs: list, batch_size: int = 32, device: str =
 
     requests, shown = judge_requests(pairs)
     judged = TransformersBackend(str(model), batch_size=batch_size, device=device, dtype=dtype).generate(
-        requests, SamplingParams(max_new_tokens=128),
-        progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total))
-    rows = [{"item_id": p.pair_id, "category": p.question_type, "order": "AB" if right == "A" else "BA",
-             "verdict": parse_verdict(gen.texts[0]).choice} for (p, _, _, right), gen in zip(shown, judged)]
+        requests,
+        SamplingParams(max_new_tokens=128),
+        progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total),
+    )
+    rows = [
+        {
+            "item_id": p.pair_id,
+            "category": p.question_type,
+            "order": "AB" if right == "A" else "BA",
+            "verdict": parse_verdict(gen.texts[0]).choice,
+        }
+        for (p, _, _, right), gen in zip(shown, judged)
+    ]
     scores: dict[str, dict] = defaultdict(dict)
     for category, metric, value, n in summarize_heldout(rows):
         if metric == "accuracy":
@@ -146,8 +175,14 @@ def judge_accuracy(model: Path, pairs: list, batch_size: int = 32, device: str =
     return dict(sorted(scores.items()))
 
 
-def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int,  # noqa: ANN001 - Settings
-                       batch_size: int = 32) -> dict:
+def supervised_ceiling(
+    base: Path,
+    out: Path,
+    loop: dict,
+    pairs: list,
+    n: int,
+    batch_size: int = 32,
+) -> dict:
     """The loop's trainer settings on `n` right-in-every-part judge traces (`gold_judge_examples`,
     from the pretrain split, never the held-out one), scored on the held-out pairs: how far one
     training round could take the base judge if every kept trace were right. A diagnostic only."""
@@ -156,21 +191,39 @@ def supervised_ceiling(base: Path, out: Path, loop, pairs: list, n: int,  # noqa
     from selfjudge.shared.sources.scenes import pretraining_prompts
 
     world = loop.source
-    prompts = pretraining_prompts(loop.run.seed + 7, 2 * n, image_size=world.image_size, max_objects=world.max_objects,
-                                  object_scale=world.object_scale, layout=world.layout)
+    prompts = pretraining_prompts(
+        loop.run.seed + 7,
+        2 * n,
+        image_size=world.image_size,
+        max_objects=world.max_objects,
+        object_scale=world.object_scale,
+        layout=world.layout,
+    )
     examples = gold_judge_examples(prompts, random.Random(loop.run.seed + 7), n)
-    cfg = train_config(loop, iteration=1)      # exactly what the trainer runs for iteration 1
+    cfg = train_config(loop, iteration=1)  # exactly what the trainer runs for iteration 1
     folder = out / "ceiling"
-    result = train(str(base), examples, folder, cfg, progress=lambda step, total, loss: log.info(
-        "ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None,
-        spec_dir=out)
+    result = train(
+        str(base),
+        examples,
+        folder,
+        cfg,
+        progress=lambda step, total, loss: (
+            log.info("ceiling: step %s/%s loss %.3f", step, total, loss) if step % 25 == 0 or step == total else None
+        ),
+        spec_dir=out,
+    )
     scores = judge_accuracy(folder, pairs, batch_size=batch_size, device=loop.model.device, dtype=loop.model.dtype)
     return {"examples": len(examples), "steps": result.steps, "lr": cfg.lr, "epochs": cfg.epochs, "scores": scores}
 
 
 def format_ceiling(ceiling: dict) -> str:
     scores = ceiling["scores"]
-    head = (f"supervised ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps at lr {ceiling['lr']:g}; "
-            "diagnostic, not the method): held-out acc ")
-    return head + " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in scores.items()) + \
-        f"; [[A]] {100 * scores['overall']['verdict_a']:.0f}%"
+    head = (
+        f"supervised ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps at lr {ceiling['lr']:g}; "
+        "diagnostic, not the method): held-out acc "
+    )
+    return (
+        head
+        + " ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in scores.items())
+        + f"; [[A]] {100 * scores['overall']['verdict_a']:.0f}%"
+    )

@@ -21,6 +21,7 @@ held-out pairs, sized for one H200 in minutes: the arms and the ceiling run side
 iterations are written to results.json as they finish, and `deadline` stops the arms in time and
 keeps what they measured). Both are the same code; `--base-set` and `--set` change any part of one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +47,8 @@ from .curriculum import build_curriculum_model
 from .diagnostics import base_skills, format_ceiling, format_skills, supervised_ceiling
 
 log = logging.getLogger(__name__)
-BASE_LR = 3e-4   # base pretraining, vision encoder frozen (cell descriptions, 900 steps: 1e-3 shape 29%; 3e-4 100%)
-BASE_FORMAT_SHARE = 0.5   # share of judge-format examples in the base model's third phase
+BASE_LR = 3e-4  # base pretraining, vision encoder frozen (cell descriptions, 900 steps: 1e-3 shape 29%; 3e-4 100%)
+BASE_FORMAT_SHARE = 0.5  # share of judge-format examples in the base model's third phase
 BASE_READING_STEPS = 700  # text-only steps of reading back and comparing a judge prompt's responses (lr 1e-3)
 
 # The loop's settings for the miniature (the rest are the defaults). Every value is one a user
@@ -57,8 +59,15 @@ LOOP = {
     # object per cell of a 2 x 2 grid, at most 2 objects (4: colour seen 53%, 2: 77%), 1.6x the default size
     "source": {"image_size": 56, "layout": "grid", "max_objects": 2, "object_scale": 1.6},
     "model": {"batch_size": 16},
-    "synth": {"n_samples": 8, "majority_threshold": 4, "max_new_tokens": 16, "open_max_new_tokens": 64,
-              "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 64},
+    "synth": {
+        "n_samples": 8,
+        "majority_threshold": 4,
+        "max_new_tokens": 16,
+        "open_max_new_tokens": 64,
+        "injection": "both",
+        "alter_samples": 1,
+        "alter_max_new_tokens": 64,
+    },
     "reason": {"temperature": 0.8, "samples_per_order": 2, "max_new_tokens": 128},
     "filter": {"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2},
     "train": {"lr": 3.0e-4, "epochs": 3, "batch_size": 8, "max_length": 512, "freeze_vision": True},
@@ -72,14 +81,14 @@ class BaseRecipe:
 
     perception_steps: int = 1400
     reading_steps: int = BASE_READING_STEPS
-    pretrain_steps: int = 600          # phase 3 (`--base-steps`)
-    batch_size: int = 8                # phases 1 and 3; reading: twice this
+    pretrain_steps: int = 600  # phase 3 (`--base-steps`)
+    batch_size: int = 8  # phases 1 and 3; reading: twice this
     lr: float = BASE_LR
     reading_lr: float = 1e-3
     format_share: float = BASE_FORMAT_SHARE
-    max_examples: int = 0              # distinct examples per phase (0: one per example seen)
-    micro_batch_tokens: int = 0        # TrainConfig's (-1: exactly batch_size per forward pass)
-    answer_batch: int = 32             # generation batch: own answers, base skills, ceiling scores
+    max_examples: int = 0  # distinct examples per phase (0: one per example seen)
+    micro_batch_tokens: int = 0  # TrainConfig's (-1: exactly batch_size per forward pass)
+    answer_batch: int = 32  # generation batch: own answers, base skills, ceiling scores
     size: TinySize = field(default_factory=TinySize)
 
     def with_settings(self, settings: dict[str, str]) -> BaseRecipe:
@@ -93,8 +102,10 @@ class BaseRecipe:
             elif key in sizes:
                 size[key] = _typed(sizes[key].type, text, key)
             else:
-                raise ValueError(f"--base-set {key}: no such base model setting (have: "
-                                 f"{', '.join([*(k for k in mine if k != 'size'), *sizes])})")
+                raise ValueError(
+                    f"--base-set {key}: no such base model setting (have: "
+                    f"{', '.join([*(k for k in mine if k != 'size'), *sizes])})"
+                )
         return dataclasses.replace(self, **top, size=dataclasses.replace(self.size, **size))
 
     def tag(self) -> str:
@@ -116,31 +127,52 @@ def _typed(kind: str | type, text: str, key: str) -> int | float:
 
 @dataclass(frozen=True)
 class Profile:
-    loop: dict              # the loop's settings (merged over the defaults; `--set` over these)
+    loop: dict  # the loop's settings (merged over the defaults; `--set` over these)
     base: BaseRecipe
-    side_by_side: bool      # the arms (and `--ceiling`) at once on one device, else one after the other
+    side_by_side: bool  # the arms (and `--ceiling`) at once on one device, else one after the other
 
 
 # One H200 (bf16 ~790 TFLOP/s peak, 141 GB): a model ~7x the CPU one, batches of hundreds; a model this
 # small is bound by kernel launches and Python, not by FLOPs, so a larger batch costs little extra time.
 # docs/replicate-gpu.md: how these were sized, and the time each part is expected to take.
-GPU_LOOP = deep_merge(LOOP, {
-    "run": {"prompts_per_iteration": 1024, "shard_size": 512, "heldout_pairs": 1008},
-    "model": {"batch_size": 512, "dtype": "bfloat16"},
-    "train": {"lr": 1.0e-4, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.1, "micro_batch_tokens": -1},
-})
-GPU_BASE = BaseRecipe(perception_steps=800, reading_steps=400, pretrain_steps=500, batch_size=64, lr=3e-4,
-                      reading_lr=5e-4, max_examples=12288, micro_batch_tokens=-1, answer_batch=512,
-                      size=TinySize(hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1536))
-PROFILES = {"cpu": Profile(LOOP, BaseRecipe(), side_by_side=False),
-            "gpu": Profile(GPU_LOOP, GPU_BASE, side_by_side=True)}
+GPU_LOOP = deep_merge(
+    LOOP,
+    {
+        "run": {"prompts_per_iteration": 1024, "shard_size": 512, "heldout_pairs": 1008},
+        "model": {"batch_size": 512, "dtype": "bfloat16"},
+        "train": {"lr": 1.0e-4, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.1, "micro_batch_tokens": -1},
+    },
+)
+GPU_BASE = BaseRecipe(
+    perception_steps=800,
+    reading_steps=400,
+    pretrain_steps=500,
+    batch_size=64,
+    lr=3e-4,
+    reading_lr=5e-4,
+    max_examples=12288,
+    micro_batch_tokens=-1,
+    answer_batch=512,
+    size=TinySize(hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1536),
+)
+PROFILES = {
+    "cpu": Profile(LOOP, BaseRecipe(), side_by_side=False),
+    "gpu": Profile(GPU_LOOP, GPU_BASE, side_by_side=True),
+}
 
 
-def arm_config(out: Path, arm: str, base: Path, iterations: int, overrides: dict | None = None,
-               loop: dict | None = None) -> Path:
+def arm_config(
+    out: Path, arm: str, base: Path, iterations: int, overrides: dict | None = None, loop: dict | None = None
+) -> Path:
     cfg = deep_merge(LOOP if loop is None else loop, overrides or {})
-    cfg = deep_merge(cfg, {"run": {"name": f"replicate-{arm}", "iterations": iterations, "work_dir": str(out / arm)},
-                       "model": {"base": str(base)}, "synth": {"closed_labels": arm}})
+    cfg = deep_merge(
+        cfg,
+        {
+            "run": {"name": f"replicate-{arm}", "iterations": iterations, "work_dir": str(out / arm)},
+            "model": {"base": str(base)},
+            "synth": {"closed_labels": arm},
+        },
+    )
     path = out / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -149,8 +181,9 @@ def arm_config(out: Path, arm: str, base: Path, iterations: int, overrides: dict
 def start_arm(config: Path, logfile: Path) -> subprocess.Popen:
     """The loop as a user runs it (`selfjudge run`), its log in `logfile`, started in the background."""
     with logfile.open("w") as f:
-        return subprocess.Popen([sys.executable, "-m", "selfjudge.cli", "run", "--config", str(config)],
-                                stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "selfjudge.cli", "run", "--config", str(config)], stdout=f, stderr=subprocess.STDOUT
+        )
 
 
 def stop(proc: subprocess.Popen, grace: float = 15) -> None:
@@ -167,20 +200,32 @@ def stop(proc: subprocess.Popen, grace: float = 15) -> None:
 def evaluated(work: Path) -> list[int]:
     """The iterations of the arm's last run scored on the held-out pairs so far ([] before any)."""
     from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError
 
     from selfjudge.shared.db import EvalSummary, Run, make_sessionmaker
-
-    from sqlalchemy.exc import OperationalError
 
     if not (work / "selfjudge.db").exists():
         return []
     try:
         with make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")() as s:
             run = s.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))
-            return sorted(set(s.scalars(select(EvalSummary.iteration).where(
-                EvalSummary.run_id == run, EvalSummary.benchmark == "heldout", EvalSummary.category == "overall",
-                EvalSummary.metric == "accuracy")))) if run is not None else []
-    except OperationalError:      # the schema is not there yet (the loop is starting)
+            return (
+                sorted(
+                    set(
+                        s.scalars(
+                            select(EvalSummary.iteration).where(
+                                EvalSummary.run_id == run,
+                                EvalSummary.benchmark == "heldout",
+                                EvalSummary.category == "overall",
+                                EvalSummary.metric == "accuracy",
+                            )
+                        )
+                    )
+                )
+                if run is not None
+                else []
+            )
+    except OperationalError:  # the schema is not there yet (the loop is starting)
         return []
 
 
@@ -196,19 +241,35 @@ def arm_results(work: Path) -> list[dict]:
     from selfjudge.shared.store import get_jsonl, open_store
 
     sessions = make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")
-    store = open_store(StoreConfig(), str(work))     # the embedded run's local store
+    store = open_store(StoreConfig(), str(work))  # the embedded run's local store
     rows, items = [], {}
     with sessions() as s:
         run = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
         heldout = {r["item_id"]: r for r in get_jsonl(store, heldout_key(run.id))}
         iterations = sorted(set(s.scalars(select(EvalSummary.iteration).where(EvalSummary.run_id == run.id))))
         for k in iterations:
-            results = [{"item_id": r.item_id, "category": r.category, "order": r.order, "verdict": r.verdict,
-                        "correct": r.correct}
-                       for r in s.scalars(select(EvalResult).where(EvalResult.run_id == run.id, EvalResult.iteration == k,
-                                                                   EvalResult.benchmark == "heldout"))]
-            summary = {(e.category, e.metric): e.value for e in s.scalars(select(EvalSummary).where(
-                EvalSummary.run_id == run.id, EvalSummary.iteration == k, EvalSummary.benchmark == "heldout"))}
+            results = [
+                {
+                    "item_id": r.item_id,
+                    "category": r.category,
+                    "order": r.order,
+                    "verdict": r.verdict,
+                    "correct": r.correct,
+                }
+                for r in s.scalars(
+                    select(EvalResult).where(
+                        EvalResult.run_id == run.id, EvalResult.iteration == k, EvalResult.benchmark == "heldout"
+                    )
+                )
+            ]
+            summary = {
+                (e.category, e.metric): e.value
+                for e in s.scalars(
+                    select(EvalSummary).where(
+                        EvalSummary.run_id == run.id, EvalSummary.iteration == k, EvalSummary.benchmark == "heldout"
+                    )
+                )
+            }
             per_item = both_orders(results)
             items[k] = per_item
 
@@ -220,8 +281,11 @@ def arm_results(work: Path) -> list[dict]:
             def scored(members: list[dict]) -> dict:
                 """The same measure for a group the evaluator does not store (error types)."""
                 right, judged = [m["right"] for m in members], [m["judged"] for m in members]
-                return {"accuracy": sum(right) / max(sum(judged), 1), "ci": bootstrap_ci(right, judged),
-                        "items": len(members)}
+                return {
+                    "accuracy": sum(right) / max(sum(judged), 1),
+                    "ci": bootstrap_ci(right, judged),
+                    "items": len(members),
+                }
 
             by_type: dict[str, int] = defaultdict(int)
             by_error: dict[str, list] = defaultdict(list)
@@ -229,21 +293,33 @@ def arm_results(work: Path) -> list[dict]:
                 by_type[m["category"]] += 1
                 error = heldout[item_id]["error_type"]
                 by_error["wrong answer" if error == m["category"] else "+".join(sorted(error.split("+")))].append(m)
-            kept = s.scalar(select(func.count()).select_from(TrainingExample).where(
-                TrainingExample.run_id == run.id, TrainingExample.iteration == k)) if k > 0 else None
-            rows.append({
-                "iteration": k, **stored("overall", len(per_item)),
-                "both_orders": summary.get(("overall", "both_orders")),
-                "position_bias": summary.get(("overall", "position_bias")),
-                "kept_examples": kept,
-                "by_question_type": {c: stored(c, n) for c, n in sorted(by_type.items())},
-                "by_error_type": {c: scored(v) for c, v in sorted(by_error.items())},
-            })
-    for row in rows:     # iteration k vs the first on the same held-out pairs, resampled together
+            kept = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(TrainingExample)
+                    .where(TrainingExample.run_id == run.id, TrainingExample.iteration == k)
+                )
+                if k > 0
+                else None
+            )
+            rows.append(
+                {
+                    "iteration": k,
+                    **stored("overall", len(per_item)),
+                    "both_orders": summary.get(("overall", "both_orders")),
+                    "position_bias": summary.get(("overall", "position_bias")),
+                    "kept_examples": kept,
+                    "by_question_type": {c: stored(c, n) for c, n in sorted(by_type.items())},
+                    "by_error_type": {c: scored(v) for c, v in sorted(by_error.items())},
+                }
+            )
+    for row in rows:  # iteration k vs the first on the same held-out pairs, resampled together
         first, now = items[rows[0]["iteration"]], items[row["iteration"]]
-        row["vs_first"] = paired_bootstrap({i: m["right"] for i, m in first.items()},
-                                           {i: m["right"] for i, m in now.items()},
-                                           {i: m["judged"] for i, m in first.items()})
+        row["vs_first"] = paired_bootstrap(
+            {i: m["right"] for i, m in first.items()},
+            {i: m["right"] for i, m in now.items()},
+            {i: m["judged"] for i, m in first.items()},
+        )
     return rows
 
 
@@ -253,8 +329,15 @@ def best_vs_first(rows: list[dict]) -> dict | None:
         return None
     best = max(rows[1:], key=lambda r: r["accuracy"])
     paired = best["vs_first"]
-    return {"iteration": best["iteration"], "accuracy": best["accuracy"], "first": rows[0]["accuracy"],
-            "difference": paired["difference"], "ci": paired["ci"], "p": paired["p"], "pairs": paired["n"]}
+    return {
+        "iteration": best["iteration"],
+        "accuracy": best["accuracy"],
+        "first": rows[0]["accuracy"],
+        "difference": paired["difference"],
+        "ci": paired["ci"],
+        "p": paired["p"],
+        "pairs": paired["n"],
+    }
 
 
 def format_table(arm: str, rows: list[dict]) -> str:
@@ -272,18 +355,26 @@ def format_table(arm: str, rows: list[dict]) -> str:
         return f"{points(v['difference'])} [{points(v['ci'][0])}, {points(v['ci'][1])}]"
 
     types = list(rows[0]["by_question_type"]) if rows else []
-    head = f"{'arm':9} {'iter':>4} {'held-out acc [95% CI]':>23} {'vs 0 [paired 95% CI]':>22} {'both':>6} " \
+    head = (
+        f"{'arm':9} {'iter':>4} {'held-out acc [95% CI]':>23} {'vs 0 [paired 95% CI]':>22} {'both':>6} "
         f"{'bias':>6} {'kept':>5}  " + " ".join(f"{t[:8]:>8}" for t in types)
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         ci = r["ci"] or (float("nan"), float("nan"))
-        lines.append(f"{arm:9} {r['iteration']:>4} {pct(r['accuracy']):>7} [{pct(ci[0])}, {pct(ci[1])}]"
-                     f" {versus(r):>22} {pct(r['both_orders']):>6} {pct(r['position_bias']):>6}"
-                     f" {r['kept_examples'] or '-':>5}  "
-                     + " ".join(f"{pct(r['by_question_type'][t]['accuracy']):>8}" for t in types))
+        lines.append(
+            f"{arm:9} {r['iteration']:>4} {pct(r['accuracy']):>7} [{pct(ci[0])}, {pct(ci[1])}]"
+            f" {versus(r):>22} {pct(r['both_orders']):>6} {pct(r['position_bias']):>6}"
+            f" {r['kept_examples'] or '-':>5}  "
+            + " ".join(f"{pct(r['by_question_type'][t]['accuracy']):>8}" for t in types)
+        )
     errors = list(rows[-1]["by_error_type"]) if rows else []
-    lines.append(f"{'':9} by error type (held-out accuracy per iteration): " + "; ".join(
-        f"{e}: " + " ".join(pct(r["by_error_type"].get(e, {}).get("accuracy")) for r in rows) for e in errors))
+    lines.append(
+        f"{'':9} by error type (held-out accuracy per iteration): "
+        + "; ".join(
+            f"{e}: " + " ".join(pct(r["by_error_type"].get(e, {}).get("accuracy")) for r in rows) for e in errors
+        )
+    )
     return "\n".join(lines)
 
 
@@ -303,14 +394,21 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
         axes[0].plot(xs, ys, marker="o", label=f"{arm} labels")
         axes[0].fill_between(xs, lo, hi, alpha=0.2)
     axes[0].axhline(50, color="grey", lw=0.8, ls="--")
-    axes[0].set(xlabel="iteration (0 = base judge)", ylabel="held-out judge accuracy (%)",
-                title="held-out pairs (generator labels), 95% CI")
+    axes[0].set(
+        xlabel="iteration (0 = base judge)",
+        ylabel="held-out judge accuracy (%)",
+        title="held-out pairs (generator labels), 95% CI",
+    )
     if results:
         axes[0].legend()
     first = next(iter(results.values()), [])
     for qtype in first[0]["by_question_type"] if first else []:
-        axes[1].plot([r["iteration"] for r in first], [100 * r["by_question_type"][qtype]["accuracy"] for r in first],
-                     marker=".", label=qtype)
+        axes[1].plot(
+            [r["iteration"] for r in first],
+            [100 * r["by_question_type"][qtype]["accuracy"] for r in first],
+            marker=".",
+            label=qtype,
+        )
     axes[1].axhline(50, color="grey", lw=0.8, ls="--")
     axes[1].set(xlabel="iteration", ylabel="accuracy (%)", title=f"{next(iter(results), '-')} labels, by question type")
     if first:
@@ -340,16 +438,20 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:  # noqa: ARG001
 @dataclass
 class Record:
     """results.json, rewritten whenever something new is measured (a later crash keeps the rest)."""
+
     path: Path
     summary: dict
-    lock: threading.RLock = field(default_factory=threading.RLock)   # the ceiling writes from its thread
+    lock: threading.RLock = field(default_factory=threading.RLock)  # the ceiling writes from its thread
 
     def update(self, **parts: object) -> None:
         with self.lock:
             self.summary.update(parts)
             self.summary["best_vs_0"] = {arm: best_vs_first(rows) for arm, rows in self.summary["results"].items()}
-            self.summary["gain"] = {arm: max(r["accuracy"] for r in rows) - rows[0]["accuracy"]
-                                    for arm, rows in self.summary["results"].items() if rows}
+            self.summary["gain"] = {
+                arm: max(r["accuracy"] for r in rows) - rows[0]["accuracy"]
+                for arm, rows in self.summary["results"].items()
+                if rows
+            }
             tmp = self.path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(self.summary, indent=2))
             tmp.replace(self.path)
@@ -364,8 +466,9 @@ class Record:
             self.summary["seconds"][part] = value
 
 
-def watch(arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadline: float | None,
-          every: float = 10.0) -> list[str]:
+def watch(
+    arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadline: float | None, every: float = 10.0
+) -> list[str]:
     """Until every arm process has ended: each new held-out score goes to results.json and one
     progress line; at `deadline` (time.monotonic) the arms still running are stopped (returned)."""
     seen = {arm: 0 for arm in arms}
@@ -377,10 +480,12 @@ def watch(arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadli
                 if len(done) > seen[arm]:
                     rows = arm_results(work)
                     record.arm(arm, rows)
-                    for r in rows[seen[arm]:]:
-                        say(f"{arm}: iteration {r['iteration']} held-out {100 * r['accuracy']:.1f}% "
+                    for r in rows[seen[arm] :]:
+                        say(
+                            f"{arm}: iteration {r['iteration']} held-out {100 * r['accuracy']:.1f}% "
                             f"(both orders {100 * (r['both_orders'] or 0):.1f}%, position bias "
-                            f"{100 * (r['position_bias'] or 0):.1f}%, kept {'-' if r['kept_examples'] is None else r['kept_examples']})")
+                            f"{100 * (r['position_bias'] or 0):.1f}%, kept {'-' if r['kept_examples'] is None else r['kept_examples']})"
+                        )
                     seen[arm] = len(rows)
             except Exception as exc:  # noqa: BLE001 - a read while the loop writes: next time
                 log.debug("replicate: could not read %s yet: %s", arm, exc)
@@ -394,8 +499,17 @@ def watch(arms: dict[str, tuple[subprocess.Popen, Path]], record: Record, deadli
         time.sleep(every)
 
 
-def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop: dict, record: Record,
-             deadline: float | None, side_by_side: bool, meanwhile=None) -> dict[str, str]:  # noqa: ANN001
+def run_arms(
+    out: Path,
+    arms: tuple[str, ...],
+    base: Path,
+    iterations: int,
+    loop: dict,
+    record: Record,
+    deadline: float | None,
+    side_by_side: bool,
+    meanwhile: Callable[[], None] | None = None,
+) -> dict[str, str]:
     """Run each arm's loop (all at once, or one after the other), `meanwhile()` in a thread of this
     process while the first ones run (this thread watches the arms and the deadline); returns each
     arm's error (none when it finished)."""
@@ -403,7 +517,7 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
 
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
     errors: dict[str, str] = {}
-    ended: set[str] = set()       # arms whose loop ran to its end (or failed on its own)
+    ended: set[str] = set()  # arms whose loop ran to its end (or failed on its own)
     groups = [arms] if side_by_side else [(arm,) for arm in arms]
     try:
         for group in groups:
@@ -415,11 +529,13 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
             for arm in group:
                 shutil.rmtree(out / arm, ignore_errors=True)
                 say(f"{arm}: {iterations} iterations of the loop (log: {out / f'{arm}.log'})")
-                batch[arm] = (start_arm(arm_config(out, arm, base, iterations, None, loop), out / f"{arm}.log"),
-                              out / arm)
+                batch[arm] = (
+                    start_arm(arm_config(out, arm, base, iterations, None, loop), out / f"{arm}.log"),
+                    out / arm,
+                )
             procs.update(batch)
             beside = None
-            if meanwhile is not None:     # a daemon: a SIGTERM ends the process whatever it is doing
+            if meanwhile is not None:  # a daemon: a SIGTERM ends the process whatever it is doing
                 beside = threading.Thread(target=meanwhile, name="beside-the-arms", daemon=True)
                 beside.start()
                 meanwhile = None
@@ -430,13 +546,13 @@ def run_arms(out: Path, arms: tuple[str, ...], base: Path, iterations: int, loop
                 record.seconds(arm, time.perf_counter() - started)
                 record.arm(arm, arm_results(work) if evaluated(work) else [])
                 ended.add(arm)
-                if arm in late:       # stopped after its last iteration was scored (writing its report): done
+                if arm in late:  # stopped after its last iteration was scored (writing its report): done
                     if len(evaluated(work)) <= iterations:
                         errors[arm] = "stopped at the deadline"
                 elif proc.returncode != 0:
                     errors[arm] = f"the loop exited with {proc.returncode}; its log: {out / f'{arm}.log'}"
     finally:
-        for arm, (proc, work) in procs.items():      # stopped from outside: end the loops, keep their scores
+        for arm, (proc, work) in procs.items():  # stopped from outside: end the loops, keep their scores
             if arm not in ended:
                 stop(proc)
                 if len(evaluated(work)) <= iterations:
@@ -454,36 +570,52 @@ def figure_lines(summary: dict) -> list[str]:
     lines = [f"seconds {k}: {v:.0f}" for k, v in summary.get("seconds", {}).items()]
     lines.append(f"held-out pairs: {summary.get('heldout_pairs')}")
     for qtype, skill in (summary.get("base_skills") or {}).items():
-        lines.append(f"base skills {qtype}: " + ", ".join(
-            f"{k} {100 * v:.1f}" for k, v in skill.items() if k != "pairs"))
+        lines.append(
+            f"base skills {qtype}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in skill.items() if k != "pairs")
+        )
     ceiling = summary.get("ceiling") or {}
     if "scores" in ceiling:
         o = ceiling["scores"]["overall"]
         lo, hi = o.get("ci_low", float("nan")), o.get("ci_high", float("nan"))
-        lines.append(f"ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps): "
-                     f"{100 * o['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]; by type: " + ", ".join(
-                         f"{k} {100 * v['accuracy']:.1f}" for k, v in ceiling["scores"].items() if k != "overall"))
+        lines.append(
+            f"ceiling ({ceiling['examples']} gold traces, {ceiling['steps']} steps): "
+            f"{100 * o['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]; by type: "
+            + ", ".join(f"{k} {100 * v['accuracy']:.1f}" for k, v in ceiling["scores"].items() if k != "overall")
+        )
     elif ceiling:
         lines.append(f"ceiling: {ceiling.get('error')}")
     for arm, rows in summary.get("results", {}).items():
         for r in rows:
-            lines.append(f"{arm} iteration {r['iteration']}: held-out {100 * r['accuracy']:.1f}, both orders "
-                         f"{100 * (r['both_orders'] or 0):.1f}, position bias {100 * (r['position_bias'] or 0):.1f}, "
-                         f"kept {'-' if r['kept_examples'] is None else r['kept_examples']}")
+            lines.append(
+                f"{arm} iteration {r['iteration']}: held-out {100 * r['accuracy']:.1f}, both orders "
+                f"{100 * (r['both_orders'] or 0):.1f}, position bias {100 * (r['position_bias'] or 0):.1f}, "
+                f"kept {'-' if r['kept_examples'] is None else r['kept_examples']}"
+            )
         best = (summary.get("best_vs_0") or {}).get(arm)
         if best:
             lo, hi = best["ci"]
-            lines.append(f"{arm} best (iteration {best['iteration']}) vs 0: {100 * best['difference']:+.1f} points, "
-                         f"paired 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] on {best['pairs']} pairs")
+            lines.append(
+                f"{arm} best (iteration {best['iteration']}) vs 0: {100 * best['difference']:+.1f} points, "
+                f"paired 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] on {best['pairs']} pairs"
+            )
     lines += [f"error {k}: {v}" for k, v in summary.get("errors", {}).items()]
     return lines
 
 
-def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority", "gold"),
-              base_steps: int | None = None, overrides: dict | None = None, base: Path | None = None,
-              perception_steps: int | None = None, ceiling: int = 0, profile: str = "cpu",
-              reading_steps: int | None = None, base_settings: dict[str, str] | None = None,
-              deadline: float | None = None) -> dict:
+def replicate(
+    out: Path,
+    iterations: int = 3,
+    arms: tuple[str, ...] = ("majority", "gold"),
+    base_steps: int | None = None,
+    overrides: dict | None = None,
+    base: Path | None = None,
+    perception_steps: int | None = None,
+    ceiling: int = 0,
+    profile: str = "cpu",
+    reading_steps: int | None = None,
+    base_settings: dict[str, str] | None = None,
+    deadline: float | None = None,
+) -> dict:
     """Build the base model for the loop's world (kept under `out`, reused by a later call; or
     use `base`), run each arm, print the tables, write the plot and results.json. With `ceiling`
     > 0, also train the base judge on that many gold judge traces with the loop's trainer settings
@@ -500,43 +632,84 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
     start = time.perf_counter()
     until = None if deadline is None else time.monotonic() + deadline
     chosen = PROFILES[profile]
-    steps = {k: v for k, v in (("perception_steps", perception_steps), ("reading_steps", reading_steps),
-                               ("pretrain_steps", base_steps)) if v is not None}
+    steps = {
+        k: v
+        for k, v in (
+            ("perception_steps", perception_steps),
+            ("reading_steps", reading_steps),
+            ("pretrain_steps", base_steps),
+        )
+        if v is not None
+    }
     recipe = dataclasses.replace(chosen.base.with_settings(base_settings or {}), **steps)
     loop_dict = deep_merge(chosen.loop, overrides or {})
     loop = load_settings(None, overrides=loop_dict)
-    world = loop.source   # the base learns the loop's world
-    record = Record(out / "results.json", {
-        "profile": profile, "recipe": dataclasses.asdict(recipe), "heldout_pairs": loop.run.heldout_pairs,
-        "results": {}, "base_skills": None, "ceiling": None, "seconds": {}, "errors": {}})
+    world = loop.source  # the base learns the loop's world
+    record = Record(
+        out / "results.json",
+        {
+            "profile": profile,
+            "recipe": dataclasses.asdict(recipe),
+            "heldout_pairs": loop.run.heldout_pairs,
+            "results": {},
+            "base_skills": None,
+            "ceiling": None,
+            "seconds": {},
+            "errors": {},
+        },
+    )
     record.update()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main else None
     try:
-        base = base or out / (f"base-steps{recipe.perception_steps}+{recipe.reading_steps}+{recipe.pretrain_steps}"
-                              f"-size{world.image_size}-objects{world.max_objects}-scale{world.object_scale:g}"
-                              f"-{world.layout}-frozen-vision{recipe.tag()}")
+        base = base or out / (
+            f"base-steps{recipe.perception_steps}+{recipe.reading_steps}+{recipe.pretrain_steps}"
+            f"-size{world.image_size}-objects{world.max_objects}-scale{world.object_scale:g}"
+            f"-{world.layout}-frozen-vision{recipe.tag()}"
+        )
         if not (base / "config.json").exists():
-            say(f"base model: building {base.name} ({recipe.perception_steps} + {recipe.reading_steps} + "
+            say(
+                f"base model: building {base.name} ({recipe.perception_steps} + {recipe.reading_steps} + "
                 f"{recipe.pretrain_steps} steps of {recipe.batch_size}, text {recipe.size.hidden} x "
-                f"{recipe.size.layers} layers, on {loop.model.device})")
-            build_curriculum_model(base, seed=0, pretrain_steps=recipe.pretrain_steps,
-                             perception_steps=recipe.perception_steps, lr=recipe.lr, format_share=recipe.format_share,
-                             reading_steps=recipe.reading_steps, reading_lr=recipe.reading_lr,
-                             batch_size=recipe.batch_size, image_size=world.image_size, max_objects=world.max_objects,
-                             object_scale=world.object_scale, layout=world.layout, device=loop.model.device,
-                             size=recipe.size, max_examples=recipe.max_examples,
-                             micro_batch_tokens=recipe.micro_batch_tokens, answer_batch=recipe.answer_batch,
-                             answer_dtype=loop.model.dtype)
+                f"{recipe.size.layers} layers, on {loop.model.device})"
+            )
+            build_curriculum_model(
+                base,
+                seed=0,
+                pretrain_steps=recipe.pretrain_steps,
+                perception_steps=recipe.perception_steps,
+                lr=recipe.lr,
+                format_share=recipe.format_share,
+                reading_steps=recipe.reading_steps,
+                reading_lr=recipe.reading_lr,
+                batch_size=recipe.batch_size,
+                image_size=world.image_size,
+                max_objects=world.max_objects,
+                object_scale=world.object_scale,
+                layout=world.layout,
+                device=loop.model.device,
+                size=recipe.size,
+                max_examples=recipe.max_examples,
+                micro_batch_tokens=recipe.micro_batch_tokens,
+                answer_batch=recipe.answer_batch,
+                answer_dtype=loop.model.dtype,
+            )
         timings = record.summary["seconds"]
         timings["base_model"] = time.perf_counter() - start
         say(f"base model: ready in {timings['base_model']:.0f}s ({base})")
         # what the base judge can do before any iteration, on the held-out pairs the loop is scored on
-        pairs = heldout_pairs(loop.run.seed, loop.run.heldout_pairs, image_size=world.image_size,
-                              max_objects=world.max_objects, object_scale=world.object_scale, layout=world.layout)
+        pairs = heldout_pairs(
+            loop.run.seed,
+            loop.run.heldout_pairs,
+            image_size=world.image_size,
+            max_objects=world.max_objects,
+            object_scale=world.object_scale,
+            layout=world.layout,
+        )
         mark = time.perf_counter()
-        skills = base_skills(base, pairs, batch_size=recipe.answer_batch, device=loop.model.device,
-                             dtype=loop.model.dtype)
+        skills = base_skills(
+            base, pairs, batch_size=recipe.answer_batch, device=loop.model.device, dtype=loop.model.dtype
+        )
         print(format_skills(skills), flush=True)
         timings["base_skills"] = time.perf_counter() - mark
         record.update(base_skills=skills, base_model=str(base))
@@ -547,7 +720,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
             try:
                 bound = supervised_ceiling(base, out, loop, pairs, ceiling, batch_size=recipe.answer_batch)
                 print(format_ceiling(bound), flush=True)
-            except Exception as exc:  # noqa: BLE001 - a diagnostic: the loop's results matter more
+            except Exception as exc:
                 log.exception("replicate: the supervised ceiling failed")
                 bound = {"error": f"{type(exc).__name__}: {exc}"}
             record.seconds("ceiling", time.perf_counter() - mark)
@@ -555,7 +728,7 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
 
         measure = measure_ceiling if ceiling > 0 else None
         if measure is not None and not chosen.side_by_side:
-            measure()      # before the loop, as the CPU miniature always did
+            measure()  # before the loop, as the CPU miniature always did
             measure = None
         run_arms(out, arms, base, iterations, loop_dict, record, until, chosen.side_by_side, meanwhile=measure)
     except Stopped as exc:
@@ -575,11 +748,16 @@ def replicate(out: Path, iterations: int = 3, arms: tuple[str, ...] = ("majority
         if best is None:
             continue
         lo, hi = best["ci"]
-        print(f"{arm}: held-out accuracy, best iteration vs iteration 0: {100 * best['difference']:+.1f} points "
-              f"(iteration {best['iteration']}; paired bootstrap 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-              f"on {best['pairs']} pairs)", flush=True)
+        print(
+            f"{arm}: held-out accuracy, best iteration vs iteration 0: {100 * best['difference']:+.1f} points "
+            f"(iteration {best['iteration']}; paired bootstrap 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+            f"on {best['pairs']} pairs)",
+            flush=True,
+        )
     for arm, error in summary["errors"].items():
         print(f"{arm}: {error}", flush=True)
-    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
-          + f"; figure: {summary['figure']}", flush=True)
+    print(
+        "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items()) + f"; figure: {summary['figure']}",
+        flush=True,
+    )
     return summary

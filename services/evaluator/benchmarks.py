@@ -24,6 +24,7 @@ Locations are local paths or s3://bucket/key URIs (read with the store's endpoin
 Nothing here raises on a bad record: a record with a missing or undecodable image, or fields
 that do not fit the schema, is returned as Excluded(record_id, reason).
 """
+
 from __future__ import annotations
 
 import io
@@ -36,26 +37,36 @@ from pathlib import Path, PurePosixPath
 from .protocols import MM_REWARDBENCH, VL_REWARDBENCH
 
 # official cal.py group_mapping
-VL_GROUPS = {"vlfeedback": "general", "wildvision-battle": "general", "povid": "hallucination",
-             "rlaif-v": "hallucination", "rlhf-v": "hallucination", "reasoning_tasks": "reasoning"}
+VL_GROUPS = {
+    "vlfeedback": "general",
+    "wildvision-battle": "general",
+    "povid": "hallucination",
+    "rlaif-v": "hallucination",
+    "rlhf-v": "hallucination",
+    "reasoning_tasks": "reasoning",
+}
 VL_CATEGORIES = ("general", "hallucination", "reasoning")
 
 # the README leaderboard's six areas, each a union of the scoring categories
-MM_AREAS = {"general_correctness": ("open_generation/correctness_task",),
-            "general_preference": ("open_generation/preference_task",),
-            "knowledge": ("knowledge",), "reasoning": ("reasoning/math", "reasoning/coding"),
-            "safety": ("safety/bias", "safety/toxicity"), "vqa": ("vqa",)}
+MM_AREAS = {
+    "general_correctness": ("open_generation/correctness_task",),
+    "general_preference": ("open_generation/preference_task",),
+    "knowledge": ("knowledge",),
+    "reasoning": ("reasoning/math", "reasoning/coding"),
+    "safety": ("safety/bias", "safety/toxicity"),
+    "vqa": ("vqa",),
+}
 
 
 @dataclass
 class BenchItem:
     item_id: str
-    category: str                 # the scoring category
-    source: str                   # VL: source dataset; MM: the file's Category
+    category: str  # the scoring category
+    source: str  # VL: source dataset; MM: the file's Category
     query: str
-    responses: tuple[str, str]    # in the file's order
-    better: int                   # index of the preferred response
-    image: bytes                  # the file's bytes, checked to decode
+    responses: tuple[str, str]  # in the file's order
+    better: int  # index of the preferred response
+    image: bytes  # the file's bytes, checked to decode
 
 
 @dataclass
@@ -74,6 +85,7 @@ class Excluded:
 
 
 # --- locations ------------------------------------------------------------------------------
+
 
 class Location:
     """A folder, local or on S3, that the benchmark file and its images are read from."""
@@ -117,8 +129,11 @@ class Location:
         if self.s3 is None:
             return sorted(p.name for p in Path(self.root).glob(f"*{suffix}") if p.is_file())
         prefix = self.root.rstrip("/") + "/" if self.root else ""
-        return sorted(o.object_name[len(prefix):] for o in self.s3.list_objects(self.bucket, prefix=prefix)
-                      if o.object_name.endswith(suffix) and "/" not in o.object_name[len(prefix):])
+        return sorted(
+            o.object_name[len(prefix) :]
+            for o in self.s3.list_objects(self.bucket, prefix=prefix)
+            if o.object_name.endswith(suffix) and "/" not in o.object_name[len(prefix) :]
+        )
 
     def is_dir(self) -> bool:
         if self.s3 is None:
@@ -138,11 +153,16 @@ def split_location(uri: str, store_cfg=None) -> tuple[Location, str]:  # noqa: A
     if uri.startswith("s3://"):
         from minio import Minio
 
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        bucket, _, key = uri[len("s3://") :].partition("/")
         if store_cfg is None:
             raise ValueError(f"{uri}: an s3:// location needs the store's endpoint and keys")
-        client = Minio(store_cfg.endpoint, access_key=store_cfg.access_key or None,
-                       secret_key=store_cfg.secret_key or None, secure=store_cfg.secure, region=store_cfg.region)
+        client = Minio(
+            store_cfg.endpoint,
+            access_key=store_cfg.access_key or None,
+            secret_key=store_cfg.secret_key or None,
+            secure=store_cfg.secure,
+            region=store_cfg.region,
+        )
         key = key.strip("/")
         whole = Location(key, client, bucket)
         if key and not key.endswith((".json", ".jsonl", ".parquet")) and whole.is_dir():
@@ -156,6 +176,7 @@ def split_location(uri: str, store_cfg=None) -> tuple[Location, str]:  # noqa: A
 
 
 # --- images ---------------------------------------------------------------------------------
+
 
 def check_image(data: bytes | None, where: str) -> str | None:
     """None if the bytes decode as an image, else the reason they cannot be used."""
@@ -175,7 +196,7 @@ def check_image(data: bytes | None, where: str) -> str | None:
         return f"decompression bomb {where}: {exc}"
     except UnidentifiedImageError:
         return f"not a recognised image {where}"
-    except Exception as exc:   # truncated data: OSError, SyntaxError, ValueError, ...
+    except Exception as exc:  # truncated data: OSError, SyntaxError, ValueError, ...
         return f"corrupt image {where}: {type(exc).__name__}: {exc}"
 
 
@@ -185,16 +206,17 @@ def _read_image(loc: Location, rel: str) -> tuple[bytes | None, str]:
         return loc.read(rel), where
     except FileNotFoundError:
         return None, where
-    except Exception as exc:   # unreadable (permissions, S3 errors): reported, not raised
+    except Exception as exc:  # unreadable (permissions, S3 errors): reported, not raised
         return b"", f"{where} ({type(exc).__name__}: {exc})"
 
 
 # --- VL-RewardBench -------------------------------------------------------------------------
 
+
 def vl_source_from_id(item_id: str) -> str:
     """The later cal.py's get_dataset_from_id: the id up to the first '_' or '-' names the source."""
     cut = [i for i in (item_id.find("_"), item_id.find("-")) if i != -1]
-    prefix = item_id[:min(cut)] if cut else item_id
+    prefix = item_id[: min(cut)] if cut else item_id
     if prefix == "RLAIF":
         return "rlaif-v"
     if prefix == "RLHF":
@@ -211,7 +233,7 @@ def vl_source_from_id(item_id: str) -> str:
 def vl_source(item_id: str, image_path: str | None) -> str:
     if image_path:
         parts = image_path.replace("\\", "/").split("/")
-        if len(parts) > 2 and parts[1] in VL_GROUPS:   # "images/<source>/<file>"
+        if len(parts) > 2 and parts[1] in VL_GROUPS:  # "images/<source>/<file>"
             return parts[1]
     return vl_source_from_id(item_id)
 
@@ -224,7 +246,11 @@ def _vl_record(rec: dict, image: bytes | None, where: str, label: str) -> BenchI
     responses, ranking, query = rec.get("response"), rec.get("human_ranking"), rec.get("query")
     if not isinstance(query, str):
         return Excluded(rid, "query is not a string")
-    if not isinstance(responses, (list, tuple)) or len(responses) != 2 or not all(isinstance(r, str) for r in responses):
+    if (
+        not isinstance(responses, (list, tuple))
+        or len(responses) != 2
+        or not all(isinstance(r, str) for r in responses)
+    ):
         return Excluded(rid, "response is not a list of 2 strings")
     try:
         ranking = [int(r) for r in ranking]
@@ -270,14 +296,14 @@ def _iter_vl_parquet(loc: Location, names: list[str]) -> Iterator[BenchItem | Ex
                 image = rec.get("image")
                 data = image.get("bytes") if isinstance(image, dict) else image if isinstance(image, bytes) else None
                 where = f"in {name} (id {rec.get('id')!r})"
-                if data is None and isinstance(image, dict) and image.get("path"):   # a path, no bytes
+                if data is None and isinstance(image, dict) and image.get("path"):  # a path, no bytes
                     data, where = _read_image(loc, image["path"])
                 yield _vl_record(rec, data, where, f"{name}[{row - 1}]")
 
 
 def iter_vl_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[BenchItem | Excluded]:  # noqa: ANN001
     loc, name = split_location(uri, store_cfg)
-    if not name:   # a folder: its parquet files (HF layout: data/*.parquet), else data.jsonl
+    if not name:  # a folder: its parquet files (HF layout: data/*.parquet), else data.jsonl
         for sub in ("", "data"):
             here = loc.child(sub) if sub else loc
             if here.is_dir() and (parquets := here.list(".parquet")):
@@ -295,6 +321,7 @@ def iter_vl_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[
 
 
 # --- Multimodal RewardBench -----------------------------------------------------------------
+
 
 def mm_category(item_id: str, category: str) -> str:
     """scripts/2_get_accuracy.py: safety and reasoning are reported split by the ID's prefix."""
@@ -339,14 +366,27 @@ def iter_mm_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[
         if problem is not None:
             yield Excluded(rid, problem)
             continue
-        yield BenchItem(rid, mm_category(rid, rec["Category"]), rec["Category"], rec["Text"],
-                        (rec["Output1"], rec["Output2"]), 0 if rec["Better"] == "Output1" else 1, data)
+        yield BenchItem(
+            rid,
+            mm_category(rid, rec["Category"]),
+            rec["Category"],
+            rec["Text"],
+            (rec["Output1"], rec["Output2"]),
+            0 if rec["Better"] == "Output1" else 1,
+            data,
+        )
 
 
 # --- one entry point ------------------------------------------------------------------------
 
-def iter_benchmark(benchmark: str, uri: str, images: str = "", store_cfg=None,  # noqa: ANN001
-                   limit: int = 0) -> Iterator[BenchItem | Excluded]:
+
+def iter_benchmark(
+    benchmark: str,
+    uri: str,
+    images: str = "",
+    store_cfg=None,  # noqa: ANN001
+    limit: int = 0,
+) -> Iterator[BenchItem | Excluded]:
     """Every record of the file, in order, as a BenchItem or an Excluded; duplicate ids are renamed
     "<id>#2", ... unless the record repeats an earlier one exactly (then it is Excluded). Excluded
     ids are unique too (a second bad record under one id is "<id>#2"), so each is reported."""
@@ -378,8 +418,13 @@ def iter_benchmark(benchmark: str, uri: str, images: str = "", store_cfg=None,  
         yield rec
 
 
-def load_benchmark(benchmark: str, uri: str, images: str = "", store_cfg=None,  # noqa: ANN001
-                   limit: int = 0) -> tuple[list[BenchItem], list[Excluded]]:
+def load_benchmark(
+    benchmark: str,
+    uri: str,
+    images: str = "",
+    store_cfg=None,  # noqa: ANN001
+    limit: int = 0,
+) -> tuple[list[BenchItem], list[Excluded]]:
     items, excluded = [], []
     for rec in iter_benchmark(benchmark, uri, images, store_cfg, limit):
         (items if isinstance(rec, BenchItem) else excluded).append(rec)

@@ -20,6 +20,7 @@ Sources (quoted faithfully; only the Python quoting differs):
     scripts/2_get_accuracy.py (commit 3366b34): `extract_judgment` -> "[[A]]" in text, then
         "[[B]]" in text, else a coin flip from random.seed(123) (done in scoring.py).
 """
+
 from __future__ import annotations
 
 import random
@@ -35,7 +36,7 @@ HELDOUT = "heldout"
 BENCHMARKS = (VL_REWARDBENCH, MM_REWARDBENCH)
 
 # vl-rewardbench/VL_RewardBench prompt.py, verbatim (the leading space is in the original).
-VL_REWARDBENCH_PROMPT = ''' You are a highly capable multimodal AI assistant tasked with evaluating answers to visual questions. Please analyze the following image and question, then determine which of the two provided answers is better.
+VL_REWARDBENCH_PROMPT = """ You are a highly capable multimodal AI assistant tasked with evaluating answers to visual questions. Please analyze the following image and question, then determine which of the two provided answers is better.
 
 Question: {query}
 
@@ -53,23 +54,24 @@ After your evaluation, please:
 1. Explain your reasoning for each criterion.
 2. Provide an overall judgment on which answer is better (Answer 1 or Answer 2). For example: Overall Judgment: Answer X is better.
 
-Your response should be structured and detailed, demonstrating your understanding of both the visual and textual elements of the task.'''  # noqa: E501
+Your response should be structured and detailed, demonstrating your understanding of both the visual and textual elements of the task."""
 
 # vl-rewardbench/VL_RewardBench inference.py / cal.py, verbatim.
 VL_REWARDBENCH_PATTERN = re.compile(
-    r"(?:Overall Judgment|Therefore)\s*.*\s*-*\s*Answer\s*(\d+)\s*is\s*(?:the\s*)?(?:slightly\s*)?better", re.IGNORECASE)
+    r"(?:Overall Judgment|Therefore)\s*.*\s*-*\s*Answer\s*(\d+)\s*is\s*(?:the\s*)?(?:slightly\s*)?better", re.IGNORECASE
+)
 
 # facebookresearch/multimodal_rewardbench scripts/1_run_model_as_judge_gpt4o.py `judge_prompt`, verbatim
 # (the original's "\n" escapes inside the triple-quoted string are real newlines there too).
 MM_REWARDBENCH_PROMPT = """Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user question displayed below. You should choose the assistant that follows the user's instructions and answers the user's question better. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of their responses. Begin your evaluation by comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the order in which the responses were presented does not influence your decision. Do not allow the length of the responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as possible. After providing your explanation, output your final verdict by strictly following this format: "[[A]]" if assistant A is better, "[[B]]" if assistant B is better.
 
-[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"""  # noqa: E501
+[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"""
 
 
 @dataclass(frozen=True)
 class Parsed:
-    choice: str | None   # "A" (first shown) | "B" (second shown) | None
-    reason: str          # "ok" or why there is no verdict
+    choice: str | None  # "A" (first shown) | "B" (second shown) | None
+    reason: str  # "ok" or why there is no verdict
 
 
 def parse_vl_rewardbench(text: str | None) -> Parsed:
@@ -116,11 +118,12 @@ def shown(preferred: str, rejected: str, order: str) -> tuple[str, str]:
 class Protocol:
     """How one benchmark is put to a judge. `k` official samples per item; `both_orders` adds one
     greedy judgment in each order (position-consistent accuracy and position bias)."""
+
     benchmark: str
     k: int
     temperature: float
     top_p: float
-    parser: str = "official"      # "official" | "selfjudge" (shared.verdict: also [[A]], "Verdict: B", ...)
+    parser: str = "official"  # "official" | "selfjudge" (shared.verdict: also [[A]], "Verdict: B", ...)
     both_orders: bool = True
     max_new_tokens: int | None = None
     seed: int = 0
@@ -145,24 +148,27 @@ class Protocol:
         the same for every checkpoint, so checkpoints are compared on the same prompts).
         Multimodal RewardBench: Output1 is always A. Held-out: both orders are the protocol."""
         if self.benchmark == VL_REWARDBENCH:
-            return ["AB" if random.Random(f"{self.seed}:{self.benchmark}:{item_id}:{s}").random() < 0.5 else "BA"
-                    for s in range(self.k)]
+            return [
+                "AB" if random.Random(f"{self.seed}:{self.benchmark}:{item_id}:{s}").random() < 0.5 else "BA"
+                for s in range(self.k)
+            ]
         if self.benchmark == MM_REWARDBENCH:
             return ["AB" if better == 0 else "BA"] * self.k
         return []
 
 
-def make_protocol(benchmark: str, k: int | None = None, parser: str = "official",
-                  max_new_tokens: int | None = None, seed: int = 0) -> Protocol:
+def make_protocol(
+    benchmark: str, k: int | None = None, parser: str = "official", max_new_tokens: int | None = None, seed: int = 0
+) -> Protocol:
     """max_new_tokens None: the official limit (VL-RewardBench max_tokens=2048, MM-RewardBench 1024)."""
     if parser not in ("official", "selfjudge"):
         raise ValueError(f"parser must be 'official' or 'selfjudge', not {parser!r}")
-    if benchmark == VL_REWARDBENCH:   # inference.py: temperature=0.2, top_p=0.2; the paper reports k = 5
+    if benchmark == VL_REWARDBENCH:  # inference.py: temperature=0.2, top_p=0.2; the paper reports k = 5
         return Protocol(benchmark, k or 5, 0.2, 0.2, parser, True, max_new_tokens or 2048, seed)
-    if benchmark == MM_REWARDBENCH:   # one judgment per item in the file's order; greedy for an open judge
+    if benchmark == MM_REWARDBENCH:  # one judgment per item in the file's order; greedy for an open judge
         if k not in (None, 1):
             raise ValueError("mm-rewardbench's protocol judges each item once (k = 1)")
         return Protocol(benchmark, 1, 0.0, 1.0, parser, True, max_new_tokens or 1024, seed)
-    if benchmark == HELDOUT:          # both orders, greedy, the selfjudge prompt
+    if benchmark == HELDOUT:  # both orders, greedy, the selfjudge prompt
         return Protocol(benchmark, 0, 0.0, 1.0, "selfjudge", True, max_new_tokens, seed)
     raise ValueError(f"unknown benchmark {benchmark!r} (have: {', '.join(BENCHMARKS)})")

@@ -6,6 +6,7 @@ eval_summaries (comparisons from eval_results), so the report says what the data
 `selfjudge report --run N --out DIR` writes it to a folder; the evaluator also puts a copy in the
 store (runs/<id>/report/) when a run finishes.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from selfjudge.shared.db import Checkpoint, EvalSummary, Iteration, Run, SetAside
 from selfjudge.shared import selection
+from selfjudge.shared.db import Checkpoint, EvalSummary, Iteration, Run, SetAside
 from selfjudge.shared.status import injection_counts
 
 from . import scoring
@@ -32,25 +33,38 @@ def collect(s, run_id: int) -> dict:  # noqa: ANN001
     if run is None:
         raise LookupError(f"no run {run_id}")
     benchmarks: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
-    for e in s.scalars(select(EvalSummary).where(EvalSummary.run_id == run_id)
-                       .order_by(EvalSummary.iteration, EvalSummary.id)):
+    for e in s.scalars(
+        select(EvalSummary).where(EvalSummary.run_id == run_id).order_by(EvalSummary.iteration, EvalSummary.id)
+    ):
         benchmarks[e.benchmark][e.iteration][e.category][e.metric] = {"value": e.value, "n": e.n}
     iterations = []
     for it in s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.number)):
         ckpt = s.get(Checkpoint, it.output_checkpoint_id) if it.output_checkpoint_id else None
         meta = (ckpt.meta or {}) if ckpt else {}
-        iterations.append({"iteration": it.number, "status": it.status, "checkpoint_id": it.output_checkpoint_id,
-                           "checkpoint_uri": ckpt.uri if ckpt else None,
-                           "injection": injection_counts(s, run_id, it.number),
-                           "trained_examples": meta.get("examples"), "dropped_examples": meta.get("dropped")})
+        iterations.append(
+            {
+                "iteration": it.number,
+                "status": it.status,
+                "checkpoint_id": it.output_checkpoint_id,
+                "checkpoint_uri": ckpt.uri if ckpt else None,
+                "injection": injection_counts(s, run_id, it.number),
+                "trained_examples": meta.get("examples"),
+                "dropped_examples": meta.get("dropped"),
+            }
+        )
     order = {HELDOUT: 0}
-    benchmarks.pop(selection.BENCHMARK, None)      # shown in its own section
+    benchmarks.pop(selection.BENCHMARK, None)  # shown in its own section
     by_iteration = selection.signals(s, run_id)
     choice = selection.recorded_choice(s, run_id) or selection.choose(by_iteration)
-    return {"run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations},
-            "iterations": iterations, "selection": {"signals": by_iteration, "choice": choice},
-            "benchmarks": {b: {it: {c: dict(m) for c, m in cats.items()} for it, cats in sorted(its.items())}
-                           for b, its in sorted(benchmarks.items(), key=lambda kv: (order.get(kv[0], 1), kv[0]))}}
+    return {
+        "run": {"id": run.id, "name": run.name, "status": run.status, "iterations": run.iterations},
+        "iterations": iterations,
+        "selection": {"signals": by_iteration, "choice": choice},
+        "benchmarks": {
+            b: {it: {c: dict(m) for c, m in cats.items()} for it, cats in sorted(its.items())}
+            for b, its in sorted(benchmarks.items(), key=lambda kv: (order.get(kv[0], 1), kv[0]))
+        },
+    }
 
 
 def categories(per_iteration: dict, metric: str = "accuracy") -> list[str]:
@@ -74,23 +88,45 @@ def benchmark_result(s, run_id: int, iteration: int, benchmark: str) -> dict:  #
         return int(overall.get(metric, {}).get("value", 0))
 
     acc_cats = [c for c in sorted(cats, key=lambda c: (ORDER.get(c, 2), c)) if "accuracy" in cats[c]]
-    excluded = [{"record_id": r.record_id.split(":", 1)[1], "reason": r.reason} for r in s.scalars(
-        select(SetAside).where(SetAside.run_id == run_id, SetAside.iteration == iteration,
-                               SetAside.record_id.startswith(f"{benchmark}:")).order_by(SetAside.id))]
-    statuses = {m[len("items_"):]: int(v["value"]) for m, v in overall.items()
-                if m.startswith("items_") and m[len("items_"):] not in ("total", "excluded", "judged", "scored")}
+    excluded = [
+        {"record_id": r.record_id.split(":", 1)[1], "reason": r.reason}
+        for r in s.scalars(
+            select(SetAside)
+            .where(
+                SetAside.run_id == run_id,
+                SetAside.iteration == iteration,
+                SetAside.record_id.startswith(f"{benchmark}:"),
+            )
+            .order_by(SetAside.id)
+        )
+    ]
+    statuses = {
+        m[len("items_") :]: int(v["value"])
+        for m, v in overall.items()
+        if m.startswith("items_") and m[len("items_") :] not in ("total", "excluded", "judged", "scored")
+    }
     return {
-        "benchmark": benchmark, "run_id": run_id, "iteration": iteration,
+        "benchmark": benchmark,
+        "run_id": run_id,
+        "iteration": iteration,
         "checkpoint_id": next((i["checkpoint_id"] for i in data["iterations"] if i["iteration"] == iteration), None),
-        "items": {"total": count("items_total"), "used": count("items_judged"), "excluded": count("items_excluded"),
-                  "scored": count("items_scored"), "unscored": count("items_judged") - count("items_scored"),
-                  **statuses},
+        "items": {
+            "total": count("items_total"),
+            "used": count("items_judged"),
+            "excluded": count("items_excluded"),
+            "scored": count("items_scored"),
+            "unscored": count("items_judged") - count("items_scored"),
+            **statuses,
+        },
         "overall": _value(cats, "overall", "accuracy"),
         "macro": _value(cats, "macro", "accuracy"),
         "accuracy": {c: cats[c]["accuracy"]["value"] for c in acc_cats},
         "n": {c: cats[c]["accuracy"]["n"] for c in acc_cats},
-        "ci": {c: [cats[c]["accuracy_ci_low"]["value"], cats[c]["accuracy_ci_high"]["value"]]
-               for c in acc_cats if "accuracy_ci_low" in cats[c]},
+        "ci": {
+            c: [cats[c]["accuracy_ci_low"]["value"], cats[c]["accuracy_ci_high"]["value"]]
+            for c in acc_cats
+            if "accuracy_ci_low" in cats[c]
+        },
         "both_orders": {c: m["both_orders"]["value"] for c, m in cats.items() if "both_orders" in m},
         "position_bias": {c: m["position_bias"]["value"] for c, m in cats.items() if "position_bias" in m},
         "excluded": excluded,
@@ -129,21 +165,41 @@ def comparisons(s, run_id: int, data: dict) -> list[dict]:  # noqa: ANN001
         pairs = {(iters[0], iters[-1])} | ({(iters[-2], iters[-1])} if len(iters) > 2 else set())
         outcomes = {it: item_outcomes(s, run_id, it, name) for pair in pairs for it in pair}
         for a, b in sorted(pairs):
-            out.append({"benchmark": name, "a": a, "b": b, "measure": _measure(name),
-                        **scoring.compare(outcomes[a], outcomes[b])})
+            out.append(
+                {
+                    "benchmark": name,
+                    "a": a,
+                    "b": b,
+                    "measure": _measure(name),
+                    **scoring.compare(outcomes[a], outcomes[b]),
+                }
+            )
     return out
 
 
 def compare_evaluations(s, a: tuple[int, int], b: tuple[int, int]) -> list[dict]:  # noqa: ANN001
     """Two evaluated checkpoints, (run, iteration) each (e.g. two `selfjudge eval` runs on the same
     file): a paired comparison on every benchmark both were scored on."""
-    def names(run_id: int, iteration: int) -> set[str]:
-        return set(s.scalars(select(EvalSummary.benchmark).distinct().where(
-            EvalSummary.run_id == run_id, EvalSummary.iteration == iteration)))
 
-    return [{"benchmark": name, "a": f"run {a[0]} iter {a[1]}", "b": f"run {b[0]} iter {b[1]}",
-             "measure": _measure(name), **scoring.compare(item_outcomes(s, *a, name), item_outcomes(s, *b, name))}
-            for name in sorted(names(*a) & names(*b))]
+    def names(run_id: int, iteration: int) -> set[str]:
+        return set(
+            s.scalars(
+                select(EvalSummary.benchmark)
+                .distinct()
+                .where(EvalSummary.run_id == run_id, EvalSummary.iteration == iteration)
+            )
+        )
+
+    return [
+        {
+            "benchmark": name,
+            "a": f"run {a[0]} iter {a[1]}",
+            "b": f"run {b[0]} iter {b[1]}",
+            "measure": _measure(name),
+            **scoring.compare(item_outcomes(s, *a, name), item_outcomes(s, *b, name)),
+        }
+        for name in sorted(names(*a) & names(*b))
+    ]
 
 
 def plot(data: dict, path: Path) -> Path:
@@ -180,20 +236,21 @@ def plot(data: dict, path: Path) -> Path:
 
 
 def cell(metrics: dict, metric: str) -> str:
-    """"51.2 [45.1, 57.3] (n=312)": value and interval in percent."""
+    """ "51.2 [45.1, 57.3] (n=312)": value and interval in percent."""
     m = metrics.get(metric)
     if m is None:
         return "-"
     text = f"{100 * m['value']:.1f}"
     if f"{metric}_ci_low" in metrics:
-        text += f" [{100 * metrics[f'{metric}_ci_low']['value']:.1f}, {100 * metrics[f'{metric}_ci_high']['value']:.1f}]"
+        text += (
+            f" [{100 * metrics[f'{metric}_ci_low']['value']:.1f}, {100 * metrics[f'{metric}_ci_high']['value']:.1f}]"
+        )
     return text + f" (n={m['n']})"
 
 
 def _table(its: dict, metric: str) -> list[str]:
     iters = sorted(its)
-    lines = ["| category | " + " | ".join(f"iter {i}" for i in iters) + " |",
-             "|---|" + "---|" * len(iters)]
+    lines = ["| category | " + " | ".join(f"iter {i}" for i in iters) + " |", "|---|" + "---|" * len(iters)]
     for cat in categories(its, metric):
         lines.append(f"| {cat} | " + " | ".join(cell(its[i].get(cat, {}), metric) for i in iters) + " |")
     return lines
@@ -206,61 +263,116 @@ def _selection_section(data: dict) -> list[str]:
     if not signals:
         return []
     names = [n for n in data["benchmarks"] if n != HELDOUT] or [n for n in data["benchmarks"]]
-    lines = ["", "## Checkpoint selection (label-free)", "",
-             "Selection score: share of the run's fixed synthetic selection pairs (never trained on) judged right "
-             "in both orders. " + (f"Chosen: {choice['reason']}." if choice else ""), "",
-             "| iteration | selection score | consistency | parse rate | " + " | ".join(
-                 f"{n} overall %" for n in names) + " | chosen |", "|---|---|---|---|" + "---|" * len(names) + "---|"]
+    lines = [
+        "",
+        "## Checkpoint selection (label-free)",
+        "",
+        "Selection score: share of the run's fixed synthetic selection pairs (never trained on) judged right "
+        "in both orders. " + (f"Chosen: {choice['reason']}." if choice else ""),
+        "",
+        "| iteration | selection score | consistency | parse rate | "
+        + " | ".join(f"{n} overall %" for n in names)
+        + " | chosen |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|",
+    ]
     for k, sig in sorted(signals.items(), key=lambda kv: int(kv[0])):
-        accs = [cell(data["benchmarks"][n].get(int(k), data["benchmarks"][n].get(str(k), {})).get("overall", {}),
-                     "accuracy") for n in names]
+        accs = [
+            cell(
+                data["benchmarks"][n].get(int(k), data["benchmarks"][n].get(str(k), {})).get("overall", {}), "accuracy"
+            )
+            for n in names
+        ]
         chosen = "**yes**" if choice and int(choice["iteration"]) == int(k) else ""
-        lines.append(f"| {k} | {100 * sig['score']:.1f} | {100 * sig['consistency']:.1f} | "
-                     f"{100 * sig['parse_rate']:.1f} | " + " | ".join(accs) + f" | {chosen} |")
+        lines.append(
+            f"| {k} | {100 * sig['score']:.1f} | {100 * sig['consistency']:.1f} | "
+            f"{100 * sig['parse_rate']:.1f} | " + " | ".join(accs) + f" | {chosen} |"
+        )
     return lines
 
 
 def render_markdown(data: dict, comps: list[dict], image: str = PLOT) -> str:
     run = data["run"]
-    lines = [f"# Evaluation report: run {run['id']} ({run['name']})", "",
-             f"Status: {run['status']}; {run['iterations']} training iterations (iteration 0 is the base judge).", "",
-             f"![accuracy per iteration]({image})", "", "## Checkpoints", "",
-             "| iteration | status | checkpoint | trained on | dropped (too long, unreadable) |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Evaluation report: run {run['id']} ({run['name']})",
+        "",
+        f"Status: {run['status']}; {run['iterations']} training iterations (iteration 0 is the base judge).",
+        "",
+        f"![accuracy per iteration]({image})",
+        "",
+        "## Checkpoints",
+        "",
+        "| iteration | status | checkpoint | trained on | dropped (too long, unreadable) |",
+        "|---|---|---|---|---|",
+    ]
     dash = lambda v: "-" if v is None else v  # noqa: E731
-    lines += [f"| {i['iteration']} | {i['status']} | {i['checkpoint_id']}: {i['checkpoint_uri'] or '-'} | "
-              f"{dash(i.get('trained_examples'))} | {dash(i.get('dropped_examples'))} |" for i in data["iterations"]]
+    lines += [
+        f"| {i['iteration']} | {i['status']} | {i['checkpoint_id']}: {i['checkpoint_uri'] or '-'} | "
+        f"{dash(i.get('trained_examples'))} | {dash(i.get('dropped_examples'))} |"
+        for i in data["iterations"]
+    ]
     injected = [i for i in data["iterations"] if (i.get("injection") or {}).get("open_pairs")]
     if injected:
-        lines += ["", "## Open-ended pairs: how the rejected response got its errors", "",
-                  "| iteration | open pairs | model alteration | rule (asked) | rule fallback | fallback share |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {i['iteration']} | {j['open_pairs']} | {j['model']} | {j['rule']} | {j['rule_fallback']} | "
-                  f"{100 * j['fallback_share']:.1f}% |" for i in injected for j in [i["injection"]]]
+        lines += [
+            "",
+            "## Open-ended pairs: how the rejected response got its errors",
+            "",
+            "| iteration | open pairs | model alteration | rule (asked) | rule fallback | fallback share |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {i['iteration']} | {j['open_pairs']} | {j['model']} | {j['rule']} | {j['rule_fallback']} | "
+            f"{100 * j['fallback_share']:.1f}% |"
+            for i in injected
+            for j in [i["injection"]]
+        ]
     lines += _selection_section(data)
     for name, its in data["benchmarks"].items():
         official = "accuracy over judgments, both orders" if name == HELDOUT else "official protocol"
-        lines += ["", f"## {name}", "", f"### Accuracy ({official}), % [95% bootstrap CI]", "", *_table(its, "accuracy")]
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"### Accuracy ({official}), % [95% bootstrap CI]",
+            "",
+            *_table(its, "accuracy"),
+        ]
         lines += ["", "### Position-consistent accuracy (right in both orders), %", "", *_table(its, "both_orders")]
         lines += ["", "### Position bias (same letter in both orders), %", "", *_table(its, "position_bias")]
         counts = sorted({m for cats in its.values() for m in cats.get("overall", {}) if m.startswith("items_")})
         if counts:
-            lines += ["", "### Items", "", "| count | " + " | ".join(f"iter {i}" for i in sorted(its)) + " |",
-                      "|---|" + "---|" * len(its)]
-            lines += [f"| {m[len('items_'):]} | " + " | ".join(
-                str(int(its[i].get("overall", {}).get(m, {}).get("value", 0))) for i in sorted(its)) + " |"
-                for m in counts]
+            lines += [
+                "",
+                "### Items",
+                "",
+                "| count | " + " | ".join(f"iter {i}" for i in sorted(its)) + " |",
+                "|---|" + "---|" * len(its),
+            ]
+            lines += [
+                f"| {m[len('items_') :]} | "
+                + " | ".join(str(int(its[i].get("overall", {}).get(m, {}).get("value", 0))) for i in sorted(its))
+                + " |"
+                for m in counts
+            ]
     if comps:
-        lines += ["", "## Paired comparisons", "",
-                  "Items scored for both checkpoints; difference = B - A; exact McNemar test on the discordant "
-                  "items; paired bootstrap interval and p-value.", "",
-                  "| benchmark | A | B | outcome | n | acc A | acc B | B - A [95% CI] | A only | B only | McNemar p "
-                  "| bootstrap p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Paired comparisons",
+            "",
+            "Items scored for both checkpoints; difference = B - A; exact McNemar test on the discordant "
+            "items; paired bootstrap interval and p-value.",
+            "",
+            "| benchmark | A | B | outcome | n | acc A | acc B | B - A [95% CI] | A only | B only | McNemar p "
+            "| bootstrap p |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in comps:
             pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
             ci = "" if c["ci"] is None else f" [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}]"
-            lines.append(f"| {c['benchmark']} | {c['a']} | {c['b']} | {c['measure']} | {c['n']} | "
-                         f"{pct(c['accuracy_a'])} | {pct(c['accuracy_b'])} | {pct(c['difference'])}{ci} | "
-                         f"{c['a_only']} | {c['b_only']} | {c['mcnemar_p']:.3g} | {c['bootstrap_p']:.3g} |")
+            lines.append(
+                f"| {c['benchmark']} | {c['a']} | {c['b']} | {c['measure']} | {c['n']} | "
+                f"{pct(c['accuracy_a'])} | {pct(c['accuracy_b'])} | {pct(c['difference'])}{ci} | "
+                f"{c['a_only']} | {c['b_only']} | {c['mcnemar_p']:.3g} | {c['bootstrap_p']:.3g} |"
+            )
     return "\n".join(lines) + "\n"
 
 

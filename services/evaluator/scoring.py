@@ -18,6 +18,7 @@ Official protocols
   coins. Accuracy per category and over all items ("all"); macro = mean of the six leaderboard
   areas (reasoning and safety pooled over their two halves).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,13 @@ MM_COIN_SEED = 123
 @dataclass
 class Score:
     """Per-item official outcomes of one benchmark."""
+
     benchmark: str
-    category: dict[str, str]                                    # item -> category (every judged item)
-    status: dict[str, str]                                      # item -> agree | reject | doesntMatch | other
-    outcome: dict[str, int] = field(default_factory=dict)       # item -> 1/0, items that count only
-    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)   # aggregate categories
-    macro_over: tuple[str, ...] = ()                            # categories/groups averaged by macro
+    category: dict[str, str]  # item -> category (every judged item)
+    status: dict[str, str]  # item -> agree | reject | doesntMatch | other
+    outcome: dict[str, int] = field(default_factory=dict)  # item -> 1/0, items that count only
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # aggregate categories
+    macro_over: tuple[str, ...] = ()  # categories/groups averaged by macro
 
     def members(self, category: str) -> list[str]:
         cats = self.groups.get(category, (category,))
@@ -106,8 +108,7 @@ def mm_rewardbench(rows: list[dict], seed: int = MM_COIN_SEED) -> Score:
         verdict = r["verdict"] if r["verdict"] is not None else mm_coin(item, seed)
         score.category[item] = r["category"]
         score.outcome[item] = int(verdict == correct_letter(r["order"]))
-        score.status[item] = ("agree" if score.outcome[item] else "reject") if r["verdict"] is not None \
-            else "coin_flip"
+        score.status[item] = ("agree" if score.outcome[item] else "reject") if r["verdict"] is not None else "coin_flip"
     return score
 
 
@@ -124,17 +125,26 @@ def both_orders(rows: list[dict]) -> dict[str, dict]:
     for item, rs in _by_item(rows).items():
         verdicts = {r["order"]: r["verdict"] for r in rs}
         right = [r["verdict"] is not None and r["verdict"] == correct_letter(r["order"]) for r in rs]
-        out[item] = {"category": rs[0]["category"], "both": int(len(rs) == 2 and all(right)),
-                     "bias": int(len(verdicts) == 2 and None not in verdicts.values()
-                                 and len(set(verdicts.values())) == 1),
-                     "right": sum(right), "judged": len(rs)}
+        out[item] = {
+            "category": rs[0]["category"],
+            "both": int(len(rs) == 2 and all(right)),
+            "bias": int(len(verdicts) == 2 and None not in verdicts.values() and len(set(verdicts.values())) == 1),
+            "right": sum(right),
+            "judged": len(rs),
+        }
     return out
 
 
 # --- intervals and tests ----------------------------------------------------------------------
 
-def bootstrap_ci(values, weights=None, n_boot: int = N_BOOT, seed: int = 0,  # noqa: ANN001
-                 level: float = LEVEL) -> tuple[float, float] | None:
+
+def bootstrap_ci(
+    values,
+    weights=None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[float, float] | None:
     """Percentile bootstrap of sum(values)/sum(weights) over items (weights: judgments per item;
     default 1 each). None for no items."""
     v = np.asarray(values, dtype=float)
@@ -147,8 +157,9 @@ def bootstrap_ci(values, weights=None, n_boot: int = N_BOOT, seed: int = 0,  # n
     return float(lo), float(hi)
 
 
-def bootstrap_macro_ci(groups: list, n_boot: int = N_BOOT, seed: int = 0,  # noqa: ANN001
-                       level: float = LEVEL) -> tuple[float, float] | None:
+def bootstrap_macro_ci(
+    groups: list, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float] | None:
     """Mean of per-group accuracies, each group resampled on its own (stratified bootstrap)."""
     groups = [np.asarray(g, dtype=float) for g in groups if len(g)]
     if not groups:
@@ -164,20 +175,27 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
-def compare(a: dict[str, int], b: dict[str, int], n_boot: int = N_BOOT, seed: int = 0,
-            level: float = LEVEL) -> dict:
+def compare(a: dict[str, int], b: dict[str, int], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
     """Paired comparison of two checkpoints' per-item outcomes (1 right / 0 wrong) on the items both
     scored: accuracies, difference b - a with a paired-bootstrap interval and p-value, exact McNemar."""
     common = sorted(set(a) & set(b))
     x = np.array([a[i] for i in common], dtype=float)
     y = np.array([b[i] for i in common], dtype=float)
-    out = {"n": len(common), "accuracy_a": None, "accuracy_b": None, "difference": None, "ci": None,
-           "a_only": int(((x == 1) & (y == 0)).sum()), "b_only": int(((x == 0) & (y == 1)).sum()),
-           "mcnemar_p": 1.0, "bootstrap_p": 1.0}
+    out = {
+        "n": len(common),
+        "accuracy_a": None,
+        "accuracy_b": None,
+        "difference": None,
+        "ci": None,
+        "a_only": int(((x == 1) & (y == 0)).sum()),
+        "b_only": int(((x == 0) & (y == 1)).sum()),
+        "mcnemar_p": 1.0,
+        "bootstrap_p": 1.0,
+    }
     if not common:
         return out
     out.update(accuracy_a=float(x.mean()), accuracy_b=float(y.mean()), difference=float(y.mean() - x.mean()))
@@ -190,8 +208,14 @@ def compare(a: dict[str, int], b: dict[str, int], n_boot: int = N_BOOT, seed: in
     return out
 
 
-def paired_bootstrap(a: dict[str, float], b: dict[str, float], weights: dict[str, float] | None = None,
-                     n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
+def paired_bootstrap(
+    a: dict[str, float],
+    b: dict[str, float],
+    weights: dict[str, float] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict:
     """The difference b - a of two accuracies measured on the same items, each the ratio
     sum(right) / sum(weight) (a[i], b[i]: right judgments of item i; weights[i]: its judgments,
     default 1), with a percentile-bootstrap interval that resamples the items of both together
@@ -215,6 +239,7 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], weights: dict[str
 
 # --- summaries: what goes to eval_summaries ---------------------------------------------------
 
+
 def _ci_rows(category: str, metric: str, ci: tuple[float, float] | None, n: int) -> list[tuple]:
     return [] if ci is None else [(category, f"{metric}_ci_low", ci[0], n), (category, f"{metric}_ci_high", ci[1], n)]
 
@@ -235,8 +260,16 @@ def item_outcomes(benchmark: str, official: list[dict], both: list[dict], k: int
     return official_score(benchmark, official, k).outcome
 
 
-def summarize_benchmark(benchmark: str, official: list[dict], both: list[dict], k: int, items_total: int,
-                        items_excluded: int, n_boot: int = N_BOOT, seed: int = 0) -> list[tuple[str, str, float, int]]:
+def summarize_benchmark(
+    benchmark: str,
+    official: list[dict],
+    both: list[dict],
+    k: int,
+    items_total: int,
+    items_excluded: int,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> list[tuple[str, str, float, int]]:
     """(category, metric, value, n) rows: accuracy (official) with CI per category, overall and macro;
     both_orders (right in both orders) and position_bias with CIs; item counts under "overall"."""
     rows: list[tuple[str, str, float, int]] = []
@@ -256,22 +289,24 @@ def summarize_benchmark(benchmark: str, official: list[dict], both: list[dict], 
     counts = defaultdict(int)
     for s in score.status.values():
         counts[s] += 1
-    rows += [("overall", "items_total", float(items_total), items_total),
-             ("overall", "items_excluded", float(items_excluded), items_excluded),
-             ("overall", "items_judged", float(len(score.category)), len(score.category)),
-             ("overall", "items_scored", float(len(score.outcome)), len(score.outcome))]
+    rows += [
+        ("overall", "items_total", float(items_total), items_total),
+        ("overall", "items_excluded", float(items_excluded), items_excluded),
+        ("overall", "items_judged", float(len(score.category)), len(score.category)),
+        ("overall", "items_scored", float(len(score.outcome)), len(score.outcome)),
+    ]
     rows += [("overall", f"items_{status}", float(n), n) for status, n in sorted(counts.items())]
     return rows
 
 
-def both_order_rows(both: list[dict], score: Score | None, cats: list[str], n_boot: int = N_BOOT,
-                    seed: int = 0) -> list[tuple[str, str, float, int]]:
+def both_order_rows(
+    both: list[dict], score: Score | None, cats: list[str], n_boot: int = N_BOOT, seed: int = 0
+) -> list[tuple[str, str, float, int]]:
     per_item = both_orders(both)
     groups = score.groups if score is not None else {}
     rows = []
     for cat in ["overall", *cats]:
-        members = [r for r in per_item.values()
-                   if cat == "overall" or r["category"] in groups.get(cat, (cat,))]
+        members = [r for r in per_item.values() if cat == "overall" or r["category"] in groups.get(cat, (cat,))]
         if not members:
             continue
         n = len(members)
@@ -294,7 +329,11 @@ def summarize_heldout(results: list[dict], n_boot: int = N_BOOT, seed: int = 0) 
             continue
         judged = sum(r["judged"] for r in members)
         rows.append((cat, "accuracy", sum(r["right"] for r in members) / judged, judged))
-        rows += _ci_rows(cat, "accuracy", bootstrap_ci([r["right"] for r in members], [r["judged"] for r in members],
-                                                       n_boot=n_boot, seed=seed), judged)
+        rows += _ci_rows(
+            cat,
+            "accuracy",
+            bootstrap_ci([r["right"] for r in members], [r["judged"] for r in members], n_boot=n_boot, seed=seed),
+            judged,
+        )
     rows += both_order_rows(results, None, cats, n_boot, seed)
     return rows

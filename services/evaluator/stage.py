@@ -20,6 +20,7 @@ Out:   `eval_results` rows per item, order and sample; `eval_summaries` rows per
        `set_aside` rows (stage "evaluator", "<benchmark>:<record id>") for excluded records.
 Next:  loop.on_evaluated -> the next iteration, or the end of the run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,12 +52,13 @@ log = logging.getLogger(__name__)
 
 class EvalPlan(Message):
     """Evaluate one checkpoint. The loop sends EvalTask's three fields (the rest default)."""
+
     run_id: int
     iteration: int
     checkpoint_id: int
     heldout: bool = True
-    benchmarks: list[dict] | None = None   # None: settings.eval.benchmarks
-    strict: bool = False    # a benchmark file that cannot be loaded: raise (else: skip it, set aside why)
+    benchmarks: list[dict] | None = None  # None: settings.eval.benchmarks
+    strict: bool = False  # a benchmark file that cannot be loaded: raise (else: skip it, set aside why)
 
 
 class EvalShard(Message):
@@ -66,7 +68,7 @@ class EvalShard(Message):
     index: int
     benchmark: str
     input_key: str
-    protocol: dict          # make_protocol keyword arguments
+    protocol: dict  # make_protocol keyword arguments
 
 
 def summarize(results: list[dict]) -> list[tuple[str, str, float, int]]:
@@ -88,6 +90,7 @@ def handle(payload: dict, ctx: Context) -> None:
 
 # --- plan ---------------------------------------------------------------------------------------
 
+
 def plan_key(run_id: int, iteration: int) -> str:
     return f"runs/{run_id}/eval/plans/iter{iteration}.json"
 
@@ -105,37 +108,54 @@ def _specs(ctx: Context, task: EvalPlan) -> list[dict]:
 
 def _finished(ctx: Context, run_id: int, iteration: int) -> bool:
     with ctx.sessions() as s:
-        return s.scalar(select(EvalSummary.id).where(EvalSummary.run_id == run_id,
-                                                     EvalSummary.iteration == iteration).limit(1)) is not None
+        return (
+            s.scalar(
+                select(EvalSummary.id).where(EvalSummary.run_id == run_id, EvalSummary.iteration == iteration).limit(1)
+            )
+            is not None
+        )
 
 
 def plan(task: EvalPlan, ctx: Context) -> None:
-    if _finished(ctx, task.run_id, task.iteration):     # redelivered after the end
-        loop.on_evaluated(ctx, EvalTask(run_id=task.run_id, iteration=task.iteration,
-                                        checkpoint_id=task.checkpoint_id))
+    if _finished(ctx, task.run_id, task.iteration):  # redelivered after the end
+        loop.on_evaluated(ctx, EvalTask(run_id=task.run_id, iteration=task.iteration, checkpoint_id=task.checkpoint_id))
         return
     key = plan_key(task.run_id, task.iteration)
-    if ctx.store.exists(key):     # planned before (a redelivery or `resume`): re-send what is unfinished
+    if ctx.store.exists(key):  # planned before (a redelivery or `resume`): re-send what is unfinished
         the_plan = json.loads(ctx.store.get_bytes(key))
     else:
         entries, failed = [], []
         seed = ctx.settings.run.seed
         if task.heldout:
-            entries.append({"name": HELDOUT, "protocol": {"benchmark": HELDOUT, "seed": seed,
-                                                          "max_new_tokens": ctx.settings.eval.max_new_tokens},
-                            **_heldout_manifest(ctx, task.run_id)})
+            entries.append(
+                {
+                    "name": HELDOUT,
+                    "protocol": {
+                        "benchmark": HELDOUT,
+                        "seed": seed,
+                        "max_new_tokens": ctx.settings.eval.max_new_tokens,
+                    },
+                    **_heldout_manifest(ctx, task.run_id),
+                }
+            )
         for spec in _specs(ctx, task):
-            protocol = {"benchmark": spec["name"], "k": spec.get("k"), "parser": spec.get("parser") or "official",
-                        "max_new_tokens": spec.get("max_new_tokens"), "seed": seed}
-            make_protocol(**protocol)   # fail here, not in every shard, on a bad k / parser
+            protocol = {
+                "benchmark": spec["name"],
+                "k": spec.get("k"),
+                "parser": spec.get("parser") or "official",
+                "max_new_tokens": spec.get("max_new_tokens"),
+                "seed": seed,
+            }
+            make_protocol(**protocol)  # fail here, not in every shard, on a bad k / parser
             try:
                 manifest = _benchmark_manifest(ctx, task.run_id, spec)
             except (FileNotFoundError, ValueError) as exc:
                 if task.strict:
                     raise
                 # the loop goes on without it (and tries again next iteration); the reason is kept
-                log.error("evaluator: run %s iter %s: %s not evaluated: %s", task.run_id, task.iteration,
-                          spec["name"], exc)
+                log.error(
+                    "evaluator: run %s iter %s: %s not evaluated: %s", task.run_id, task.iteration, spec["name"], exc
+                )
                 failed.append((spec["name"], f"benchmark not loaded: {type(exc).__name__}: {exc}"))
                 continue
             entries.append({"name": spec["name"], "protocol": protocol, "spec": spec, **manifest})
@@ -143,46 +163,100 @@ def plan(task: EvalPlan, ctx: Context) -> None:
         for entry in entries:
             entry["shard_indexes"] = list(range(index, index + len(entry["shards"])))
             index += len(entry["shards"])
-        the_plan = {"run_id": task.run_id, "iteration": task.iteration, "checkpoint_id": task.checkpoint_id,
-                    "benchmarks": entries, "not_loaded": failed}
+        the_plan = {
+            "run_id": task.run_id,
+            "iteration": task.iteration,
+            "checkpoint_id": task.checkpoint_id,
+            "benchmarks": entries,
+            "not_loaded": failed,
+        }
         ctx.store.put_bytes(key, json.dumps(the_plan).encode())
-    shards = [(entry, i, shard_key) for entry in the_plan["benchmarks"]
-              for i, shard_key in zip(entry["shard_indexes"], entry["shards"])]
+    shards = [
+        (entry, i, shard_key)
+        for entry in the_plan["benchmarks"]
+        for i, shard_key in zip(entry["shard_indexes"], entry["shards"])
+    ]
     with ctx.sessions.begin() as s:
-        rows = {r.index: r for r in s.scalars(select(Shard).where(
-            Shard.run_id == task.run_id, Shard.iteration == task.iteration, Shard.stage == STAGE))}
+        rows = {
+            r.index: r
+            for r in s.scalars(
+                select(Shard).where(
+                    Shard.run_id == task.run_id, Shard.iteration == task.iteration, Shard.stage == STAGE
+                )
+            )
+        }
         for entry, index, shard_key in shards:
             row = rows.get(index)
             if row is None:
-                s.add(Shard(run_id=task.run_id, iteration=task.iteration, stage=STAGE, index=index,
-                            input_key=shard_key, state="pending", attempts=0))
-            elif row.input_key != shard_key:     # a row made for a failure report before the plan existed
+                s.add(
+                    Shard(
+                        run_id=task.run_id,
+                        iteration=task.iteration,
+                        stage=STAGE,
+                        index=index,
+                        input_key=shard_key,
+                        state="pending",
+                        attempts=0,
+                    )
+                )
+            elif row.input_key != shard_key:  # a row made for a failure report before the plan existed
                 row.input_key = shard_key
         planned = {index for _, index, _ in shards}
         for index, row in list(rows.items()):
-            if index not in planned:             # likewise, with no shard of that index in the plan
+            if index not in planned:  # likewise, with no shard of that index in the plan
                 s.delete(row)
                 del rows[index]
-        aside = {r for r in s.scalars(select(SetAside.record_id).where(
-            SetAside.run_id == task.run_id, SetAside.iteration == task.iteration, SetAside.stage == STAGE))}
-        excluded = [(f"{e['name']}:{record_id}", reason) for e in the_plan["benchmarks"]
-                    for record_id, reason in e["excluded"]]
+        aside = {
+            r
+            for r in s.scalars(
+                select(SetAside.record_id).where(
+                    SetAside.run_id == task.run_id, SetAside.iteration == task.iteration, SetAside.stage == STAGE
+                )
+            )
+        }
+        excluded = [
+            (f"{e['name']}:{record_id}", reason) for e in the_plan["benchmarks"] for record_id, reason in e["excluded"]
+        ]
         for name, reason in the_plan.get("not_loaded", []):
             excluded.append((f"{name}:*", reason))
         for rid, reason in excluded:
             if rid[:300] not in aside:
                 aside.add(rid[:300])
-                s.add(SetAside(run_id=task.run_id, iteration=task.iteration, stage=STAGE, record_id=rid[:300],
-                               reason=reason[:300]))
+                s.add(
+                    SetAside(
+                        run_id=task.run_id,
+                        iteration=task.iteration,
+                        stage=STAGE,
+                        record_id=rid[:300],
+                        reason=reason[:300],
+                    )
+                )
         done = {r.index for r in rows.values() if r.state == "done"}
     todo = [(entry, index, shard_key) for entry, index, shard_key in shards if index not in done]
     for entry, index, shard_key in todo:
-        ctx.bus.send(STAGE, EvalShard(run_id=task.run_id, iteration=task.iteration, checkpoint_id=task.checkpoint_id,
-                                      index=index, benchmark=entry["name"], input_key=shard_key,
-                                      protocol=entry["protocol"]))
-    log.info("evaluator: run %s iter %s checkpoint %s: %s", task.run_id, task.iteration, task.checkpoint_id,
-             ", ".join(f"{e['name']} {e['items']} items ({len(e['excluded'])} excluded) in {len(e['shards'])} shards"
-                       for e in the_plan["benchmarks"]) or "nothing to evaluate")
+        ctx.bus.send(
+            STAGE,
+            EvalShard(
+                run_id=task.run_id,
+                iteration=task.iteration,
+                checkpoint_id=task.checkpoint_id,
+                index=index,
+                benchmark=entry["name"],
+                input_key=shard_key,
+                protocol=entry["protocol"],
+            ),
+        )
+    log.info(
+        "evaluator: run %s iter %s checkpoint %s: %s",
+        task.run_id,
+        task.iteration,
+        task.checkpoint_id,
+        ", ".join(
+            f"{e['name']} {e['items']} items ({len(e['excluded'])} excluded) in {len(e['shards'])} shards"
+            for e in the_plan["benchmarks"]
+        )
+        or "nothing to evaluate",
+    )
     if not todo:
         _maybe_finish(ctx, task.run_id, task.iteration, task.checkpoint_id)
 
@@ -200,16 +274,33 @@ def _heldout_manifest(ctx: Context, run_id: int) -> dict:
     if ctx.store.exists(key):
         return json.loads(ctx.store.get_bytes(key))
     size = ctx.settings.run.shard_size
-    items = [{"item_id": r["item_id"], "category": r["category"], "source": r.get("error_type") or "",
-              "query": r["instruction"], "responses": [r["preferred"], r["rejected"]], "better": 0,
-              "image_key": r["image_key"]}
-             for r in get_jsonl(ctx.store, loop.heldout_key(run_id))] if ctx.store.exists(loop.heldout_key(run_id)) \
+    items = (
+        [
+            {
+                "item_id": r["item_id"],
+                "category": r["category"],
+                "source": r.get("error_type") or "",
+                "query": r["instruction"],
+                "responses": [r["preferred"], r["rejected"]],
+                "better": 0,
+                "image_key": r["image_key"],
+            }
+            for r in get_jsonl(ctx.store, loop.heldout_key(run_id))
+        ]
+        if ctx.store.exists(loop.heldout_key(run_id))
         else []
+    )
     shards = []
     for i in range(0, len(items), size):
         shards.append(_shard_file(run_id, HELDOUT, len(shards)))
-        put_jsonl(ctx.store, shards[-1], items[i:i + size])
-    manifest = {"items": len(items), "total": len(items), "excluded": [], "shards": shards, "uri": loop.heldout_key(run_id)}
+        put_jsonl(ctx.store, shards[-1], items[i : i + size])
+    manifest = {
+        "items": len(items),
+        "total": len(items),
+        "excluded": [],
+        "shards": shards,
+        "uri": loop.heldout_key(run_id),
+    }
     ctx.store.put_bytes(key, json.dumps(manifest).encode())
     return manifest
 
@@ -248,8 +339,17 @@ def _benchmark_manifest(ctx: Context, run_id: int, spec: dict) -> dict:
             excluded.append((rec.record_id, rec.reason))
             ctx.metrics.items_rejected.labels(STAGE, rec.kind).inc()
             continue
-        batch.append({"item_id": rec.item_id, "category": rec.category, "source": rec.source, "query": rec.query,
-                      "responses": list(rec.responses), "better": rec.better, "image_key": _put_image(ctx.store, rec.image)})
+        batch.append(
+            {
+                "item_id": rec.item_id,
+                "category": rec.category,
+                "source": rec.source,
+                "query": rec.query,
+                "responses": list(rec.responses),
+                "better": rec.better,
+                "image_key": _put_image(ctx.store, rec.image),
+            }
+        )
         items += 1
         if len(batch) == size:
             flush()
@@ -257,8 +357,15 @@ def _benchmark_manifest(ctx: Context, run_id: int, spec: dict) -> dict:
         flush()
     manifest = {"items": items, "total": total, "excluded": excluded, "shards": shards, "uri": spec["path"]}
     ctx.store.put_bytes(key, json.dumps(manifest).encode())
-    log.info("evaluator: %s from %s: %s records, %s items, %s excluded (%.1fs)", name, spec["path"], total, items,
-             len(excluded), time.perf_counter() - start)
+    log.info(
+        "evaluator: %s from %s: %s records, %s items, %s excluded (%.1fs)",
+        name,
+        spec["path"],
+        total,
+        items,
+        len(excluded),
+        time.perf_counter() - start,
+    )
     for record_id, reason in excluded[:20]:
         log.warning("evaluator: %s record %s excluded: %s", name, record_id, reason)
     return manifest
@@ -266,8 +373,15 @@ def _benchmark_manifest(ctx: Context, run_id: int, spec: dict) -> dict:
 
 # --- shards -------------------------------------------------------------------------------------
 
-def judge_items(backend, protocol: Protocol, records: list[dict], images: dict, metrics=None,  # noqa: ANN001
-                progress=None) -> dict[str, list[dict]]:  # noqa: ANN001
+
+def judge_items(
+    backend,
+    protocol: Protocol,
+    records: list[dict],
+    images: dict,
+    metrics=None,  # noqa: ANN001
+    progress=None,
+) -> dict[str, list[dict]]:
     """Every judgment of these items under the protocol: item_id -> rows {benchmark, item_id, category,
     order, sample, output, verdict, correct}. Official samples at the protocol's temperature; the
     both-orders pass (and a greedy official pass) share one greedy generation per (item, order)."""
@@ -291,17 +405,38 @@ def judge_items(backend, protocol: Protocol, records: list[dict], images: dict, 
         if protocol.both_orders:
             for order in ("AB", "BA"):
                 greedy.setdefault((rec["item_id"], order), request(order, f"{rec['item_id']}:{order}"))
-                plan_rows.append((rec, both_name(name) if name != HELDOUT else HELDOUT, order, 0,
-                                  ("greedy", (rec["item_id"], order))))
+                plan_rows.append(
+                    (
+                        rec,
+                        both_name(name) if name != HELDOUT else HELDOUT,
+                        order,
+                        0,
+                        ("greedy", (rec["item_id"], order)),
+                    )
+                )
     max_new = protocol.max_new_tokens or 128
     start = time.perf_counter()
-    out_sampled = backend.generate(sampled, SamplingParams(n=1, temperature=protocol.temperature, top_p=protocol.top_p,
-                                                           max_new_tokens=max_new, seed=protocol.seed),
-                                   progress=progress) if sampled else []
+    out_sampled = (
+        backend.generate(
+            sampled,
+            SamplingParams(
+                n=1, temperature=protocol.temperature, top_p=protocol.top_p, max_new_tokens=max_new, seed=protocol.seed
+            ),
+            progress=progress,
+        )
+        if sampled
+        else []
+    )
     greedy_keys = list(greedy)
-    out_greedy = backend.generate([greedy[k] for k in greedy_keys],
-                                  SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new),
-                                  progress=progress) if greedy_keys else []
+    out_greedy = (
+        backend.generate(
+            [greedy[k] for k in greedy_keys],
+            SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new),
+            progress=progress,
+        )
+        if greedy_keys
+        else []
+    )
     gens = {("sampled", i): g for i, g in enumerate(out_sampled)}
     gens.update({("greedy", k): g for k, g in zip(greedy_keys, out_greedy)})
     if metrics is not None:
@@ -314,9 +449,18 @@ def judge_items(backend, protocol: Protocol, records: list[dict], images: dict, 
         parsed = protocol.parse(text)
         if parsed.choice is None and metrics is not None:
             metrics.parse_failures.labels(STAGE, parsed.reason).inc()
-        results[rec["item_id"]].append({"benchmark": bench, "item_id": rec["item_id"], "category": rec["category"],
-                                        "order": order, "sample": sample, "output": text, "verdict": parsed.choice,
-                                        "correct": parsed.choice == correct_letter(order)})
+        results[rec["item_id"]].append(
+            {
+                "benchmark": bench,
+                "item_id": rec["item_id"],
+                "category": rec["category"],
+                "order": order,
+                "sample": sample,
+                "output": text,
+                "verdict": parsed.choice,
+                "correct": parsed.choice == correct_letter(order),
+            }
+        )
     return results
 
 
@@ -335,20 +479,29 @@ def run_shard(task: EvalShard, ctx: Context) -> None:
     records = list(get_jsonl(ctx.store, task.input_key))
     names = [task.benchmark, both_name(task.benchmark)]
     with ctx.sessions() as s:
-        finished = set(s.scalars(select(EvalResult.item_id).distinct().where(
-            EvalResult.run_id == task.run_id, EvalResult.iteration == task.iteration,
-            EvalResult.benchmark.in_(names), EvalResult.item_id.in_([r["item_id"] for r in records]))))
+        finished = set(
+            s.scalars(
+                select(EvalResult.item_id)
+                .distinct()
+                .where(
+                    EvalResult.run_id == task.run_id,
+                    EvalResult.iteration == task.iteration,
+                    EvalResult.benchmark.in_(names),
+                    EvalResult.item_id.in_([r["item_id"] for r in records]),
+                )
+            )
+        )
     todo = [r for r in records if r["item_id"] not in finished]
     m.items_in.labels(STAGE).inc(len(records))
     if todo:
         backend = ctx.models.backend(task.checkpoint_id)
         chunk = max(1, ctx.settings.model.batch_size)
         for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
+            part = todo[i : i + chunk]
             images = {r["image_key"]: get_image(ctx.store, r["image_key"]) for r in part}
             results = judge_items(backend, protocol, part, images, metrics=m)
             _write_items(ctx, task, results)
-    failpoint("evaluator.before_commit")   # fault tests: die after the items, before the shard is recorded
+    failpoint("evaluator.before_commit")  # fault tests: die after the items, before the shard is recorded
     with ctx.sessions.begin() as s:
         row = shards.shard_row(s, STAGE, task)
         row.state, row.items_in, row.items_out, row.error = "done", len(records), len(todo), None
@@ -356,9 +509,16 @@ def run_shard(task: EvalShard, ctx: Context) -> None:
     m.items_out.labels(STAGE).inc(len(todo))
     m.shards.labels(STAGE, "done").inc()
     m.shard_seconds.labels(STAGE).observe(time.perf_counter() - start)
-    log.info("evaluator: run %s iter %s %s shard %s: %s items judged, %s already done (%.1fs)", task.run_id,
-             task.iteration, task.benchmark, task.index, len(todo), len(records) - len(todo),
-             time.perf_counter() - start)
+    log.info(
+        "evaluator: run %s iter %s %s shard %s: %s items judged, %s already done (%.1fs)",
+        task.run_id,
+        task.iteration,
+        task.benchmark,
+        task.index,
+        len(todo),
+        len(records) - len(todo),
+        time.perf_counter() - start,
+    )
     _maybe_finish(ctx, task.run_id, task.iteration, task.checkpoint_id)
 
 
@@ -368,23 +528,46 @@ def _write_items(ctx: Context, task: EvalShard, results: dict[str, list[dict]]) 
         try:
             with ctx.sessions.begin() as s:
                 for r in rows:
-                    s.add(EvalResult(run_id=task.run_id, iteration=task.iteration, checkpoint_id=task.checkpoint_id,
-                                     benchmark=r["benchmark"], item_id=item_id[:200], category=r["category"][:80],
-                                     order=r["order"], sample=r["sample"], output=r["output"], verdict=r["verdict"],
-                                     correct=r["correct"]))
-        except IntegrityError:   # the same item written by a redelivered copy of this shard
+                    s.add(
+                        EvalResult(
+                            run_id=task.run_id,
+                            iteration=task.iteration,
+                            checkpoint_id=task.checkpoint_id,
+                            benchmark=r["benchmark"],
+                            item_id=item_id[:200],
+                            category=r["category"][:80],
+                            order=r["order"],
+                            sample=r["sample"],
+                            output=r["output"],
+                            verdict=r["verdict"],
+                            correct=r["correct"],
+                        )
+                    )
+        except IntegrityError:  # the same item written by a redelivered copy of this shard
             log.info("evaluator: item %s of run %s iter %s already recorded", item_id, task.run_id, task.iteration)
 
 
 # --- finish -------------------------------------------------------------------------------------
 
+
 def result_rows(s, run_id: int, iteration: int, benchmark: str) -> list[dict]:  # noqa: ANN001
     """The scoring columns only (not the outputs) of one benchmark's rows."""
-    cols = (EvalResult.item_id, EvalResult.category, EvalResult.order, EvalResult.sample, EvalResult.verdict,
-            EvalResult.correct)
-    return [dict(zip(("item_id", "category", "order", "sample", "verdict", "correct"), r))
-            for r in s.execute(select(*cols).where(EvalResult.run_id == run_id, EvalResult.iteration == iteration,
-                                                   EvalResult.benchmark == benchmark).order_by(EvalResult.id))]
+    cols = (
+        EvalResult.item_id,
+        EvalResult.category,
+        EvalResult.order,
+        EvalResult.sample,
+        EvalResult.verdict,
+        EvalResult.correct,
+    )
+    return [
+        dict(zip(("item_id", "category", "order", "sample", "verdict", "correct"), r))
+        for r in s.execute(
+            select(*cols)
+            .where(EvalResult.run_id == run_id, EvalResult.iteration == iteration, EvalResult.benchmark == benchmark)
+            .order_by(EvalResult.id)
+        )
+    ]
 
 
 def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int) -> None:
@@ -392,10 +575,18 @@ def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int)
     summaries: dict[str, list[tuple]] = {}
     with ctx.sessions.begin() as s:
         s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == iteration).with_for_update())
-        pending = s.scalar(select(func.count()).select_from(Shard).where(
-            Shard.run_id == run_id, Shard.iteration == iteration, Shard.stage == STAGE, Shard.state != "done"))
-        if pending or s.scalar(select(EvalSummary.id).where(EvalSummary.run_id == run_id,
-                                                            EvalSummary.iteration == iteration).limit(1)) is not None:
+        pending = s.scalar(
+            select(func.count())
+            .select_from(Shard)
+            .where(Shard.run_id == run_id, Shard.iteration == iteration, Shard.stage == STAGE, Shard.state != "done")
+        )
+        if (
+            pending
+            or s.scalar(
+                select(EvalSummary.id).where(EvalSummary.run_id == run_id, EvalSummary.iteration == iteration).limit(1)
+            )
+            is not None
+        ):
             return
         the_plan = json.loads(ctx.store.get_bytes(plan_key(run_id, iteration)))
         for entry in the_plan["benchmarks"]:
@@ -405,13 +596,28 @@ def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int)
                 rows.append(("overall", "items_total", float(total), total))
             else:
                 k = make_protocol(**entry["protocol"]).k
-                rows = scoring.summarize_benchmark(name, result_rows(s, run_id, iteration, name),
-                                                   result_rows(s, run_id, iteration, both_name(name)), k, total,
-                                                   n_excluded)
+                rows = scoring.summarize_benchmark(
+                    name,
+                    result_rows(s, run_id, iteration, name),
+                    result_rows(s, run_id, iteration, both_name(name)),
+                    k,
+                    total,
+                    n_excluded,
+                )
             summaries[name] = rows
             for category, metric, value, n in rows:
-                s.add(EvalSummary(run_id=run_id, iteration=iteration, checkpoint_id=checkpoint_id, benchmark=name,
-                                  category=category[:80], metric=metric, value=value, n=n))
+                s.add(
+                    EvalSummary(
+                        run_id=run_id,
+                        iteration=iteration,
+                        checkpoint_id=checkpoint_id,
+                        benchmark=name,
+                        category=category[:80],
+                        metric=metric,
+                        value=value,
+                        n=n,
+                    )
+                )
     for name, rows in summaries.items():
         values = {(c, metric): (v, n) for c, metric, v, n in rows}
         for (category, metric), (value, _) in values.items():
@@ -419,23 +625,43 @@ def _maybe_finish(ctx: Context, run_id: int, iteration: int, checkpoint_id: int)
                 ctx.metrics.eval_accuracy.labels(str(run_id), str(iteration), name, category).set(value)
         get = lambda c, metric: values.get((c, metric), (float("nan"), 0))  # noqa: E731
         if name == HELDOUT:
-            log.info("evaluator: run %s iter %s checkpoint %s: accuracy %.3f, both orders %.3f, position bias %.3f",
-                     run_id, iteration, checkpoint_id, get("overall", "accuracy")[0],
-                     get("overall", "both_orders")[0], get("overall", "position_bias")[0])
+            log.info(
+                "evaluator: run %s iter %s checkpoint %s: accuracy %.3f, both orders %.3f, position bias %.3f",
+                run_id,
+                iteration,
+                checkpoint_id,
+                get("overall", "accuracy")[0],
+                get("overall", "both_orders")[0],
+                get("overall", "position_bias")[0],
+            )
         else:
-            log.info("evaluator: run %s iter %s checkpoint %s: %s overall %.3f (n=%s), macro %.3f, both orders %.3f, "
-                     "position bias %.3f; %s of %s records excluded", run_id, iteration, checkpoint_id, name,
-                     get("overall", "accuracy")[0], get("overall", "accuracy")[1], get("macro", "accuracy")[0],
-                     get("overall", "both_orders")[0], get("overall", "position_bias")[0],
-                     int(get("overall", "items_excluded")[0]), int(get("overall", "items_total")[0]))
-    if iteration >= 1 and ctx.settings.filter.selection_holdout > 0:    # the label-free selection set
+            log.info(
+                "evaluator: run %s iter %s checkpoint %s: %s overall %.3f (n=%s), macro %.3f, both orders %.3f, "
+                "position bias %.3f; %s of %s records excluded",
+                run_id,
+                iteration,
+                checkpoint_id,
+                name,
+                get("overall", "accuracy")[0],
+                get("overall", "accuracy")[1],
+                get("macro", "accuracy")[0],
+                get("overall", "both_orders")[0],
+                get("overall", "position_bias")[0],
+                int(get("overall", "items_excluded")[0]),
+                int(get("overall", "items_total")[0]),
+            )
+    if iteration >= 1 and ctx.settings.filter.selection_holdout > 0:  # the label-free selection set
         from selfjudge.shared.selection import judge_selection
 
-        try:        # after the summaries are written: a failure here must not stop the hand-off below
+        try:  # after the summaries are written: a failure here must not stop the hand-off below
             judge_selection(ctx, run_id, iteration, checkpoint_id)
-        except Exception:  # noqa: BLE001
-            log.exception("evaluator: run %s iter %s: the selection set could not be judged; `selfjudge select` "
-                          "will choose among the other checkpoints", run_id, iteration)
+        except Exception:
+            log.exception(
+                "evaluator: run %s iter %s: the selection set could not be judged; `selfjudge select` "
+                "will choose among the other checkpoints",
+                run_id,
+                iteration,
+            )
     loop.on_evaluated(ctx, EvalTask(run_id=run_id, iteration=iteration, checkpoint_id=checkpoint_id))
     _report_if_done(ctx, run_id)
 
@@ -450,11 +676,12 @@ def _report_if_done(ctx: Context, run_id: int) -> None:
 
         key = publish_report(ctx.sessions, run_id, ctx.store)
         log.info("evaluator: run %s report in the store at %s", run_id, key)
-    except Exception:   # a report is a convenience: never fail the evaluation for it
+    except Exception:  # a report is a convenience: never fail the evaluation for it
         log.exception("evaluator: run %s: the report could not be written", run_id)
 
 
 # --- outside the loop: `selfjudge eval` ----------------------------------------------------------
+
 
 def checkpoint_identity(model: str) -> tuple[str, str]:
     """(uri, content hash) for a local folder (hashed by file names, sizes and times, not contents)
@@ -469,9 +696,19 @@ def checkpoint_identity(model: str) -> tuple[str, str]:
     return f"hf:{model}", hashlib.sha256(model.encode()).hexdigest()
 
 
-def evaluate_standalone(settings, benchmark: str, data: str, model: str, k: int | None = None,  # noqa: ANN001
-                        images: str = "", parser: str = "official", limit: int = 0,
-                        max_new_tokens: int | None = None, metrics=None, resume: bool = True) -> dict:  # noqa: ANN001
+def evaluate_standalone(
+    settings,
+    benchmark: str,
+    data: str,
+    model: str,
+    k: int | None = None,
+    images: str = "",
+    parser: str = "official",
+    limit: int = 0,
+    max_new_tokens: int | None = None,
+    metrics=None,
+    resume: bool = True,
+) -> dict:
     """One evaluation of `model` on one benchmark file, through this service, with an in-process
     queue. Results go to the configured database (a run named "eval:<benchmark>" with iteration 0)
     and store. An unfinished evaluation of the same model on the same file is resumed."""
@@ -485,25 +722,34 @@ def evaluate_standalone(settings, benchmark: str, data: str, model: str, k: int 
 
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r} (have: {', '.join(BENCHMARKS)})")
-    make_protocol(benchmark, k, parser, max_new_tokens)      # bad k / parser: fail before any work
+    make_protocol(benchmark, k, parser, max_new_tokens)  # bad k / parser: fail before any work
     migrate(settings.database_url())
     sessions = make_sessionmaker(settings.database_url())
     store = open_store(settings.store, settings.run.work_dir)
     bus = LocalBus()
     ctx = make_context(settings, STAGE, bus, metrics=metrics or Metrics(), sessions=sessions, store=store)
     uri, digest = checkpoint_identity(model)
-    spec = {"name": benchmark, "path": data, "k": k, "images": images, "parser": parser,
-            "max_new_tokens": max_new_tokens, "limit": limit}
+    spec = {
+        "name": benchmark,
+        "path": data,
+        "k": k,
+        "images": images,
+        "parser": parser,
+        "max_new_tokens": max_new_tokens,
+        "limit": limit,
+    }
     wanted = {**spec, "checkpoint": digest, "seed": settings.run.seed, "shard_size": settings.run.shard_size}
     run_id = ckpt_id = None
     with sessions() as s:
         if resume:
-            for run in s.scalars(select(Run).where(Run.name == f"eval:{benchmark}", Run.status == "running")
-                                 .order_by(Run.id.desc())):
+            for run in s.scalars(
+                select(Run).where(Run.name == f"eval:{benchmark}", Run.status == "running").order_by(Run.id.desc())
+            ):
                 if (run.config or {}).get("evaluation") == wanted:
                     run_id = run.id
-                    ckpt_id = s.scalar(select(Iteration.output_checkpoint_id).where(Iteration.run_id == run.id,
-                                                                                   Iteration.number == 0))
+                    ckpt_id = s.scalar(
+                        select(Iteration.output_checkpoint_id).where(Iteration.run_id == run.id, Iteration.number == 0)
+                    )
                     break
     if run_id is None:
         with sessions.begin() as s:
@@ -517,13 +763,19 @@ def evaluate_standalone(settings, benchmark: str, data: str, model: str, k: int 
             run_id, ckpt_id = run.id, ckpt.id
     else:
         log.info("evaluator: resuming evaluation run %s", run_id)
-    bus.send(STAGE, EvalPlan(run_id=run_id, iteration=0, checkpoint_id=ckpt_id, heldout=False, benchmarks=[spec],
-                             strict=True))
+    bus.send(
+        STAGE,
+        EvalPlan(run_id=run_id, iteration=0, checkpoint_id=ckpt_id, heldout=False, benchmarks=[spec], strict=True),
+    )
     bus.drain({STAGE: lambda payload: handle(payload, ctx)})
     with sessions() as s:
         result = benchmark_result(s, run_id, 0, benchmark)
-    return {**result, "model": model, "data": data, "protocol": {**spec, **_protocol_info(make_protocol(
-        benchmark, k, parser, max_new_tokens))}}
+    return {
+        **result,
+        "model": model,
+        "data": data,
+        "protocol": {**spec, **_protocol_info(make_protocol(benchmark, k, parser, max_new_tokens))},
+    }
 
 
 def _protocol_info(p: Protocol) -> dict:

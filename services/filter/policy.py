@@ -13,6 +13,7 @@ Given all judgments of a shard (JudgmentRecords: pair_id, order "AB"/"BA", sampl
    coverage is kept as long as possible.
 Pairs of the checkpoint-selection set (`is_holdout`) are judged but never kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,12 @@ def _by_pair(judgments: list[JudgmentRecord]) -> dict[int, list[JudgmentRecord]]
     return by_pair
 
 
-def consistent_pairs(judgments: list[JudgmentRecord], require_both_orders: bool = True,
-                     require_all_samples: bool = True, min_sample_agreement: float = 0.5) -> list[JudgmentRecord]:
+def consistent_pairs(
+    judgments: list[JudgmentRecord],
+    require_both_orders: bool = True,
+    require_all_samples: bool = True,
+    min_sample_agreement: float = 0.5,
+) -> list[JudgmentRecord]:
     """The right traces of the pairs that pass the consistency rule (input order kept)."""
     kept_pairs = set()
     for pair_id, traces in _by_pair(judgments).items():
@@ -69,8 +74,8 @@ def cap_per_prompt(traces: list[JudgmentRecord], cap: int) -> list[JudgmentRecor
     for group in _by_pair(traces).values():
         ab = sorted((t for t in group if t.order == "AB"), key=lambda t: t.sample)
         ba = sorted((t for t in group if t.order == "BA"), key=lambda t: t.sample)
-        first, second = (ab, ba) if group[0].pair_id % 2 == 0 else (ba, ab)   # alternate across pairs
-        interleaved = [t for pair in zip(first, second) for t in pair] + first[len(second):] + second[len(first):]
+        first, second = (ab, ba) if group[0].pair_id % 2 == 0 else (ba, ab)  # alternate across pairs
+        interleaved = [t for pair in zip(first, second) for t in pair] + first[len(second) :] + second[len(first) :]
         kept_ids.update(id(t) for t in interleaved[:cap])
     return [t for t in traces if id(t) in kept_ids]
 

@@ -9,6 +9,7 @@ Does:  the current judge (checkpoint k-1) reads each pair in both orders (prefer
 Out:   judgments JSONL runs/<run>/iter<k>/judgments/<i>.jsonl; rows in `judgments`.
 Next:  loop.on_reasoned -> filter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ from collections import Counter
 
 from selfjudge.shared import loop, shards
 from selfjudge.shared.context import Context
-from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Judgment
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt, ordered
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
@@ -34,8 +35,13 @@ log = logging.getLogger(__name__)
 def handle(payload: dict, ctx: Context) -> None:
     task = ShardTask.model_validate(payload)
     out_key = shards.shard_key(task.run_id, task.iteration, "judgments", task.index)
-    shards.run_shard(ctx, STAGE, task, lambda attempt: reason(ctx, task, out_key, attempt),
-                     hand_off=lambda: loop.on_reasoned(ctx, task, out_key))
+    shards.run_shard(
+        ctx,
+        STAGE,
+        task,
+        lambda attempt: reason(ctx, task, out_key, attempt),
+        hand_off=lambda: loop.on_reasoned(ctx, task, out_key),
+    )
 
 
 def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt) -> None:
@@ -53,22 +59,30 @@ def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt)
         for order in ORDERS:
             a, b, correct = ordered(p.preferred, p.rejected, order)
             text = judge_prompt(p.instruction, a, b)
-            requests.append(ChatRequest(text=text, images=[images[p.image_key]], system=JUDGE_SYSTEM,
-                                        key=f"{p.pair_id}:{order}"))
+            requests.append(
+                ChatRequest(text=text, images=[images[p.image_key]], system=JUDGE_SYSTEM, key=f"{p.pair_id}:{order}")
+            )
             slots.append((p, order, correct, text))
 
     backend = ctx.models.backend(task.judge_checkpoint_id)
-    params = SamplingParams(n=cfg.samples_per_order, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens,
-                            seed=loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index).randrange(2**31))
+    params = SamplingParams(
+        n=cfg.samples_per_order,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=loop.rng_for(ctx.settings.run.seed, STAGE, task.iteration, task.index).randrange(2**31),
+    )
     gen_start = time.perf_counter()
-    gens = backend.generate(requests, params, progress=lambda done, total: log.info(
-        "reasoner: judged %s/%s", done, total)) if requests else []
+    gens = (
+        backend.generate(requests, params, progress=lambda done, total: log.info("reasoner: judged %s/%s", done, total))
+        if requests
+        else []
+    )
     m.generation_seconds.labels(STAGE).inc(time.perf_counter() - gen_start)
     m.generated_tokens.labels(STAGE).inc(sum(sum(g.token_counts) for g in gens))
     m.samples.labels(STAGE).inc(sum(len(g.texts) for g in gens))
 
-    failpoint("reasoner.before_commit")   # fault tests: die after the work, before recording it
+    failpoint("reasoner.before_commit")  # fault tests: die after the work, before recording it
     records: list[JudgmentRecord] = []
     failures = Counter()
     with ctx.sessions.begin() as s:
@@ -78,23 +92,56 @@ def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt)
                 if verdict.choice is None:
                     m.parse_failures.labels(STAGE, verdict.reason).inc()
                     failures[verdict.reason] += 1
-                row = Judgment(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
-                               pair_id=p.pair_id, order=order, sample=sample, prompt_text=text,
-                               output=output, verdict=verdict.choice, parse_reason=verdict.reason,
-                               correct=verdict.choice == correct, tokens=tokens,
-                               checkpoint_id=task.judge_checkpoint_id)
+                row = Judgment(
+                    run_id=task.run_id,
+                    iteration=task.iteration,
+                    shard_index=task.index,
+                    pair_id=p.pair_id,
+                    order=order,
+                    sample=sample,
+                    prompt_text=text,
+                    output=output,
+                    verdict=verdict.choice,
+                    parse_reason=verdict.reason,
+                    correct=verdict.choice == correct,
+                    tokens=tokens,
+                    checkpoint_id=task.judge_checkpoint_id,
+                )
                 s.add(row)
                 s.flush()
-                records.append(JudgmentRecord(
-                    judgment_id=row.id, pair_id=p.pair_id, order=order, sample=sample, image_key=p.image_key,
-                    prompt_text=text, output=output, verdict=verdict.choice, parse_reason=verdict.reason,
-                    correct=row.correct, question_type=p.question_type, errors=p.errors, method=p.method,
-                    source=p.source, prompt_id=p.prompt_id, holdout=p.holdout))
-        for aside in (err.set_aside() for err in bad):     # a line that is no pair record
+                records.append(
+                    JudgmentRecord(
+                        judgment_id=row.id,
+                        pair_id=p.pair_id,
+                        order=order,
+                        sample=sample,
+                        image_key=p.image_key,
+                        prompt_text=text,
+                        output=output,
+                        verdict=verdict.choice,
+                        parse_reason=verdict.reason,
+                        correct=row.correct,
+                        question_type=p.question_type,
+                        errors=p.errors,
+                        method=p.method,
+                        source=p.source,
+                        prompt_id=p.prompt_id,
+                        holdout=p.holdout,
+                    )
+                )
+        for aside in (err.set_aside() for err in bad):  # a line that is no pair record
             shards.set_aside(s, task, STAGE, aside.record_id, aside.reason)
             m.items_rejected.labels(STAGE, aside.code).inc()
         write_records(ctx.store, out_key, records)
         seconds = attempt.finish(s, out_key, len(pairs) + len(bad), len(records))
-    log.info("reasoner: run %s iter %s shard %s: %s pairs -> %s judgments, %s correct, unparseable %s (%.1fs)",
-             task.run_id, task.iteration, task.index, len(pairs), len(records),
-             sum(r.correct for r in records), dict(failures), seconds)
+    log.info(
+        "reasoner: run %s iter %s shard %s: %s pairs -> %s judgments, %s correct, unparseable %s (%.1fs)",
+        task.run_id,
+        task.iteration,
+        task.index,
+        len(pairs),
+        len(records),
+        sum(r.correct for r in records),
+        dict(failures),
+        seconds,
+    )

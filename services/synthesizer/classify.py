@@ -12,6 +12,7 @@ answers: short (median word count <= max_words) AND agreeing (the top normalised
 `synth.classify` ("cues" | "samples" | "both": a strong cue decides, otherwise the samples).
 Every decision comes with a human-readable reason, stored in Prompt.kind_reason.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,23 +24,44 @@ from .voting import normalize_answer
 
 # (pattern, reason, strong)
 CLOSED_CUES = [
-    (re.compile(r"\banswer with (a|one|the|an) (single )?(number|word|letter|option|digit|phrase)", re.I),
-     "answer-format instruction", True),
-    (re.compile(r"\b(answer|respond|reply) (in|with) (a )?(single|one|few|short) (word|number|letter|phrase)", re.I),
-     "answer-format instruction", True),
+    (
+        re.compile(r"\banswer with (a|one|the|an) (single )?(number|word|letter|option|digit|phrase)", re.I),
+        "answer-format instruction",
+        True,
+    ),
+    (
+        re.compile(r"\b(answer|respond|reply) (in|with) (a )?(single|one|few|short) (word|number|letter|phrase)", re.I),
+        "answer-format instruction",
+        True,
+    ),
     (re.compile(r"\b(single|one) (word|number|letter)\b", re.I), "asks for one word/number", True),
-    (re.compile(r"\b(option'?s? letter|letter of the (correct )?(option|choice|answer))\b", re.I),
-     "asks for an option letter", True),
+    (
+        re.compile(r"\b(option'?s? letter|letter of the (correct )?(option|choice|answer))\b", re.I),
+        "asks for an option letter",
+        True,
+    ),
     (re.compile(r"\b(yes or no|true or false)\b", re.I), "yes/no question", True),
     (re.compile(r"(^|\n)\s*\(?[A-H][.)]\s+\S", re.M), "lettered options", True),
-    (re.compile(r"^\s*(how many|what (colou?r|number|shape)|is there|are there|does|do|is|are|which|"
-                r"can|was|were|will|has|have)\b", re.I),
-     "short-answer question", False),
+    (
+        re.compile(
+            r"^\s*(how many|what (colou?r|number|shape)|is there|are there|does|do|is|are|which|"
+            r"can|was|were|will|has|have)\b",
+            re.I,
+        ),
+        "short-answer question",
+        False,
+    ),
 ]
 OPEN_CUES = [
-    (re.compile(r"\b(describe|explain|why|caption|list|write|summari[sz]e|tell me about|in detail|elaborate|"
-                r"step[- ]by[- ]step|what is happening|what's happening)\b", re.I),
-     "asks for a description/explanation", True),
+    (
+        re.compile(
+            r"\b(describe|explain|why|caption|list|write|summari[sz]e|tell me about|in detail|elaborate|"
+            r"step[- ]by[- ]step|what is happening|what's happening)\b",
+            re.I,
+        ),
+        "asks for a description/explanation",
+        True,
+    ),
 ]
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.):]\s+(.+?)\s*$", re.M)
@@ -59,9 +81,9 @@ def extract_options(instruction: str) -> list[str] | None:
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str        # "open" | "closed"
+    kind: str  # "open" | "closed"
     reason: str
-    strong: bool     # a cue sure enough to skip sampling
+    strong: bool  # a cue sure enough to skip sampling
 
 
 def classify_cues(instruction: str, options: list[str] | None = None) -> Decision:
@@ -82,8 +104,9 @@ def classify(instruction: str, options: list[str] | None = None) -> tuple[str, s
     return d.kind, d.reason
 
 
-def classify_samples(samples: list[str], options: list[str] | None = None, max_words: int = 5,
-                     min_agreement: float = 0.3) -> tuple[str, str]:
+def classify_samples(
+    samples: list[str], options: list[str] | None = None, max_words: int = 5, min_agreement: float = 0.3
+) -> tuple[str, str]:
     """("closed" | "open", reason) from sampled answers: short and agreeing -> closed."""
     if not samples:
         return "open", "samples: none"
@@ -93,13 +116,21 @@ def classify_samples(samples: list[str], options: list[str] | None = None, max_w
     share = top[0][1] / len(samples) if top else 0.0
     short, agree = words <= max_words, share >= min_agreement
     kind = "closed" if short and agree else "open"
-    detail = (f"median {words:g} words ({'<=' if short else '>'} {max_words}), "
-              f"top answer {top[0][1] if top else 0}/{len(samples)} ({'>=' if agree else '<'} {min_agreement:g})")
+    detail = (
+        f"median {words:g} words ({'<=' if short else '>'} {max_words}), "
+        f"top answer {top[0][1] if top else 0}/{len(samples)} ({'>=' if agree else '<'} {min_agreement:g})"
+    )
     return kind, f"samples: {detail}"
 
 
-def decide(mode: str, cue: Decision, samples: list[str] | None, options: list[str] | None = None,
-           max_words: int = 5, min_agreement: float = 0.3) -> tuple[str, str]:
+def decide(
+    mode: str,
+    cue: Decision,
+    samples: list[str] | None,
+    options: list[str] | None = None,
+    max_words: int = 5,
+    min_agreement: float = 0.3,
+) -> tuple[str, str]:
     """The final (kind, reason) for an "auto" prompt; `samples` is None when none were drawn."""
     if mode == "cues" or (mode == "both" and cue.strong) or samples is None:
         return cue.kind, cue.reason

@@ -16,6 +16,7 @@ style-mimic, synth.detail_max_length_ratio otherwise) and kept enough of the ori
 injected (`error_types`), read off the changed words: colour, shape, count, number, position,
 size, object (any other changed content word).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -43,28 +44,170 @@ STYLE_MIMIC_PROMPT = (
 )
 VARIANTS = {"detail": DETAIL_PROMPT, "style_mimic": STYLE_MIMIC_PROMPT}
 
-_COLOURS = {"red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "grey", "pink", "brown",
-            "violet", "cyan", "magenta", "gold", "silver", "beige", "teal", "navy", "maroon", "tan", "dark", "light"}
-_SHAPES = {"circle", "square", "triangle", "star", "diamond", "rectangle", "oval", "hexagon", "pentagon", "cube",
-           "sphere", "cylinder", "cone", "heart", "cross", "round", "circular", "rectangular", "triangular"}
-_POSITION = {"left", "right", "top", "bottom", "above", "below", "under", "over", "behind", "front", "beside",
-             "between", "next", "near", "far", "center", "centre", "middle", "upper", "lower", "leftmost",
-             "rightmost", "inside", "outside", "on", "in", "beneath", "underneath", "atop", "corner", "background",
-             "foreground"}
-_SIZE = {"small", "large", "big", "little", "tiny", "huge", "tall", "short", "long", "wide", "narrow", "giant",
-         "medium", "smaller", "larger", "bigger"}
-_NUMBER_WORDS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-                 "twelve", "dozen", "single", "several", "many", "few", "both", "no", "none", "pair", "couple"}
-_STOP = {"a", "an", "the", "is", "are", "was", "were", "and", "or", "of", "to", "with", "it", "its", "this", "that",
-         "there", "these", "those", "has", "have", "at", "by", "as", "be", "image", "picture", "shows", "show"}
+_COLOURS = {
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "black",
+    "white",
+    "gray",
+    "grey",
+    "pink",
+    "brown",
+    "violet",
+    "cyan",
+    "magenta",
+    "gold",
+    "silver",
+    "beige",
+    "teal",
+    "navy",
+    "maroon",
+    "tan",
+    "dark",
+    "light",
+}
+_SHAPES = {
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "diamond",
+    "rectangle",
+    "oval",
+    "hexagon",
+    "pentagon",
+    "cube",
+    "sphere",
+    "cylinder",
+    "cone",
+    "heart",
+    "cross",
+    "round",
+    "circular",
+    "rectangular",
+    "triangular",
+}
+_POSITION = {
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "above",
+    "below",
+    "under",
+    "over",
+    "behind",
+    "front",
+    "beside",
+    "between",
+    "next",
+    "near",
+    "far",
+    "center",
+    "centre",
+    "middle",
+    "upper",
+    "lower",
+    "leftmost",
+    "rightmost",
+    "inside",
+    "outside",
+    "on",
+    "in",
+    "beneath",
+    "underneath",
+    "atop",
+    "corner",
+    "background",
+    "foreground",
+}
+_SIZE = {
+    "small",
+    "large",
+    "big",
+    "little",
+    "tiny",
+    "huge",
+    "tall",
+    "short",
+    "long",
+    "wide",
+    "narrow",
+    "giant",
+    "medium",
+    "smaller",
+    "larger",
+    "bigger",
+}
+_NUMBER_WORDS = {
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "dozen",
+    "single",
+    "several",
+    "many",
+    "few",
+    "both",
+    "no",
+    "none",
+    "pair",
+    "couple",
+}
+_STOP = {
+    "a",
+    "an",
+    "the",
+    "is",
+    "are",
+    "was",
+    "were",
+    "and",
+    "or",
+    "of",
+    "to",
+    "with",
+    "it",
+    "its",
+    "this",
+    "that",
+    "there",
+    "these",
+    "those",
+    "has",
+    "have",
+    "at",
+    "by",
+    "as",
+    "be",
+    "image",
+    "picture",
+    "shows",
+    "show",
+}
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[A-Za-z]+(?:'[a-z]+)?")
 _CHATTY = re.compile(r"\b(?:sure|okay|certainly|here|rewritten|modified|altered|version|errors?)\b", re.I)
 _LABELLED = re.compile(r"^\s*(?:the\s+)?(?:rewritten|modified|altered|new)\s+(?:response|version|text)\s*:\s*", re.I)
 
 
 def alteration_prompt(variant: str, instruction: str, response: str, n_errors: int = 1) -> str:
-    return VARIANTS[variant].format(instruction=instruction, response=response, n=n_errors,
-                                    kinds=", ".join(ERROR_KINDS))
+    return VARIANTS[variant].format(
+        instruction=instruction, response=response, n=n_errors, kinds=", ".join(ERROR_KINDS)
+    )
 
 
 def clean_candidate(text: str) -> str:
@@ -72,7 +215,7 @@ def clean_candidate(text: str) -> str:
     text = (text or "").strip()
     first, _, rest = text.partition("\n")
     if rest and first.rstrip().endswith(":") and len(first) < 100 and _CHATTY.search(first):
-        text = rest.strip()         # "Sure, here is the rewritten response:\n..."
+        text = rest.strip()  # "Sure, here is the rewritten response:\n..."
     text = _LABELLED.sub("", text).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -128,7 +271,7 @@ def word_overlap(original: str, altered: str) -> float:
 @dataclass
 class Check:
     ok: bool
-    reason: str                   # "ok" | "empty" | "no_change" | "length" | "rewritten"
+    reason: str  # "ok" | "empty" | "no_change" | "length" | "rewritten"
     text: str = ""
     errors: list[str] = field(default_factory=list)
     changes: list[tuple[str, str]] = field(default_factory=list)
@@ -136,8 +279,13 @@ class Check:
     overlap: float = 0.0
 
     def summary(self) -> dict:
-        return {"reason": self.reason, "length_ratio": round(self.length_ratio, 3), "overlap": round(self.overlap, 3),
-                "errors": self.errors, "changes": [list(c) for c in self.changes[:8]]}
+        return {
+            "reason": self.reason,
+            "length_ratio": round(self.length_ratio, 3),
+            "overlap": round(self.overlap, 3),
+            "errors": self.errors,
+            "changes": [list(c) for c in self.changes[:8]],
+        }
 
 
 def check_alteration(original: str, candidate: str, max_length_ratio: float, min_overlap: float = 0.0) -> Check:
@@ -150,11 +298,11 @@ def check_alteration(original: str, candidate: str, max_length_ratio: float, min
     kinds, changes = error_types(original, text)
     check = Check(False, "", text, kinds, changes, ratio, overlap)
     if not changes:
-        check.reason = "no_change"          # only case, spacing or punctuation changed
+        check.reason = "no_change"  # only case, spacing or punctuation changed
     elif not 1 / max_length_ratio <= ratio <= max_length_ratio:
         check.reason = "length"
     elif overlap < min_overlap:
-        check.reason = "rewritten"          # not an edit of the original any more
+        check.reason = "rewritten"  # not an edit of the original any more
     else:
         check.ok, check.reason = True, "ok"
     return check

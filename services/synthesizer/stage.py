@@ -22,10 +22,12 @@ Out:   pairs JSONL runs/<run>/iter<k>/pairs/<i>.jsonl; rows in `pairs` (method, 
        set-aside rows with reasons.
 Next:  loop.on_synthesized -> reasoner.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import time
 from collections import Counter
@@ -36,11 +38,12 @@ from sqlalchemy import select
 
 from selfjudge.services.filter.policy import is_holdout
 from selfjudge.shared import loop, shards
+from selfjudge.shared.config import SynthConfig
 from selfjudge.shared.context import Context
-from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import Checkpoint, Pair, Prompt
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.messages import ShardTask
-from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
+from selfjudge.shared.models.generation.backend import ChatRequest, GenerationBackend, SamplingParams
 from selfjudge.shared.records import PairRecord, PromptRecord, SetAsideRecord, read_records, write_records
 from selfjudge.shared.sources.scenes import perturb
 from selfjudge.shared.store import get_image
@@ -61,17 +64,18 @@ class Draft:
     """A prompt on its way through the synthesizer: its shard record and what the stage learns about
     it (the `prompts` row's gold answer and source, the options, the open/closed decision). Internal
     to the stage: what goes on is a PairRecord."""
+
     prompt: PromptRecord
     image: Image
     gold: str | None = None
     source: str = ""
-    options: list[str] | None = None     # the source's, else read from the instruction
-    options_from: str | None = None      # "source" | "instruction" | None
-    holdout: bool = False                # in the checkpoint-selection holdout
-    source_kind: str | None = None       # "open" | "closed" when the source says so
-    kind: str = "auto"                   # the decision: "open" | "closed"
+    options: list[str] | None = None  # the source's, else read from the instruction
+    options_from: str | None = None  # "source" | "instruction" | None
+    holdout: bool = False  # in the checkpoint-selection holdout
+    source_kind: str | None = None  # "open" | "closed" when the source says so
+    kind: str = "auto"  # the decision: "open" | "closed"
     kind_reason: str = ""
-    cue: Decision | None = None          # the instruction's cue, while the samples are pending
+    cue: Decision | None = None  # the instruction's cue, while the samples are pending
 
     @property
     def prompt_id(self) -> int:
@@ -85,6 +89,7 @@ class Draft:
 @dataclass
 class Labelled:
     """A pair decided for a draft, before its `pairs` row (and so its id) exists."""
+
     draft: Draft
     preferred: str
     rejected: str
@@ -96,20 +101,36 @@ class Labelled:
 
     def record(self, pair_id: int) -> PairRecord:
         d, p = self.draft, self.draft.prompt
-        return PairRecord(prompt_id=p.prompt_id, source_id=p.source_id, image_key=p.image_key,
-                          instruction=p.instruction, kind=d.kind, question_type=p.question_type, options=d.options,
-                          source=d.source, holdout=d.holdout, kind_reason=d.kind_reason, preferred=self.preferred,
-                          rejected=self.rejected, method=self.method, errors=self.errors, vote_count=self.vote_count,
-                          n_samples=self.n_samples, meta=self.meta, pair_id=pair_id)
+        return PairRecord(
+            prompt_id=p.prompt_id,
+            source_id=p.source_id,
+            image_key=p.image_key,
+            instruction=p.instruction,
+            kind=d.kind,
+            question_type=p.question_type,
+            options=d.options,
+            source=d.source,
+            holdout=d.holdout,
+            kind_reason=d.kind_reason,
+            preferred=self.preferred,
+            rejected=self.rejected,
+            method=self.method,
+            errors=self.errors,
+            vote_count=self.vote_count,
+            n_samples=self.n_samples,
+            meta=self.meta,
+            pair_id=pair_id,
+        )
 
 
 @dataclass
 class Injection:
     """An open draft waiting for its rejected response: the greedy original and how to alter it."""
+
     draft: Draft
     original: str
-    requested: str                       # "model" | "rule"
-    variant: str                         # "detail" | "style_mimic"
+    requested: str  # "model" | "rule"
+    variant: str  # "detail" | "style_mimic"
 
 
 def writer_checkpoint(ctx: Context, task: ShardTask) -> int:
@@ -134,7 +155,8 @@ def find_duplicates(ctx: Context, task: ShardTask, prompt_ids: list[int], scope:
     with ctx.sessions() as s:
         mine = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_(ids)))}
         query = select(Prompt.id, Prompt.image_id, Prompt.instruction, Prompt.source_id).where(
-            Prompt.run_id == task.run_id, Prompt.image_id.in_({r.image_id for r in mine.values()}))
+            Prompt.run_id == task.run_id, Prompt.image_id.in_({r.image_id for r in mine.values()})
+        )
         if scope == "iteration":
             query = query.where(Prompt.iteration == task.iteration)
         first: dict[tuple[str, str], tuple[int, str]] = {}
@@ -151,8 +173,13 @@ def find_duplicates(ctx: Context, task: ShardTask, prompt_ids: list[int], scope:
 def handle(payload: dict, ctx: Context) -> None:
     task = ShardTask.model_validate(payload)
     out_key = shards.shard_key(task.run_id, task.iteration, "pairs", task.index)
-    shards.run_shard(ctx, STAGE, task, lambda attempt: synthesize(ctx, task, out_key, attempt),
-                     hand_off=lambda: loop.on_synthesized(ctx, task, out_key))
+    shards.run_shard(
+        ctx,
+        STAGE,
+        task,
+        lambda attempt: synthesize(ctx, task, out_key, attempt),
+        hand_off=lambda: loop.on_synthesized(ctx, task, out_key),
+    )
 
 
 def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt) -> None:
@@ -173,8 +200,11 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
     dups = find_duplicates(ctx, task, [p.prompt_id for p in prompts], ctx.settings.source.dedup)
     for p in prompts:
         if p.prompt_id in dups:
-            aside.append(SetAsideRecord(record_id=p.source_id, code="duplicate",
-                                        detail=f"same image and instruction as {dups[p.prompt_id]}"))
+            aside.append(
+                SetAsideRecord(
+                    record_id=p.source_id, code="duplicate", detail=f"same image and instruction as {dups[p.prompt_id]}"
+                )
+            )
     prompts = [p for p in prompts if p.prompt_id not in dups]
     with ctx.sessions() as s:
         rows = {r.id: r for r in s.scalars(select(Prompt).where(Prompt.id.in_([p.prompt_id for p in prompts])))}
@@ -188,8 +218,14 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
     writer_id = writer_checkpoint(ctx, task)
     backend = ctx.models.backend(writer_id)
     seed = rng.randrange(2**31)
-    closed_params = SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                   max_new_tokens=cfg.max_new_tokens, seed=seed)
+    closed_params = SamplingParams(
+        n=cfg.n_samples,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed,
+    )
 
     # --- open or closed: source-given kinds stand; "auto" prompts by cues, then by samples
     sampled, probe = [], []
@@ -209,14 +245,18 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
             p.kind, p.kind_reason = decide(cfg.classify, p.cue, None)
             if p.kind == "closed":
                 sampled.append(p)
-    samples = dict(zip((p.prompt_id for p in sampled),
-                       (g.texts for g in _generate(ctx, backend, sampled, closed_params, "closed"))))
+    samples = dict(
+        zip(
+            (p.prompt_id for p in sampled), (g.texts for g in _generate(ctx, backend, sampled, closed_params, "closed"))
+        )
+    )
     for p in probe:
-        p.kind, p.kind_reason = decide(cfg.classify, p.cue, samples[p.prompt_id], p.options,
-                                       cfg.classify_max_words, cfg.classify_min_agreement)
+        p.kind, p.kind_reason = decide(
+            cfg.classify, p.cue, samples[p.prompt_id], p.options, cfg.classify_max_words, cfg.classify_min_agreement
+        )
     for p in prompts:
         p.cue = None
-        if p.source_kind and not cfg.trust_source_kind:     # how the classifier compares with the source
+        if p.source_kind and not cfg.trust_source_kind:  # how the classifier compares with the source
             p.kind_reason += f"; the source says {p.source_kind}"
     closed = [p for p in prompts if p.kind == "closed"]
     opened = [p for p in prompts if p.kind != "closed"]
@@ -227,22 +267,37 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
         if pair:
             labelled.append(pair)
 
-    open_gens = _generate(ctx, backend, opened, SamplingParams(
-        n=1, temperature=0.0, max_new_tokens=cfg.open_max_new_tokens, seed=seed), "open")
+    open_gens = _generate(
+        ctx,
+        backend,
+        opened,
+        SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.open_max_new_tokens, seed=seed),
+        "open",
+    )
     labelled.extend(_open_pairs(ctx, backend, opened, open_gens, cfg, rng, aside, seed))
 
-    failpoint("synthesizer.before_commit")   # fault tests: die after the work, before recording it
+    failpoint("synthesizer.before_commit")  # fault tests: die after the work, before recording it
     pairs: list[PairRecord] = []
     with ctx.sessions.begin() as s:
-        for p in prompts:          # record the open/closed decision and why
+        for p in prompts:  # record the open/closed decision and why
             row = s.get(Prompt, p.prompt_id)
             row.kind, row.kind_reason = p.kind, p.kind_reason[:200]
         for lab in labelled:
             lab.meta["holdout"] = lab.draft.holdout
-            row = Pair(run_id=task.run_id, iteration=task.iteration, shard_index=task.index,
-                       prompt_id=lab.draft.prompt_id, preferred=lab.preferred, rejected=lab.rejected,
-                       method=lab.method, errors=lab.errors, vote_count=lab.vote_count,
-                       n_samples=lab.n_samples, checkpoint_id=writer_id, meta=lab.meta)
+            row = Pair(
+                run_id=task.run_id,
+                iteration=task.iteration,
+                shard_index=task.index,
+                prompt_id=lab.draft.prompt_id,
+                preferred=lab.preferred,
+                rejected=lab.rejected,
+                method=lab.method,
+                errors=lab.errors,
+                vote_count=lab.vote_count,
+                n_samples=lab.n_samples,
+                checkpoint_id=writer_id,
+                meta=lab.meta,
+            )
             s.add(row)
             s.flush()
             pairs.append(lab.record(row.id))
@@ -253,31 +308,59 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
         seconds = attempt.finish(s, out_key, n_in, len(pairs))
     reasons = Counter(a.code for a in aside)
     methods = Counter(p.method for p in pairs)
-    log.info("synthesizer: run %s iter %s shard %s: %s prompts (%s closed, %s open) -> %s pairs %s, "
-             "%s set aside %s (%.1fs)", task.run_id, task.iteration, task.index, n_in, len(closed), len(opened),
-             len(pairs), dict(methods), len(aside), dict(reasons), seconds)
+    log.info(
+        "synthesizer: run %s iter %s shard %s: %s prompts (%s closed, %s open) -> %s pairs %s, %s set aside %s (%.1fs)",
+        task.run_id,
+        task.iteration,
+        task.index,
+        n_in,
+        len(closed),
+        len(opened),
+        len(pairs),
+        dict(methods),
+        len(aside),
+        dict(reasons),
+        seconds,
+    )
 
 
-def _closed_pair(p: Draft, texts: list[str], cfg, rng, aside: list[SetAsideRecord]) -> Labelled | None:  # noqa: ANN001
+def _closed_pair(
+    p: Draft, texts: list[str], cfg: SynthConfig, rng: random.Random, aside: list[SetAsideRecord]
+) -> Labelled | None:
     options = p.options
     majority = majority_vote(texts, cfg.majority_threshold, rng, options=options)
     gold_norm = normalize_answer(p.gold, options) if p.gold else None
-    meta = {"label_source": cfg.closed_labels, "votes": dict(list(majority.counts.items())[:12]),
-            "threshold": cfg.majority_threshold, "options": options, "options_from": p.options_from,
-            "majority_reason": majority.reason,
-            "majority_normalised": normalize_answer(majority.majority, options) if majority.majority else None}
+    meta = {
+        "label_source": cfg.closed_labels,
+        "votes": dict(list(majority.counts.items())[:12]),
+        "threshold": cfg.majority_threshold,
+        "options": options,
+        "options_from": p.options_from,
+        "majority_reason": majority.reason,
+        "majority_normalised": normalize_answer(majority.majority, options) if majority.majority else None,
+    }
     if gold_norm is not None and majority.majority:
-        meta["gold_agrees"] = meta["majority_normalised"] == gold_norm    # analysis only, never a label
+        meta["gold_agrees"] = meta["majority_normalised"] == gold_norm  # analysis only, never a label
     vote = majority if cfg.closed_labels == "majority" else gold_vote(texts, p.gold, rng, options)
     if vote.reason != "ok":
-        detail = f"top answer {vote.count}/{vote.total}" if cfg.closed_labels == "majority" else \
-            f"{vote.count}/{vote.total} samples agree with the gold answer"
+        detail = (
+            f"top answer {vote.count}/{vote.total}"
+            if cfg.closed_labels == "majority"
+            else f"{vote.count}/{vote.total} samples agree with the gold answer"
+        )
         aside.append(SetAsideRecord(record_id=p.source_id, code=f"closed_{vote.reason}", detail=detail))
         return None
     meta["rejected_normalised"] = normalize_answer(vote.rejected, options)
-    return Labelled(p, preferred=vote.majority.strip(), rejected=vote.rejected.strip(),
-                    method="majority_vote" if cfg.closed_labels == "majority" else "gold_label",
-                    errors=["wrong_answer"], vote_count=vote.count, n_samples=vote.total, meta=meta)
+    return Labelled(
+        p,
+        preferred=vote.majority.strip(),
+        rejected=vote.rejected.strip(),
+        method="majority_vote" if cfg.closed_labels == "majority" else "gold_label",
+        errors=["wrong_answer"],
+        vote_count=vote.count,
+        n_samples=vote.total,
+        meta=meta,
+    )
 
 
 def alteration_budget(cfg) -> int:  # noqa: ANN001 - SynthConfig
@@ -290,8 +373,16 @@ def fallback_to_rule(cfg, source_kind: str) -> bool:  # noqa: ANN001 - SynthConf
     return cfg.fallback_to_rule if cfg.fallback_to_rule is not None else source_kind == "scenes"
 
 
-def _open_pairs(ctx: Context, backend, opened: list[Draft], gens: list, cfg, rng,  # noqa: ANN001
-                aside: list[SetAsideRecord], seed: int) -> list[Labelled]:
+def _open_pairs(
+    ctx: Context,
+    backend: GenerationBackend,
+    opened: list[Draft],
+    gens: list,
+    cfg: SynthConfig,
+    rng: random.Random,
+    aside: list[SetAsideRecord],
+    seed: int,
+) -> list[Labelled]:
     todo: list[Injection] = []
     for p, gen in zip(opened, gens):
         original = gen.texts[0].strip()
@@ -304,12 +395,27 @@ def _open_pairs(ctx: Context, backend, opened: list[Draft], gens: list, cfg, rng
 
     # model alteration, batched: one request per prompt, synth.alter_samples candidates each
     to_model = [t for t in todo if t.requested == "model"]
-    requests = [ChatRequest(text=alteration_prompt(t.variant, t.draft.prompt.instruction, t.original,
-                                                   n_errors=rng.randint(1, 2)),
-                            images=[t.draft.image], key=str(t.draft.prompt_id)) for t in to_model]
-    alter_gens = _generate_requests(ctx, backend, requests, SamplingParams(
-        n=cfg.alter_samples, temperature=cfg.alter_temperature, top_p=cfg.alter_top_p,
-        max_new_tokens=alteration_budget(cfg), seed=seed + 1), "alteration")
+    requests = [
+        ChatRequest(
+            text=alteration_prompt(t.variant, t.draft.prompt.instruction, t.original, n_errors=rng.randint(1, 2)),
+            images=[t.draft.image],
+            key=str(t.draft.prompt_id),
+        )
+        for t in to_model
+    ]
+    alter_gens = _generate_requests(
+        ctx,
+        backend,
+        requests,
+        SamplingParams(
+            n=cfg.alter_samples,
+            temperature=cfg.alter_temperature,
+            top_p=cfg.alter_top_p,
+            max_new_tokens=alteration_budget(cfg),
+            seed=seed + 1,
+        ),
+        "alteration",
+    )
     candidates = {t.draft.prompt_id: (req.text, g.texts) for t, req, g in zip(to_model, requests, alter_gens)}
 
     pairs = []
@@ -322,18 +428,28 @@ def _open_pairs(ctx: Context, backend, opened: list[Draft], gens: list, cfg, rng
             bound = cfg.max_length_ratio if variant == "style_mimic" else cfg.detail_max_length_ratio
             overlap = cfg.min_word_overlap if variant == "style_mimic" else cfg.detail_min_word_overlap
             checks = [check_alteration(original, t, bound, overlap) for t in texts]
-            meta.update(variant=variant, alteration_prompt=prompt_text[:2000], max_length_ratio=bound,
-                        min_word_overlap=overlap, attempts=[c.summary() for c in checks])
+            meta.update(
+                variant=variant,
+                alteration_prompt=prompt_text[:2000],
+                max_length_ratio=bound,
+                min_word_overlap=overlap,
+                attempts=[c.summary() for c in checks],
+            )
             good = next((c for c in checks if c.ok), None)
             if good is not None:
                 result = (good.text, good.errors, f"model_{variant}", good)
             elif not fallback_to_rule(cfg, ctx.settings.source.kind):
-                aside.append(SetAsideRecord(record_id=p.source_id, code="open_alteration_rejected",
-                                            detail=",".join(sorted({c.reason for c in checks}))))
+                aside.append(
+                    SetAsideRecord(
+                        record_id=p.source_id,
+                        code="open_alteration_rejected",
+                        detail=",".join(sorted({c.reason for c in checks})),
+                    )
+                )
                 continue
             else:
                 meta["fallback"] = "rule"
-        if result is None:      # the rule perturber: asked for, or the fallback
+        if result is None:  # the rule perturber: asked for, or the fallback
             rejected, kinds = perturb(original, rng, max_edits=cfg.rule_max_edits)
             check = check_alteration(original, rejected, cfg.detail_max_length_ratio)
             meta["rule"] = check.summary()
@@ -343,10 +459,24 @@ def _open_pairs(ctx: Context, backend, opened: list[Draft], gens: list, cfg, rng
                 continue
             result = (check.text, kinds, "rule_perturb", check)
         rejected, errors, method, check = result
-        meta.update(injection="model" if method.startswith("model") else "rule", length_ratio=round(
-            check.length_ratio, 3), word_overlap=round(check.overlap, 3), changes=[list(c) for c in check.changes[:8]])
-        pairs.append(Labelled(p, preferred=original, rejected=rejected, method=method, errors=errors,
-                              vote_count=None, n_samples=1, meta=meta))
+        meta.update(
+            injection="model" if method.startswith("model") else "rule",
+            length_ratio=round(check.length_ratio, 3),
+            word_overlap=round(check.overlap, 3),
+            changes=[list(c) for c in check.changes[:8]],
+        )
+        pairs.append(
+            Labelled(
+                p,
+                preferred=original,
+                rejected=rejected,
+                method=method,
+                errors=errors,
+                vote_count=None,
+                n_samples=1,
+                meta=meta,
+            )
+        )
     return pairs
 
 
@@ -355,13 +485,19 @@ def _generate(ctx: Context, backend, prompts: list[Draft], params: SamplingParam
     return _generate_requests(ctx, backend, requests, params, what)
 
 
-def _generate_requests(ctx: Context, backend, requests: list[ChatRequest], params: SamplingParams,  # noqa: ANN001
-                       what: str) -> list:
+def _generate_requests(
+    ctx: Context,
+    backend: GenerationBackend,
+    requests: list[ChatRequest],
+    params: SamplingParams,
+    what: str,
+) -> list:
     if not requests:
         return []
     start = time.perf_counter()
-    gens = backend.generate(requests, params, progress=lambda done, total: log.info(
-        "synthesizer: %s prompts %s/%s", what, done, total))
+    gens = backend.generate(
+        requests, params, progress=lambda done, total: log.info("synthesizer: %s prompts %s/%s", what, done, total)
+    )
     m = ctx.metrics
     m.generation_seconds.labels(STAGE).inc(time.perf_counter() - start)
     m.generated_tokens.labels(STAGE).inc(sum(sum(g.token_counts) for g in gens))

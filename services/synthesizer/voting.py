@@ -4,6 +4,7 @@ Answers are compared after `normalize_answer`, so "Three.", "3", "3.0", "**3 obj
 "$\\boxed{3}$" and "3 cm" are one vote; "Yes, there is." and "yes" are one vote; with options,
 "B", "(b)", "B. circle", "B: circle" and "circle" are one vote.
 """
+
 from __future__ import annotations
 
 import random
@@ -12,9 +13,31 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 _NUMBERS = {
-    w: i for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
+    w: i
+    for i, w in enumerate(
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+            "twenty",
+        ]
     )
 } | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100}
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
@@ -27,7 +50,8 @@ _PREFIX = re.compile(
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 _LATEX = re.compile(r"\\(?:boxed|text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _YES_NO = re.compile(
-    r"^(yes|yeah|yep|yup|no|nope)(?:\s*$|[,.!;:]|\s+(?:it|there|they|this|that|these|those|he|she|i|the)\b)")
+    r"^(yes|yeah|yep|yup|no|nope)(?:\s*$|[,.!;:]|\s+(?:it|there|they|this|that|these|those|he|she|i|the)\b)"
+)
 _FRACTION = re.compile(r"^(-?\d+)\s*/\s*(\d+)$")
 _NUMBER_WITH_UNIT = re.compile(r"^[$€£]?\s*(-?\d+(?:\.\d+)?)\s*(?:%|°|[a-z][a-z ]*)?$")
 
@@ -39,6 +63,7 @@ def _number(text: str) -> str:
 
 def _words_to_numbers(text: str) -> str:
     """'three' -> '3', 'twenty-one' / 'twenty one' -> '21', anywhere in the text."""
+
     def compound(m: re.Match[str]) -> str:
         return str(_NUMBERS[m.group(1)] + _NUMBERS[m.group(2)])
 
@@ -75,8 +100,13 @@ def normalize_answer(text: str | None, options: list[str] | None = None) -> str:
         if plain in texts:  # the option's text (compare before letters: "a circle" is not option A)
             return letters[texts.index(plain)]
         m = re.match(r"^(?:option\s+)?[(\[]?([a-z])(?:[)\].:]|\s*$)", t)
-        if m is None and len(t) > 2 and t[1] == " " and t[0] in letters and normalize_answer(t[2:]) == texts[
-                letters.index(t[0])]:
+        if (
+            m is None
+            and len(t) > 2
+            and t[1] == " "
+            and t[0] in letters
+            and normalize_answer(t[2:]) == texts[letters.index(t[0])]
+        ):
             return t[0]  # "b square": the letter followed by its own option's text
         if m and m.group(1) in letters:
             return m.group(1)
@@ -104,9 +134,7 @@ class Vote:
     counts: dict[str, int] = field(default_factory=dict, compare=False)  # normalised answer -> votes
 
 
-def majority_vote(
-    samples: list[str], threshold: int, rng: random.Random, options: list[str] | None = None
-) -> Vote:
+def majority_vote(samples: list[str], threshold: int, rng: random.Random, options: list[str] | None = None) -> Vote:
     """Preferred = the strict top normalised answer if it has >= threshold votes; rejected =
     a random sample (each sample one ticket) with a different, non-empty normalised answer.
     Samples that normalise to "" are no vote. Reasons, checked in this order: "empty" (no

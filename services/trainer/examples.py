@@ -32,8 +32,14 @@ class StoreExamples:
                 pos += len(line)
 
     @classmethod
-    def spill(cls, store: Store, keys: Iterable[str], path: Path, reopen: Callable[[], Store],
-              invalid: Callable[[RecordError], None] | None = None) -> StoreExamples:
+    def spill(
+        cls,
+        store: Store,
+        keys: Iterable[str],
+        path: Path,
+        reopen: Callable[[], Store],
+        invalid: Callable[[RecordError], None] | None = None,
+    ) -> StoreExamples:
         """Copy the records of the shard files `keys` (in order) into `path`, one shard in memory at a time.
         A line that is no valid trace raises RecordError, or with `invalid` is passed to it and left out."""
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ Training runs in this process, or on train.nproc processes (train.distributed dd
 Every train.save_every optimizer steps its state goes to <work_dir>/train/run<r>-iter<k>.resume/:
 a redelivered task (the worker died mid-training) resumes from there instead of starting over.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,8 @@ from sqlalchemy import select
 from selfjudge.shared import loop, shards
 from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.context import Context
-from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.db import SetAside, Shard
+from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.messages import TrainTask
 from selfjudge.shared.models.sft.launch import train
 from selfjudge.shared.records import RecordError
@@ -60,29 +61,46 @@ def work_dirs(settings, run_id: int, iteration: int) -> tuple[Path, Path]:  # no
 
 def handle(payload: dict, ctx: Context) -> None:
     task = TrainTask.model_validate(payload)
-    shards.run_training(ctx, task, lambda: train_claimed(task, ctx),
-                        hand_off=lambda checkpoint_id: loop.on_trained(ctx, task, checkpoint_id))
+    shards.run_training(
+        ctx,
+        task,
+        lambda: train_claimed(task, ctx),
+        hand_off=lambda checkpoint_id: loop.on_trained(ctx, task, checkpoint_id),
+    )
 
 
 def train_claimed(task: TrainTask, ctx: Context) -> int:
     """Train the judge on iteration k's kept traces (this worker holds the lease); returns the new
     checkpoint's id (the old judge's when nothing was kept)."""
-    failpoint("trainer.start")   # fault tests: a training that outlasts the broker's consumer_timeout
+    failpoint("trainer.start")  # fault tests: a training that outlasts the broker's consumer_timeout
     with ctx.sessions() as s:
-        keys = s.scalars(select(Shard.output_key).where(
-            Shard.run_id == task.run_id, Shard.iteration == task.iteration, Shard.stage == "filter",
-            Shard.state == "done").order_by(Shard.index)).all()
+        keys = s.scalars(
+            select(Shard.output_key)
+            .where(
+                Shard.run_id == task.run_id,
+                Shard.iteration == task.iteration,
+                Shard.stage == "filter",
+                Shard.state == "done",
+            )
+            .order_by(Shard.index)
+        ).all()
     start, m = time.perf_counter(), ctx.metrics
     out_dir, resume_dir = work_dirs(ctx.settings, task.run_id, task.iteration)
     settings = ctx.settings
     bad: list[RecordError] = []
-    examples = StoreExamples.spill(ctx.store, keys, out_dir.parent / f"{out_dir.name}.traces.jsonl",
-                                   reopen=lambda: open_store(settings.store, settings.run.work_dir), invalid=bad.append)
+    examples = StoreExamples.spill(
+        ctx.store,
+        keys,
+        out_dir.parent / f"{out_dir.name}.traces.jsonl",
+        reopen=lambda: open_store(settings.store, settings.run.work_dir),
+        invalid=bad.append,
+    )
     m.items_in.labels(STAGE).inc(len(examples) + len(bad))
     record_bad(ctx, task, bad)
     if not len(examples):
-        log.warning("trainer: run %s iter %s has no kept traces; the judge stays as it was",
-                    task.run_id, task.iteration)
+        log.warning(
+            "trainer: run %s iter %s has no kept traces; the judge stays as it was", task.run_id, task.iteration
+        )
         shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
         return task.judge_checkpoint_id
 
@@ -95,7 +113,7 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
 
     def progress(step: int, total: int, loss: float) -> None:
         if time.monotonic() - last_beat[0] > min(30.0, ctx.settings.run.train_lease_seconds / 4):
-            shards.renew_training(ctx.sessions, task.run_id, task.iteration)    # keep the lease
+            shards.renew_training(ctx.sessions, task.run_id, task.iteration)  # keep the lease
             last_beat[0] = time.monotonic()
         now = time.perf_counter()
         m.train_step_seconds.observe(now - last[0])
@@ -105,31 +123,48 @@ def train_claimed(task: TrainTask, ctx: Context) -> int:
         if step == 1 or step == total or step % 10 == 0:
             log.info("trainer: run %s iter %s step %s/%s loss %.4f", task.run_id, task.iteration, step, total, loss)
 
-    result = train(parent_path, examples, out_dir, train_cfg, progress=progress, resume_from=resume_dir,
-                   spec_dir=out_dir.parent)
-    failpoint("trainer.before_commit")   # fault tests: die after training, before recording it
+    result = train(
+        parent_path, examples, out_dir, train_cfg, progress=progress, resume_from=resume_dir, spec_dir=out_dir.parent
+    )
+    failpoint("trainer.before_commit")  # fault tests: die after training, before recording it
     m.train_tokens.inc(result.answer_tokens)
     record_dropped(ctx, task, examples, result.dropped)
-    meta = {"examples": len(examples) - len(result.dropped), "dropped": len(result.dropped),
-            "dropped_reasons": result.meta.get("dropped_reasons", {}), "steps": result.steps,
-            "first_loss": result.losses[0],
-            "last_loss": result.losses[-1], "answer_tokens": result.answer_tokens,
-            "train_seconds": result.seconds, "resumed_from_step": result.resumed_from,
-            "world_size": result.world_size, "format": result.meta.get("format", "full"),
-            "config": train_cfg.__dict__}
+    meta = {
+        "examples": len(examples) - len(result.dropped),
+        "dropped": len(result.dropped),
+        "dropped_reasons": result.meta.get("dropped_reasons", {}),
+        "steps": result.steps,
+        "first_loss": result.losses[0],
+        "last_loss": result.losses[-1],
+        "answer_tokens": result.answer_tokens,
+        "train_seconds": result.seconds,
+        "resumed_from_step": result.resumed_from,
+        "world_size": result.world_size,
+        "format": result.meta.get("format", "full"),
+        "config": train_cfg.__dict__,
+    }
     if meta["format"] == "peft_adapter":
         meta["base_model"] = result.meta.get("base_model")
-    ckpt_id = loop.register_checkpoint(ctx, task.run_id, task.iteration, str(out_dir),
-                                       parent_id=task.judge_checkpoint_id, meta=meta)
+    ckpt_id = loop.register_checkpoint(
+        ctx, task.run_id, task.iteration, str(out_dir), parent_id=task.judge_checkpoint_id, meta=meta
+    )
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(resume_dir, ignore_errors=True)
     examples.path.unlink(missing_ok=True)
     shards.release_training(ctx.sessions, task.run_id, task.iteration, "done")
     m.items_out.labels(STAGE).inc(1)
     m.shard_seconds.labels(STAGE).observe(time.perf_counter() - start)
-    log.info("trainer: run %s iter %s: %s examples (%s dropped), %s steps, loss %.3f -> %.3f, checkpoint %s",
-             task.run_id, task.iteration, meta["examples"], meta["dropped"], result.steps, result.losses[0],
-             result.losses[-1], ckpt_id)
+    log.info(
+        "trainer: run %s iter %s: %s examples (%s dropped), %s steps, loss %.3f -> %.3f, checkpoint %s",
+        task.run_id,
+        task.iteration,
+        meta["examples"],
+        meta["dropped"],
+        result.steps,
+        result.losses[0],
+        result.losses[-1],
+        ckpt_id,
+    )
     return ckpt_id
 
 
@@ -150,8 +185,9 @@ def record_bad(ctx: Context, task: TrainTask, bad: list[RecordError]) -> None:
     asides = [err.set_aside() for err in bad]
     _set_aside_once(ctx, task, [(a.record_id[:300], a.reason) for a in asides])
     ctx.metrics.items_rejected.labels(STAGE, "bad_record").inc(len(bad))
-    log.warning("trainer: run %s iter %s: %s bad records left out, e.g. %s", task.run_id, task.iteration,
-                len(bad), bad[0])
+    log.warning(
+        "trainer: run %s iter %s: %s bad records left out, e.g. %s", task.run_id, task.iteration, len(bad), bad[0]
+    )
 
 
 def record_dropped(ctx: Context, task: TrainTask, examples: StoreExamples, dropped: list) -> None:
@@ -161,7 +197,13 @@ def record_dropped(ctx: Context, task: TrainTask, examples: StoreExamples, dropp
         return
     _set_aside_once(ctx, task, [(examples.record_id(i), why) for i, why in dropped])
     for _, why in dropped:
-        ctx.metrics.train_dropped.labels(run=str(task.run_id), iteration=str(task.iteration),
-                                         reason=why.split(":")[0].strip()).inc()
-    log.warning("trainer: run %s iter %s: %s traces dropped (too long or unreadable), e.g. %s",
-                task.run_id, task.iteration, len(dropped), dropped[0][1])
+        ctx.metrics.train_dropped.labels(
+            run=str(task.run_id), iteration=str(task.iteration), reason=why.split(":")[0].strip()
+        ).inc()
+    log.warning(
+        "trainer: run %s iter %s: %s traces dropped (too long or unreadable), e.g. %s",
+        task.run_id,
+        task.iteration,
+        len(dropped),
+        dropped[0][1],
+    )

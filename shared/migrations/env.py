@@ -1,4 +1,5 @@
 """Alembic environment: the schema is `selfjudge.shared.db.Base.metadata`."""
+
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
@@ -9,8 +10,9 @@ target_metadata = Base.metadata
 
 
 def run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=connection.dialect.name == "sqlite"
+    )
     with context.begin_transaction():
         context.run_migrations()
 

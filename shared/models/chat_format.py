@@ -26,7 +26,9 @@ class AnswerFormat:
 
 
 def user_turn(n_images: int, text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}]
+    return [
+        {"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}
+    ]
 
 
 def chat_messages(text: str, images: list[Image.Image], system: str | None = None) -> list[dict[str, Any]]:

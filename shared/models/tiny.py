@@ -167,7 +167,9 @@ def build_tiny_qwen25vl(
         tie_word_embeddings=False,
     )
     if sum(config.text_config.rope_parameters["mrope_section"]) * 2 != hidden // heads:
-        raise ValueError(f"tiny Qwen2.5-VL: hidden {hidden} / heads {heads} must be 64 per head (mrope sections [8, 12, 12])")
+        raise ValueError(
+            f"tiny Qwen2.5-VL: hidden {hidden} / heads {heads} must be 64 per head (mrope sections [8, 12, 12])"
+        )
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
@@ -183,9 +185,7 @@ def build_tiny_qwen25vl(
 # --- Llama 3 family (Mllama = Llama-3.2-Vision, Idefics3 = Idefics3-8B-Llama3) ------------------
 
 # Llama 3's pre-tokenizer split (tiktoken cl100k-style), before byte-level mapping.
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 # The hub's first Llama 3 special tokens (128000...), in id order; the reserved ones are left out.
 LLAMA3_SPECIAL_TOKENS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|start_header_id|>",
@@ -271,7 +271,9 @@ def _llama_text(tok: PreTrainedTokenizerFast, vocab_size: int, eos: str, hidden:
 def _save(model_config: Any, processor: Any, tok: Any, eos: str, out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(model_config, dtype=torch.float32)
-    ids = [tok.convert_tokens_to_ids(t) for t in ("<|begin_of_text|>", eos, "<|end_of_text|>", "<|finetune_right_pad_id|>")]
+    ids = [
+        tok.convert_tokens_to_ids(t) for t in ("<|begin_of_text|>", eos, "<|end_of_text|>", "<|finetune_right_pad_id|>")
+    ]
     model.generation_config = GenerationConfig(bos_token_id=ids[0], eos_token_id=ids[1:3], pad_token_id=ids[3])
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
@@ -290,7 +292,9 @@ def build_tiny_mllama(
     tok.chat_template = LLAMA32_VISION_CHAT_TEMPLATE
     # one image_size x image_size tile per square image; 1x2 / 2x1 tilings for wide / tall ones
     image_processor = MllamaImageProcessor(size={"height": image_size, "width": image_size}, max_image_tiles=2)
-    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=LLAMA32_VISION_CHAT_TEMPLATE)
+    processor = MllamaProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=LLAMA32_VISION_CHAT_TEMPLATE
+    )
     vision_hidden = 128
     config = MllamaConfig(
         vision_config=dict(
@@ -334,8 +338,12 @@ def build_tiny_idefics3(
     text = _llama_text(tok, len(tok), eos) | {"model_type": "llama"}
     config = Idefics3Config(
         vision_config=dict(
-            hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
-            image_size=image_size, patch_size=patch,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+            image_size=image_size,
+            patch_size=patch,
         ),  # fmt: skip
         text_config=text,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
@@ -349,8 +357,14 @@ def build_tiny_idefics3(
 ARCHS = ("qwen2_5_vl", "mllama", "idefics3")
 
 
-def build_tiny(arch: str, out_dir: str | Path, corpus: Iterable[str], seed: int = 0, image_size: int = 112,
-               size: TinySize | None = None) -> Path:
+def build_tiny(
+    arch: str,
+    out_dir: str | Path,
+    corpus: Iterable[str],
+    seed: int = 0,
+    image_size: int = 112,
+    size: TinySize | None = None,
+) -> Path:
     """Build a tiny checkpoint of model family `arch` (one of ARCHS) into `out_dir`, its processor
     sized for `image_size` x `image_size` images (a multiple of 28). `size`: Qwen2.5-VL only."""
     if size is not None and size != TinySize() and arch != "qwen2_5_vl":

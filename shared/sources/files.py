@@ -12,6 +12,7 @@ shards [offset, offset + n) can be read without loading the images before them; 
 yields at most n items. `split` is accepted for interface parity with ScenesSource and
 ignored. `kind` is "open", "closed" or "auto" ("auto": the synthesizer decides).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -131,7 +132,7 @@ class JsonlSource:
 
         def reject(record_id: str, reason: str, lineno: int) -> None:
             record_id = _printable(record_id)
-            if record_id in reported:     # two bad records with one id: both must be reported
+            if record_id in reported:  # two bad records with one id: both must be reported
                 record_id = f"{record_id} ({self.path.name}:{lineno + 1})"
             reported.add(record_id)
             self.rejected.append((record_id, reason))
@@ -197,7 +198,7 @@ class JsonlSource:
         options = rec.get("options")
         if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
             return "'options' must be a list of strings"
-        for name in ("id", "image", "instruction", "gold", "options"):   # the database cannot store these
+        for name in ("id", "image", "instruction", "gold", "options"):  # the database cannot store these
             values = rec.get(name) if isinstance(rec.get(name), list) else [rec.get(name)]
             for value in values:
                 problem = _bad_text(value) if isinstance(value, str) else None
@@ -239,8 +240,14 @@ class FolderSource:
     corrupt ones. The sorted listing is written once per source object to the cache folder and
     read by offset, so a draw decodes only the images it draws. `folder` may be s3://bucket/prefix."""
 
-    def __init__(self, folder: str | Path, instructions: list[str] | None = None, kind: str = "auto",
-                 files: Files | None = None, cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        instructions: list[str] | None = None,
+        kind: str = "auto",
+        files: Files | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.uri = str(folder)
         self.folder = Path(self.uri)
         self.files = files or Files()
@@ -258,7 +265,8 @@ class FolderSource:
 
     def _names(self) -> list[str]:
         return sorted(
-            rel for rel in self.files.walk(self.uri)
+            rel
+            for rel in self.files.walk(self.uri)
             if not any(part.startswith(".") for part in rel.split("/"))
             and not (self.own_instructions and rel == INSTRUCTIONS_FILE)
         )
@@ -315,10 +323,10 @@ class FolderSource:
         bad: set[int] = set()
         for f, j in wanted:
             rel_raw = os.fsdecode(names[f])
-            rel = _printable(rel_raw)   # a non-UTF-8 file name, escaped
+            rel = _printable(rel_raw)  # a non-UTF-8 file name, escaped
             if f in bad:
                 continue
-            if f not in images:         # one decode per file for a run of its instructions
+            if f not in images:  # one decode per file for a run of its instructions
                 images = {f: load_uri(self.files, Files.join(self.uri, rel_raw))}
             if isinstance(images[f], str):
                 self.rejected.append((rel, images[f]))

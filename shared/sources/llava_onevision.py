@@ -16,6 +16,7 @@ drawn rows' images decoded; bad rows (no image, no human turn, undecodable image
 duplicate prompt) go to `rejected` with their record id and reason. `subsets` keeps only the
 listed data_source values.
 """
+
 from __future__ import annotations
 
 from selfjudge.shared.sources.tables import TableSource, first_turns, normalize_instruction, prompt_key

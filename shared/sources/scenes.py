@@ -9,6 +9,7 @@ Splits never share a scene: scene space is partitioned by a SHA-256 hash of the 
 layout, and a split only accepts scenes whose hash falls in its own bucket (rejection
 sampling, ~3 draws per scene). This holds for any pair of seeds, not just the same seed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,17 +105,30 @@ def object_radius(size: str, scale: float = 1.0) -> int:
     return round(RADIUS[size] * scale)
 
 
-def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, height: int = 100,
-                 scale: float = 1.0, layout: str = "free") -> Scene:
+def random_scene(
+    rng: random.Random,
+    max_objects: int = 5,
+    width: int = 100,
+    height: int = 100,
+    scale: float = 1.0,
+    layout: str = "free",
+) -> Scene:
     """1..max_objects objects. Layout "free": anywhere, bounding boxes at least GAP apart (fewer
     when large ones do not fit). Layout "grid": at most one object per cell of a GRID x GRID grid,
     centred in its cell (cells line up with the vision tower's merged patches, so each object
     fills image tokens of its own)."""
     if layout == "grid":
         cells = rng.sample(range(GRID * GRID), rng.randint(1, min(max_objects, GRID * GRID)))
-        objects = [Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES),
-                       round((c % GRID + 0.5) * width / GRID), round((c // GRID + 0.5) * height / GRID))
-                   for c in sorted(cells)]
+        objects = [
+            Obj(
+                rng.choice(SHAPES),
+                rng.choice(list(COLOURS)),
+                rng.choice(SIZES),
+                round((c % GRID + 0.5) * width / GRID),
+                round((c // GRID + 0.5) * height / GRID),
+            )
+            for c in sorted(cells)
+        ]
         return Scene(tuple(objects), width, height, rng.choice(list(BACKGROUNDS)), scale)
     if layout != "free":
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -126,7 +140,8 @@ def random_scene(rng: random.Random, max_objects: int = 5, width: int = 100, hei
             x, y = rng.randint(r + 2, width - r - 2), rng.randint(r + 2, height - r - 2)
             if all(
                 abs(x - o.x) >= r + object_radius(o.size, scale) + GAP
-                or abs(y - o.y) >= r + object_radius(o.size, scale) + GAP for o in objects
+                or abs(y - o.y) >= r + object_radius(o.size, scale) + GAP
+                for o in objects
             ):
                 objects.append(Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), size, x, y))
                 break
@@ -215,11 +230,13 @@ def make_prompts(scene: Scene, rng: random.Random) -> list[Prompt]:
 
     # count: objects, a shape (may be zero), or a colour
     shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-    what, n = rng.choice([
-        ("objects", len(objs)),
-        (f"{shape}s", sum(o.shape == shape for o in objs)),
-        (f"{colour} objects", sum(o.colour == colour for o in objs)),
-    ])
+    what, n = rng.choice(
+        [
+            ("objects", len(objs)),
+            (f"{shape}s", sum(o.shape == shape for o in objs)),
+            (f"{colour} objects", sum(o.colour == colour for o in objs)),
+        ]
+    )
     prompts.append(Prompt(f"How many {what} are there? Answer with a number.", "closed", "count", str(n)))
 
     # colour: an object named by its shape, or by size + shape
@@ -240,23 +257,41 @@ def make_prompts(scene: Scene, rng: random.Random) -> list[Prompt]:
         options = [answer] + rng.sample([str(k) for k in range(1, 9) if k != len(objs)], 3)
     rng.shuffle(options)
     lines = "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
-    prompts.append(Prompt(
-        f"{question}\n{lines}\nAnswer with the option letter.", "closed", "choice",
-        LETTERS[options.index(answer)], options,
-    ))
+    prompts.append(
+        Prompt(
+            f"{question}\n{lines}\nAnswer with the option letter.",
+            "closed",
+            "choice",
+            LETTERS[options.index(answer)],
+            options,
+        )
+    )
 
     # position: two objects each unique by colour + shape, clearly apart on one axis
     ids = [o for o in objs if _unique(scene, o, "colour", "shape")]
-    pairs = [(a, b, axis) for a in ids for b in ids if a != b for axis in ("x", "y")
-             if abs(getattr(a, axis) - getattr(b, axis)) >= 15]
+    pairs = [
+        (a, b, axis)
+        for a in ids
+        for b in ids
+        if a != b
+        for axis in ("x", "y")
+        if abs(getattr(a, axis) - getattr(b, axis)) >= 15
+    ]
     if pairs:
         a, b, axis = rng.choice(pairs)
-        relation, gold = ("left or right of", "left" if a.x < b.x else "right") if axis == "x" else (
-            "above or below", "above" if a.y < b.y else "below")
-        prompts.append(Prompt(
-            f"Is the {a.colour} {a.shape} {relation} the {b.colour} {b.shape}? Answer with one word.",
-            "closed", "position", gold,
-        ))
+        relation, gold = (
+            ("left or right of", "left" if a.x < b.x else "right")
+            if axis == "x"
+            else ("above or below", "above" if a.y < b.y else "below")
+        )
+        prompts.append(
+            Prompt(
+                f"Is the {a.colour} {a.shape} {relation} the {b.colour} {b.shape}? Answer with one word.",
+                "closed",
+                "position",
+                gold,
+            )
+        )
 
     prompts.append(Prompt("Describe the image.", "open", "describe", caption(scene)))
     prompts.append(Prompt("List the objects in the image.", "open", "list", object_list(scene)))
@@ -268,8 +303,16 @@ def make_prompts(scene: Scene, rng: random.Random) -> list[Prompt]:
 _COLOUR_WORDS = list(COLOURS) + ["black", "white", "gray", "grey", "pink", "brown"]
 _SHAPE_WORDS = list(SHAPES) + ["rectangle", "oval", "hexagon"]
 _OPPOSITES = {
-    "left": "right", "right": "left", "top": "bottom", "bottom": "top", "above": "below", "below": "above",
-    "upper": "lower", "lower": "upper", "leftmost": "rightmost", "rightmost": "leftmost",
+    "left": "right",
+    "right": "left",
+    "top": "bottom",
+    "bottom": "top",
+    "above": "below",
+    "below": "above",
+    "upper": "lower",
+    "lower": "upper",
+    "leftmost": "rightmost",
+    "rightmost": "leftmost",
 }
 _SIZE_SWAP = {"small": "large", "large": "small", "big": "small", "little": "big", "tiny": "large", "huge": "small"}
 _WORD = r"(?<![\w-])({})(?![\w-])"
@@ -290,7 +333,7 @@ def _match_case(new: str, old: str) -> str:
 
 def _is_list_marker(text: str, start: int, end: int) -> bool:
     line_start = text.rfind("\n", 0, start) + 1
-    return not text[line_start:start].strip() and text[end:end + 1] in (".", ")")
+    return not text[line_start:start].strip() and text[end : end + 1] in (".", ")")
 
 
 def _editable(kind: str, word: str, text: str, start: int) -> bool:
@@ -342,7 +385,7 @@ def perturb(text: str, rng: random.Random, max_edits: int = 2) -> tuple[str, lis
         art = re.search(r"(?<![\w-])(an?)(\s+)$", text[:start], re.I)
         if art:  # "an orange" -> "a red", "a red" -> "an orange"
             fixed = "an" if new[0].lower() in "aeiou" else "a"
-            text = text[:art.start(1)] + _match_case(fixed, art.group(1)) + art.group(2) + text[start:]
+            text = text[: art.start(1)] + _match_case(fixed, art.group(1)) + art.group(2) + text[start:]
     return text, kinds
 
 
@@ -354,8 +397,9 @@ def _scene_hash(scene: Scene) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def scene_for(seed: int, split: str, index: int, max_objects: int = 5,
-              scale: float = 1.0, layout: str = "free") -> tuple[Scene, random.Random]:
+def scene_for(
+    seed: int, split: str, index: int, max_objects: int = 5, scale: float = 1.0, layout: str = "free"
+) -> tuple[Scene, random.Random]:
     """The scene at (seed, split, index), and the rng (positioned after it) for its prompts."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -378,8 +422,9 @@ def _wrong_answer(p: Prompt, rng: random.Random) -> str:
 
 
 class ScenesSource:
-    def __init__(self, seed: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0,
-                 layout: str = "free") -> None:
+    def __init__(
+        self, seed: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0, layout: str = "free"
+    ) -> None:
         self.seed = seed
         self.layout = layout
         self.image_size = image_size
@@ -404,14 +449,19 @@ class ScenesSource:
                 options=p.options,
                 source="scenes",
                 meta={
-                    "seed": self.seed, "split": split, "index": index, "caption": caption(scene),
-                    "background": scene.background, "objects": [asdict(o) for o in scene.objects],
+                    "seed": self.seed,
+                    "split": split,
+                    "index": index,
+                    "caption": caption(scene),
+                    "background": scene.background,
+                    "objects": [asdict(o) for o in scene.objects],
                 },
             )
 
 
-def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
-                  object_scale: float = 1.0, layout: str = "free") -> list[HeldoutPair]:
+def heldout_pairs(
+    seed: int, n: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0, layout: str = "free"
+) -> list[HeldoutPair]:
     """Labelled pairs from the heldout split, question types round-robin (balanced).
     Closed: gold vs a wrong answer. Open: gold text vs perturb(gold text)."""
     if max_objects < 2:
@@ -432,15 +482,23 @@ def heldout_pairs(seed: int, n: int, image_size: int = 112, max_objects: int = 5
             error_type = "+".join(errors)
         else:
             rejected, error_type = _wrong_answer(p, rng), qtype
-        pairs.append(HeldoutPair(
-            f"scenes:heldout:{index - 1}:{qtype}", render(scene, image_size), p.instruction, p.gold, rejected,
-            qtype, error_type,
-        ))
+        pairs.append(
+            HeldoutPair(
+                f"scenes:heldout:{index - 1}:{qtype}",
+                render(scene, image_size),
+                p.instruction,
+                p.gold,
+                rejected,
+                qtype,
+                error_type,
+            )
+        )
     return pairs
 
 
-def pretraining_prompts(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
-                        object_scale: float = 1.0, layout: str = "free") -> list[tuple[Image.Image, Prompt]]:
+def pretraining_prompts(
+    seed: int, n: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0, layout: str = "free"
+) -> list[tuple[Image.Image, Prompt]]:
     """(image, prompt) for teaching a tiny base model; every prompt of each "pretrain" scene (the
     image object is shared between a scene's prompts)."""
     out: list[tuple[Image.Image, Prompt]] = []
@@ -453,7 +511,7 @@ def pretraining_prompts(seed: int, n: int, image_size: int = 112, max_objects: i
     return out[:n]
 
 
-GRID_PLACES = ("top left", "top right", "bottom left", "bottom right")   # the cells of a 2 x 2 grid, reading order
+GRID_PLACES = ("top left", "top right", "bottom left", "bottom right")  # the cells of a 2 x 2 grid, reading order
 GRID_QUESTION = "Describe each quarter of the image."
 
 
@@ -462,12 +520,15 @@ def grid_description(scene: Scene) -> str:
     Dense supervision for a base model's perception (every cell, every attribute); not a loop prompt."""
     assert GRID == 2, "GRID_PLACES names the cells of a 2 x 2 grid"
     cells = {int(o.x * GRID // scene.width) + GRID * int(o.y * GRID // scene.height): o for o in scene.objects}
-    return " ".join(f"{place}: " + (f"a {o.size} {o.colour} {o.shape}." if (o := cells.get(c)) else "nothing.")
-                    for c, place in enumerate(GRID_PLACES))
+    return " ".join(
+        f"{place}: " + (f"a {o.size} {o.colour} {o.shape}." if (o := cells.get(c)) else "nothing.")
+        for c, place in enumerate(GRID_PLACES)
+    )
 
 
-def grid_descriptions(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
-                      object_scale: float = 1.0) -> list[tuple[Image.Image, str, str]]:
+def grid_descriptions(
+    seed: int, n: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0
+) -> list[tuple[Image.Image, str, str]]:
     """(image, GRID_QUESTION, grid_description) for `n` "pretrain" scenes of the grid layout."""
     out = []
     for index in range(n):
@@ -476,11 +537,14 @@ def grid_descriptions(seed: int, n: int, image_size: int = 112, max_objects: int
     return out
 
 
-def pretraining_corpus(seed: int, n: int, image_size: int = 112, max_objects: int = 5,
-                       object_scale: float = 1.0, layout: str = "free") -> list[tuple[Image.Image, str, str]]:
+def pretraining_corpus(
+    seed: int, n: int, image_size: int = 112, max_objects: int = 5, object_scale: float = 1.0, layout: str = "free"
+) -> list[tuple[Image.Image, str, str]]:
     """(image, instruction, gold answer) of `pretraining_prompts`."""
-    return [(image, p.instruction, p.gold)
-            for image, p in pretraining_prompts(seed, n, image_size, max_objects, object_scale, layout)]
+    return [
+        (image, p.instruction, p.gold)
+        for image, p in pretraining_prompts(seed, n, image_size, max_objects, object_scale, layout)
+    ]
 
 
 def wrong_answer(p: Prompt, rng: random.Random) -> str:
@@ -496,9 +560,16 @@ JUDGE_TEXT = [
     "Think step by step, then give your final verdict strictly in this format: "
     "[[A]] if Response A is better, [[B]] if Response B is better.",
     "Question: Image: Response A: Response B: Output (a) Output (b) Reasoning: Verdict: Final answer: Final verdict:",
-    "Overall Judgment: Answer 1 is better", "Overall Judgment: Answer 2 is better",
-    "Answer 1 is better.", "Answer 2 is better.", "Response A is better.", "Response B is better.",
-    "[[A]]", "[[B]]", "The better response is A.", "The better response is B.",
+    "Overall Judgment: Answer 1 is better",
+    "Overall Judgment: Answer 2 is better",
+    "Answer 1 is better.",
+    "Answer 2 is better.",
+    "Response A is better.",
+    "Response B is better.",
+    "[[A]]",
+    "[[B]]",
+    "The better response is A.",
+    "The better response is B.",
     "Response A says the circle is red, but the image shows a blue circle, so Response A is wrong.",
     "Response B correctly counts the objects, while Response A makes a mistake about the position.",
     "Both responses mention the colour, shape, size and position of each object; one of them is incorrect.",
@@ -513,8 +584,16 @@ def tokenizer_corpus() -> list[str]:
     texts = list(JUDGE_TEXT)
     texts.append(" ".join(str(i) for i in range(101)))
     texts.append(" ".join(NUMBER_WORDS + tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + tuple("abcdefghijklmnopqrstuvwxyz")))
-    texts.append(" ".join(_COLOUR_WORDS + _SHAPE_WORDS + [s + "s" for s in _SHAPE_WORDS] + list(_OPPOSITES)
-                          + list(_SIZE_SWAP) + ["colour", "color", "center", "middle", "yes", "no"]))
+    texts.append(
+        " ".join(
+            _COLOUR_WORDS
+            + _SHAPE_WORDS
+            + [s + "s" for s in _SHAPE_WORDS]
+            + list(_OPPOSITES)
+            + list(_SIZE_SWAP)
+            + ["colour", "color", "center", "middle", "yes", "no"]
+        )
+    )
     texts.append(". , ; : ! ? ' \" ( ) [ ] [[ ]] { } * ** # - + = / < > _ % $ & @ \n")
     for _ in range(300):
         scene = random_scene(rng)

@@ -15,6 +15,7 @@ line offsets are computed once, streamed in fixed-size chunks, and kept as a mem
 int64 file under the cache folder (keyed by the file's location, size and modification
 time), so a draw reads n offsets and n byte ranges.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,7 @@ import numpy as np
 
 from selfjudge.shared.sources.scenes import SourceItem
 
-CHUNK = 8 << 20     # bytes read at a time while indexing
+CHUNK = 8 << 20  # bytes read at a time while indexing
 ROUNDS = 6
 
 
@@ -41,6 +42,7 @@ class RecordSource(Protocol):
 
 # --- the permutation ----------------------------------------------------------------------
 
+
 def _round(key: bytes, r: int, half: int, bits: int) -> int:
     digest = hashlib.blake2b(half.to_bytes(8, "little"), digest_size=8, key=key, person=bytes([r]) * 16).digest()
     return int.from_bytes(digest, "little") & ((1 << bits) - 1)
@@ -50,7 +52,7 @@ def permute(i: int, count: int, key: str) -> int:
     """The image of i in [0, count) under the permutation named by `key` (a bijection on [0, count))."""
     if count <= 1:
         return 0
-    bits = max(1, ((count - 1).bit_length() + 1) // 2)     # a 2*bits-bit domain holds count
+    bits = max(1, ((count - 1).bit_length() + 1) // 2)  # a 2*bits-bit domain holds count
     mask, k = (1 << bits) - 1, hashlib.sha256(key.encode()).digest()[:32]
     x = i
     while True:
@@ -58,7 +60,7 @@ def permute(i: int, count: int, key: str) -> int:
         for r in range(ROUNDS):
             left, right = right, left ^ _round(k, r, right, bits)
         x = (left << bits) | right
-        if x < count:       # cycle-walking: at most a few steps, the domain is < 4 * count
+        if x < count:  # cycle-walking: at most a few steps, the domain is < 4 * count
             return x
 
 
@@ -84,6 +86,7 @@ def draw(source: RecordSource, n: int, seed: int, iteration: int) -> Iterator[So
 
 # --- files, local or on S3 ----------------------------------------------------------------
 
+
 class Files:
     """Reads a local path or an s3://bucket/key URI; `store_cfg` (StoreConfig) gives the S3 server."""
 
@@ -103,13 +106,17 @@ class Files:
             cfg = self.store_cfg
             if cfg is None:
                 raise ValueError("an s3:// source needs the store's endpoint and keys (store.*)")
-            self._s3 = fs.S3FileSystem(access_key=cfg.access_key or None, secret_key=cfg.secret_key or None,
-                                       endpoint_override=cfg.endpoint, scheme="https" if cfg.secure else "http",
-                                       region=cfg.region)
+            self._s3 = fs.S3FileSystem(
+                access_key=cfg.access_key or None,
+                secret_key=cfg.secret_key or None,
+                endpoint_override=cfg.endpoint,
+                scheme="https" if cfg.secure else "http",
+                region=cfg.region,
+            )
         return self._s3
 
     def _key(self, uri: str) -> str:
-        return str(uri)[len("s3://"):].strip("/")
+        return str(uri)[len("s3://") :].strip("/")
 
     def stat(self, uri: str) -> tuple[int, int] | None:
         """(size, mtime in ns) of a file, or None if there is no file there."""
@@ -141,7 +148,7 @@ class Files:
 
     def open(self, uri: str):  # noqa: ANN201 - a binary file object with seek/read
         if not self.is_s3(uri):
-            return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+            return open(uri, "rb")
         return self.s3.open_input_file(self._key(uri))
 
     def walk(self, uri: str) -> Iterator[str]:
@@ -157,7 +164,7 @@ class Files:
         base = self._key(uri)
         for info in self.s3.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True)):
             if info.type == fs.FileType.File:
-                yield info.path[len(base):].lstrip("/")
+                yield info.path[len(base) :].lstrip("/")
 
     @staticmethod
     def join(uri: str, rel: str) -> str:
@@ -181,6 +188,7 @@ def cache_name(uri: str, stat: tuple[int, int], what: str) -> str:
 
 
 # --- line offsets -------------------------------------------------------------------------
+
 
 class LineIndex:
     """Start offsets of a file's lines (and its size at the end), memory-mapped from the cache."""
@@ -208,7 +216,7 @@ class LineIndex:
                 out.write(ends.astype(np.int64).tobytes())
                 size += len(chunk)
                 last = chunk[-1:]
-            if last != b"\n":           # a last line without a newline still ends at the end
+            if last != b"\n":  # a last line without a newline still ends at the end
                 out.write(np.array([size], np.int64).tobytes())
         tmp.replace(path)
 

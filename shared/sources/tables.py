@@ -18,6 +18,7 @@ instruction as an earlier row of the same read) goes to `rejected` as (record_id
 `subsets` keeps only rows whose data_source is listed (that one column is scanned once and the
 kept row numbers cached, memory-mapped).
 """
+
 from __future__ import annotations
 
 import glob
@@ -113,37 +114,48 @@ def _open_arrow(files: Files, uri: str, cache_dir: Path) -> list[pa.RecordBatch]
 
 
 class TableSource:
-    name = "hf_datasets"        # SourceItem.source
-    prefix = "hf"               # SourceItem.prompt_id prefix
+    name = "hf_datasets"  # SourceItem.source
+    prefix = "hf"  # SourceItem.prompt_id prefix
 
-    def __init__(self, path: str | Path, subsets: list[str] | None = None, files: Files | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        subsets: list[str] | None = None,
+        files: Files | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.path = str(path)
         self.subsets = sorted(set(subsets or []))
         self.fs = files or Files()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.rejected: list[tuple[str, str]] = []
         self._opened: list[_File] | None = None
-        self._starts: np.ndarray | None = None      # first global row of each (file, group)
-        self._groups: list[tuple[int, int]] = []    # (file, group) in order
-        self._kept: np.ndarray | None = None        # subsets: the kept global rows
+        self._starts: np.ndarray | None = None  # first global row of each (file, group)
+        self._groups: list[tuple[int, int]] = []  # (file, group) in order
+        self._kept: np.ndarray | None = None  # subsets: the kept global rows
 
     # --- layout ---------------------------------------------------------------------------
 
     def files_list(self) -> list[str]:
         p = self.path
-        if self.fs.stat(Files.join(p, "dataset_dict.json")) is not None:   # a DatasetDict: its train split
+        if self.fs.stat(Files.join(p, "dataset_dict.json")) is not None:  # a DatasetDict: its train split
             p = Files.join(p, "train")
         if Files.is_s3(p):
             if self.fs.stat(p) is not None:
                 return [p]
-            return [Files.join(p, rel) for rel in sorted(self.fs.walk(p))
-                    if rel.endswith(SUFFIXES) and not any(x.startswith(".") for x in rel.split("/"))]
+            return [
+                Files.join(p, rel)
+                for rel in sorted(self.fs.walk(p))
+                if rel.endswith(SUFFIXES) and not any(x.startswith(".") for x in rel.split("/"))
+            ]
         if Path(p).is_file():
             return [p]
         if Path(p).is_dir():
-            return [str(f) for f in sorted(Path(p).rglob("*")) if f.suffix in SUFFIXES and f.is_file()
-                    and not any(x.startswith(".") for x in f.relative_to(p).parts)]
+            return [
+                str(f)
+                for f in sorted(Path(p).rglob("*"))
+                if f.suffix in SUFFIXES and f.is_file() and not any(x.startswith(".") for x in f.relative_to(p).parts)
+            ]
         return sorted(f for f in glob.glob(p, recursive=True) if f.endswith(SUFFIXES))
 
     def files(self) -> list[Path]:
@@ -244,13 +256,19 @@ class TableSource:
     def columns(names: list[str]) -> set[str]:  # noqa: ARG004 - the same signature as the other layouts'
         return {"image", "images", "conversations", *TEXT_COLUMNS, *GOLD_COLUMNS, *ID_COLUMNS, *EXTRA_COLUMNS}
 
-    def _item(self, row: dict, uri: str, group: int, r: int, seen_ids: set[str],
-              seen_keys: dict[str, str]) -> SourceItem | None:
+    def _item(
+        self, row: dict, uri: str, group: int, r: int, seen_ids: set[str], seen_keys: dict[str, str]
+    ) -> SourceItem | None:
         data_source = row.get("data_source") or ""
         raw_id = next((row[c] for c in ID_COLUMNS if row.get(c) is not None), None)
         name = uri.rstrip("/").rsplit("/", 1)[-1]
-        record_id = _printable(f"{data_source}/{raw_id}" if data_source and raw_id is not None else
-                               str(raw_id) if raw_id is not None else f"{name}:{group}:{r}")
+        record_id = _printable(
+            f"{data_source}/{raw_id}"
+            if data_source and raw_id is not None
+            else str(raw_id)
+            if raw_id is not None
+            else f"{name}:{group}:{r}"
+        )
         if record_id in seen_ids:
             self.rejected.append((record_id, "duplicate: duplicate id"))
             return None
@@ -262,8 +280,9 @@ class TableSource:
         if "conversations" in row:
             instruction, answer = first_turns(row.get("conversations"))
         else:
-            instruction = next((row[c].strip() for c in TEXT_COLUMNS if isinstance(row.get(c), str)
-                                and row[c].strip()), None)
+            instruction = next(
+                (row[c].strip() for c in TEXT_COLUMNS if isinstance(row.get(c), str) and row[c].strip()), None
+            )
             answer = next((str(row[c]) for c in GOLD_COLUMNS if row.get(c) is not None), None)
         if not data and not image_path:
             self.rejected.append((record_id, "no image (text-only row)"))
@@ -275,9 +294,13 @@ class TableSource:
         if problem:
             self.rejected.append((record_id, f"text holds {problem}"))
             return None
-        if not data:     # an image stored by path, relative to the table file
-            decoded = load_uri(self.fs, image_path if os.path.isabs(image_path) or Files.is_s3(image_path)
-                               else Files.join(Files.parent(uri), image_path))
+        if not data:  # an image stored by path, relative to the table file
+            decoded = load_uri(
+                self.fs,
+                image_path
+                if os.path.isabs(image_path) or Files.is_s3(image_path)
+                else Files.join(Files.parent(uri), image_path),
+            )
             key = prompt_key(image_path.encode(), instruction)
         else:
             key = prompt_key(data, instruction)
@@ -294,8 +317,9 @@ class TableSource:
         seen_keys[key] = record_id
         kind = row.get("kind") if row.get("kind") in KINDS else "auto"
         options = row.get("options")
-        options = options if isinstance(options, list) and options and all(isinstance(o, str) for o in options) \
-            else None
+        options = (
+            options if isinstance(options, list) and options and all(isinstance(o, str) for o in options) else None
+        )
         return SourceItem(
             prompt_id=f"{self.prefix}:{record_id}"[:300],
             image=decoded,
@@ -305,8 +329,14 @@ class TableSource:
             gold=answer,
             options=options,
             source=self.name,
-            meta={"file": uri, "row_group": group, "row": r, "data_source": data_source,
-                  "image_path": image_path, "prompt_key": key},
+            meta={
+                "file": uri,
+                "row_group": group,
+                "row": r,
+                "data_source": data_source,
+                "image_path": image_path,
+                "prompt_key": key,
+            },
         )
 
     def _question_type(self, row: dict) -> str:

@@ -3,6 +3,7 @@
 Puts this folder on sys.path so tests here can `import promql` (the dashboard PromQL
 helper) whatever pytest's import mode.
 """
+
 import sys
 from pathlib import Path
 

@@ -6,6 +6,7 @@ No Docker engine is needed. Tools are used when present and skipped with a messa
   - `promtool` (Debian package `prometheus`) checks both Prometheus configs and parses every
     dashboard expression (written into a rules file).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,22 @@ IMAGE = "${SELFJUDGE_IMAGE:-selfjudge:latest}"
 # RabbitMQ metrics (rabbitmq_prometheus plugin) that dashboards may use. A name outside this
 # list is most likely a typo; add real ones here when a dashboard needs them.
 KNOWN_RABBITMQ_METRICS = {
-    "rabbitmq_queue_messages", "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked",
-    "rabbitmq_queue_consumers", "rabbitmq_queue_messages_bytes", "rabbitmq_queues",
-    "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_consumers",
-    "rabbitmq_global_messages_delivered_consume_manual_ack_total", "rabbitmq_global_messages_acknowledged_total",
+    "rabbitmq_queue_messages",
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages_unacked",
+    "rabbitmq_queue_consumers",
+    "rabbitmq_queue_messages_bytes",
+    "rabbitmq_queues",
+    "rabbitmq_connections",
+    "rabbitmq_channels",
+    "rabbitmq_consumers",
+    "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+    "rabbitmq_global_messages_acknowledged_total",
     "rabbitmq_global_messages_redelivered_total",
-    "rabbitmq_queue_messages_published_total", "rabbitmq_queue_messages_delivered_ack_total",
-    "rabbitmq_queue_messages_acked_total", "rabbitmq_queue_messages_redelivered_total",
+    "rabbitmq_queue_messages_published_total",
+    "rabbitmq_queue_messages_delivered_ack_total",
+    "rabbitmq_queue_messages_acked_total",
+    "rabbitmq_queue_messages_redelivered_total",
 }
 PROMETHEUS_METRICS = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
@@ -71,6 +81,7 @@ def load_compose(path: Path) -> dict:
 
 # --- fixtures ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return load_compose(COMPOSE)
@@ -87,8 +98,10 @@ def _compose_cmd() -> list[str]:
         pytest.skip("docker CLI not installed: compose files not validated by `docker compose config`")
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip("docker CLI has no compose plugin (`docker compose version` failed): "
-                    "compose files not validated by `docker compose config`")
+        pytest.skip(
+            "docker CLI has no compose plugin (`docker compose version` failed): "
+            "compose files not validated by `docker compose config`"
+        )
     return ["docker", "compose"]
 
 
@@ -123,6 +136,7 @@ def _selfjudge_metric_names() -> set[str]:
 
 
 # --- docker-compose.yml ----------------------------------------------------------------------
+
 
 def test_every_service_is_defined(services):
     assert set(services) == set(INFRA + SELFJUDGE_SERVICES)
@@ -174,7 +188,7 @@ def test_published_ports_bind_loopback_only(services):
     for name, svc in services.items():
         for port in svc.get("ports", []):
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port!r}"
-    for name in SELFJUDGE_SERVICES:       # worker metrics stay inside the compose network
+    for name in SELFJUDGE_SERVICES:  # worker metrics stay inside the compose network
         assert "ports" not in services[name], name
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published == {"rabbitmq", "postgres", "minio", "prometheus", "grafana"}
@@ -182,8 +196,7 @@ def test_published_ports_bind_loopback_only(services):
 
 def test_named_volumes(compose, services):
     volumes = set(compose["volumes"])
-    assert volumes >= {"postgres-data", "rabbitmq-data", "minio-data", "prometheus-data",
-                       "grafana-data", "model-cache"}
+    assert volumes >= {"postgres-data", "rabbitmq-data", "minio-data", "prometheus-data", "grafana-data", "model-cache"}
 
     def mounts(name):
         return {v.split(":")[0]: v.split(":")[1] for v in services[name].get("volumes", []) if ":" in v}
@@ -201,7 +214,7 @@ def test_named_volumes(compose, services):
         for spec in svc.get("volumes", []):
             source = spec.split(":")[0]
             if source.startswith("/") and ":" not in spec:
-                continue    # an anonymous volume (per container)
+                continue  # an anonymous volume (per container)
             if source.startswith("."):
                 assert (REPO / source).exists(), f"{name}: {source} missing"
             else:
@@ -231,8 +244,12 @@ def test_healthchecks(services):
 
 
 def test_depends_on_conditions(services):
-    base = {"rabbitmq": "service_healthy", "postgres": "service_healthy",
-            "minio-init": "service_completed_successfully", "migrate": "service_completed_successfully"}
+    base = {
+        "rabbitmq": "service_healthy",
+        "postgres": "service_healthy",
+        "minio-init": "service_completed_successfully",
+        "migrate": "service_completed_successfully",
+    }
     for stage in STAGES:
         deps = {k: v["condition"] for k, v in services[stage]["depends_on"].items()}
         assert deps == base, stage
@@ -264,11 +281,12 @@ def test_gpu_reservations_on_model_stages_only(services):
         assert env["SELFJUDGE_GPU_POOL"] == stage
         assert env["SELFJUDGE_GPU_IDS"] == f"${{{stage.upper()}_GPUS:-0}}"
         assert services[stage]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [
-            f"${{{stage.upper()}_GPUS:-0}}"]
+            f"${{{stage.upper()}_GPUS:-0}}"
+        ]
         assert env["SELFJUDGE_GPUS_PER_REPLICA"] == f"${{{stage.upper()}_GPUS_PER_REPLICA:-1}}"
         assert env["SELFJUDGE__MODEL__DEVICE"] == "cuda"
     trainer = services["trainer"]["environment"]
-    assert trainer["SELFJUDGE__TRAIN__NPROC"] == trainer["SELFJUDGE_GPUS_PER_REPLICA"]   # one rank per GPU
+    assert trainer["SELFJUDGE__TRAIN__NPROC"] == trainer["SELFJUDGE_GPUS_PER_REPLICA"]  # one rank per GPU
     assert "SELFJUDGE_GPU_POOL" not in services["launcher"]["environment"]
 
 
@@ -295,9 +313,9 @@ def test_selfjudge_env_overrides_name_real_config_keys(services):
         names |= {k for k in (svc.get("environment") or {}) if k.startswith("SELFJUDGE__")}
     names |= set(re.findall(r"\bSELFJUDGE__[A-Z_]+\b", (REPO / "Dockerfile").read_text()))
     assert names
-    for name in names:   # SELFJUDGE__MODEL__DTYPE, SELFJUDGE__MODEL__VLLM__MAX_NUM_SEQS, ...
+    for name in names:  # SELFJUDGE__MODEL__DTYPE, SELFJUDGE__MODEL__VLLM__MAX_NUM_SEQS, ...
         node = Settings()
-        for key in name[len("SELFJUDGE__"):].lower().split("__"):
+        for key in name[len("SELFJUDGE__") :].lower().split("__"):
             assert key in type(node).model_fields, name
             node = getattr(node, key)
 
@@ -323,25 +341,35 @@ def test_no_literal_secrets(path):
     for name, svc in data.get("services", {}).items():
         for key, value in (svc.get("environment") or {}).items():
             if SECRET_KEY.search(key):
-                assert re.fullmatch(r'\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}', str(value)), \
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}", str(value)), (
                     f"{path.name} {name}.{key} must come from .env as ${{VAR}}, not {value!r}"
+                )
     for where, text in _walk_strings(data):
         for creds in URL_WITH_CREDENTIALS.findall(text):
             for part in creds.split(":"):
                 assert part.startswith(("${", "$${")), f"{where}: literal credential in URL"
-    assert not re.search(r"(?i)(password|secret)\s*[:=]\s*[\"']?(?!\$)[A-Za-z0-9]", path.read_text()), \
+    assert not re.search(r"(?i)(password|secret)\s*[:=]\s*[\"']?(?!\$)[A-Za-z0-9]", path.read_text()), (
         f"{path.name}: a password/secret looks hard-coded"
+    )
 
 
 def test_env_example_defines_every_required_variable():
     text = COMPOSE.read_text() + COMPOSE_CPU.read_text()
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
-    defined = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
-               if line and not line.startswith("#") and "=" in line}
+    defined = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line
+    }
     assert required, "compose should require its credentials with ${VAR:?...}"
     assert required <= defined, f".env.example lacks {sorted(required - defined)}"
-    for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD",
-                "SELFJUDGE_S3_SECRET_KEY", "GRAFANA_ADMIN_PASSWORD"):
+    for var in (
+        "POSTGRES_PASSWORD",
+        "RABBITMQ_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "SELFJUDGE_S3_SECRET_KEY",
+        "GRAFANA_ADMIN_PASSWORD",
+    ):
         assert var in required, f"{var} should be required (${{{var}:?...}})"
     # .env itself is never committed or sent to the image build
     assert ".env" in (REPO / ".gitignore").read_text().split()
@@ -350,17 +378,27 @@ def test_env_example_defines_every_required_variable():
 
 def test_docker_compose_config_is_valid():
     cmd = _compose_cmd()
-    test_overlay = ["-f", "infra/compose-test/docker-compose.test.yml"]     # make compose-test's knobs
-    for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"],
-                  ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", *test_overlay]):
-        run = subprocess.run(cmd + files + ["--env-file", ".env.example", "config", "-q"],
-                             cwd=REPO, capture_output=True, text=True)
+    test_overlay = ["-f", "infra/compose-test/docker-compose.test.yml"]  # make compose-test's knobs
+    for files in (
+        ["-f", "docker-compose.yml"],
+        ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"],
+        ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", *test_overlay],
+    ):
+        run = subprocess.run(
+            cmd + files + ["--env-file", ".env.example", "config", "-q"], cwd=REPO, capture_output=True, text=True
+        )
         assert run.returncode == 0, f"{' '.join(files)}: {run.stderr}"
 
 
 def _render(*env_files: str) -> dict:
-    run = subprocess.run(_compose_cmd() + [arg for f in (".env.example", *env_files) for arg in ("--env-file", f)]
-                         + ["config", "--format", "json"], cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(
+        _compose_cmd()
+        + [arg for f in (".env.example", *env_files) for arg in ("--env-file", f)]
+        + ["config", "--format", "json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)["services"]
 
@@ -380,8 +418,10 @@ def test_gpu_layout_defaults_to_one_gpu():
     assert gpu_layout(services) == {stage: ("0", 1, 1, ["0"]) for stage in GPU_STAGES}
     trainer = services["trainer"]["environment"]
     assert (trainer["SELFJUDGE__TRAIN__NPROC"], trainer["SELFJUDGE__TRAIN__DISTRIBUTED"]) == ("1", "fsdp")
-    for name in SELFJUDGE_SERVICES:   # the default image: no vLLM
-        assert services[name]["build"]["target"] == "default" and services[name]["build"]["args"] == {"VLLM_VERSION": ""}
+    for name in SELFJUDGE_SERVICES:  # the default image: no vLLM
+        assert services[name]["build"]["target"] == "default" and services[name]["build"]["args"] == {
+            "VLLM_VERSION": ""
+        }
         assert services[name]["environment"]["SELFJUDGE__MODEL__BACKEND"] == "transformers"
 
 
@@ -389,12 +429,16 @@ def test_eight_gpu_layout_renders_from_the_environment():
     """infra/gpu-8.env (the README's layout): pools, replicas and GPUs per replica fit together."""
     services = _render("infra/gpu-8.env")
     layout = gpu_layout(services)
-    assert layout == {"synthesizer": ("0,1", 2, 1, ["0,1"]), "reasoner": ("2,3,4,5", 4, 1, ["2,3,4,5"]),
-                      "evaluator": ("6,7", 2, 1, ["6,7"]), "trainer": ("0,1,2,3,4,5,6,7", 1, 8, ["0,1,2,3,4,5,6,7"])}
-    for stage, (ids, replicas, per, _) in layout.items():   # every replica gets its own GPUs, none idle
+    assert layout == {
+        "synthesizer": ("0,1", 2, 1, ["0,1"]),
+        "reasoner": ("2,3,4,5", 4, 1, ["2,3,4,5"]),
+        "evaluator": ("6,7", 2, 1, ["6,7"]),
+        "trainer": ("0,1,2,3,4,5,6,7", 1, 8, ["0,1,2,3,4,5,6,7"]),
+    }
+    for stage, (ids, replicas, per, _) in layout.items():  # every replica gets its own GPUs, none idle
         assert len(ids.split(",")) == replicas * per, stage
     generation = sorted(g for s in ("synthesizer", "reasoner", "evaluator") for g in layout[s][0].split(","))
-    assert generation == [str(i) for i in range(8)]   # one engine per GPU
+    assert generation == [str(i) for i in range(8)]  # one engine per GPU
     trainer = services["trainer"]["environment"]
     assert (trainer["SELFJUDGE__TRAIN__NPROC"], trainer["SELFJUDGE__TRAIN__DISTRIBUTED"]) == ("8", "fsdp")
     for name in SELFJUDGE_SERVICES:
@@ -405,25 +449,47 @@ def test_eight_gpu_layout_renders_from_the_environment():
     from selfjudge.shared.config import load_settings
 
     env = {k: v for k, v in services["trainer"]["environment"].items() if k.startswith("SELFJUDGE__")}
-    settings = load_settings(environ=env)   # the stack's settings are valid ones
-    assert (settings.train.nproc, settings.train.distributed, settings.model.vllm.gpu_memory_utilization) == (8, "fsdp", 0.45)
+    settings = load_settings(environ=env)  # the stack's settings are valid ones
+    assert (settings.train.nproc, settings.train.distributed, settings.model.vllm.gpu_memory_utilization) == (
+        8,
+        "fsdp",
+        0.45,
+    )
 
 
 def test_compose_refuses_to_start_without_credentials(tmp_path):
     cmd = _compose_cmd()
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    run = subprocess.run(cmd + ["--env-file", str(empty), "config", "-q"], cwd=REPO,
-                         capture_output=True, text=True,
-                         env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)})
+    run = subprocess.run(
+        cmd + ["--env-file", str(empty), "config", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )
     assert run.returncode != 0 and "in .env" in run.stderr
 
 
 def test_cpu_override_drops_gpus():
     cmd = _compose_cmd()
-    run = subprocess.run(cmd + ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml",
-                                "--env-file", ".env.example", "config", "--format", "json"],
-                         cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(
+        cmd
+        + [
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.cpu.yml",
+            "--env-file",
+            ".env.example",
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     services = json.loads(run.stdout)["services"]
     for name in SELFJUDGE_SERVICES:
@@ -437,6 +503,7 @@ def test_cpu_override_drops_gpus():
 
 
 # --- image ---------------------------------------------------------------------------------
+
 
 def test_dockerfile_gpu_target_adds_vllm_only():
     """`--target gpu` = the default image + vLLM at the same torch; the default target stays last
@@ -473,6 +540,7 @@ def test_dockerfile():
 
 # --- loop configs --------------------------------------------------------------------------
 
+
 def test_loop_configs_load():
     from selfjudge.shared.config import load_settings
 
@@ -482,8 +550,11 @@ def test_loop_configs_load():
     assert demo.synth.n_samples == 8 and demo.synth.majority_threshold == 4
     assert demo.embedded, "demo.yaml must not name a broker (embedded by default)"
 
-    env = {"SELFJUDGE__BROKER__URL": "amqp://u:p@rabbitmq:5672//", "SELFJUDGE__STORE__KIND": "s3",
-           "SELFJUDGE__MODEL__DEVICE": "cuda"}
+    env = {
+        "SELFJUDGE__BROKER__URL": "amqp://u:p@rabbitmq:5672//",
+        "SELFJUDGE__STORE__KIND": "s3",
+        "SELFJUDGE__MODEL__DEVICE": "cuda",
+    }
     composed = load_settings(REPO / "configs" / "compose.yaml", environ=env)
     assert not composed.embedded and composed.store.kind == "s3"
     for path in ("compose.yaml", "demo.yaml"):
@@ -495,6 +566,7 @@ def test_loop_configs_load():
 
 
 # --- RabbitMQ ------------------------------------------------------------------------------
+
 
 def test_rabbitmq_config():
     plugins = (RABBIT_DIR / "enabled_plugins").read_text()
@@ -511,11 +583,12 @@ def test_rabbitmq_config():
 
 # --- Prometheus ----------------------------------------------------------------------------
 
+
 def test_prometheus_scrapes_every_service(services):
     config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     assert config["global"]["scrape_interval"] == "5s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for name in STAGES + ["launcher"]:       # the long-running processes that serve :9100
+    for name in STAGES + ["launcher"]:  # the long-running processes that serve :9100
         (sd,) = jobs[name]["dns_sd_configs"]
         assert sd["names"] == [name] and sd["type"] == "A" and sd["port"] == 9100, name
         assert name in services
@@ -543,6 +616,7 @@ def test_promtool_check_config(name, tmp_path):
 
 
 # --- Grafana -------------------------------------------------------------------------------
+
 
 def _provisioned_datasource_uid() -> str:
     config = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
@@ -595,13 +669,26 @@ def test_dashboards_are_valid_grafana_json():
 
 def test_dashboards_cover_the_brief():
     exprs = " ".join(expr for _, _, expr in dashboard_exprs(raw=True))
-    for needle in ("selfjudge_iteration", "selfjudge_eval_accuracy_ratio",
-                   'selfjudge_items_out_total{stage="filter"}', "selfjudge_shard_duration_seconds_bucket",
-                   "selfjudge_generated_tokens_total", "selfjudge_generation_seconds_total",
-                   "selfjudge_samples_total", "selfjudge_parse_failures_total", "selfjudge_items_rejected_total",
-                   "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_consumers",
-                   "selfjudge_model_load_duration_seconds", "selfjudge_train_loss", "selfjudge_train_tokens_total",
-                   "selfjudge_train_step_duration_seconds", "selfjudge_errors_total", "up"):
+    for needle in (
+        "selfjudge_iteration",
+        "selfjudge_eval_accuracy_ratio",
+        'selfjudge_items_out_total{stage="filter"}',
+        "selfjudge_shard_duration_seconds_bucket",
+        "selfjudge_generated_tokens_total",
+        "selfjudge_generation_seconds_total",
+        "selfjudge_samples_total",
+        "selfjudge_parse_failures_total",
+        "selfjudge_items_rejected_total",
+        "rabbitmq_queue_messages_ready",
+        "rabbitmq_queue_messages_unacked",
+        "rabbitmq_queue_consumers",
+        "selfjudge_model_load_duration_seconds",
+        "selfjudge_train_loss",
+        "selfjudge_train_tokens_total",
+        "selfjudge_train_step_duration_seconds",
+        "selfjudge_errors_total",
+        "up",
+    ):
         assert needle in exprs, needle
 
 
@@ -621,8 +708,7 @@ def test_dashboard_exprs_substituted():
 def test_dashboard_promql_parses(tmp_path):
     """promtool parses every expression (as a recording rule): catches PromQL syntax errors."""
     promtool = _promtool()
-    rules = [{"record": f"dashboard:expr_{i}", "expr": expr}
-             for i, (_, _, expr) in enumerate(dashboard_exprs())]
+    rules = [{"record": f"dashboard:expr_{i}", "expr": expr} for i, (_, _, expr) in enumerate(dashboard_exprs())]
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)

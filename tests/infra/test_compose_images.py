@@ -1,6 +1,7 @@
 """The local images of `make compose-test` (scripts/compose_images.py) cover the whole stack:
 every service the test starts gets its image from a variable that a local build sets, and the
 stand-ins read the same environment as the upstream images. No Docker engine needed."""
+
 from __future__ import annotations
 
 import re
@@ -29,7 +30,7 @@ def test_every_service_the_test_starts_has_a_local_image():
     stack = services("docker-compose.yml", "docker-compose.cpu.yml", "infra/compose-test/docker-compose.test.yml")
     for name, svc in stack.items():
         if "grafana" in (svc.get("profiles") or []):
-            continue                       # left out by the test (no Grafana package reachable)
+            continue  # left out by the test (no Grafana package reachable)
         match = VARIABLE.match(svc["image"])
         assert match, f"{name}: image {svc['image']!r} is not chosen by a variable"
         assert match.group(1) in compose_images.IMAGE_VARIABLES, f"{name}: nothing builds {match.group(1)}"
@@ -47,8 +48,11 @@ def test_each_standin_has_its_dockerfile_and_scripts():
 
 def test_standins_read_the_upstream_environment():
     compose = services("docker-compose.yml")
-    scripts = {"postgres": "postgres-entrypoint.sh", "rabbitmq": "rabbitmq-entrypoint.sh",
-               "minio": "minio-entrypoint.sh"}
+    scripts = {
+        "postgres": "postgres-entrypoint.sh",
+        "rabbitmq": "rabbitmq-entrypoint.sh",
+        "minio": "minio-entrypoint.sh",
+    }
     for service, script in scripts.items():
         text = (compose_images.STANDINS / script).read_text()
         for variable in compose[service]["environment"]:

@@ -1,5 +1,6 @@
 """scripts/compose_preflight.py: bad configuration gets one clear line naming the fix, before
 anything starts. Runs the script as users do (a subprocess); needs no Docker engine."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "compose_preflight.py"
-PORT_VARIABLES = ["POSTGRES_PORT", "RABBITMQ_PORT", "RABBITMQ_MANAGEMENT_PORT", "MINIO_API_PORT",
-                  "MINIO_CONSOLE_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT"]
+PORT_VARIABLES = [
+    "POSTGRES_PORT",
+    "RABBITMQ_PORT",
+    "RABBITMQ_MANAGEMENT_PORT",
+    "MINIO_API_PORT",
+    "MINIO_CONSOLE_PORT",
+    "PROMETHEUS_PORT",
+    "GRAFANA_PORT",
+]
 
 
 def free_port() -> int:
@@ -25,8 +33,9 @@ def free_port() -> int:
 
 def env_file(tmp_path: Path, drop: str = "", **overrides: str) -> Path:
     """.env.example with free ports, `drop` removed and `overrides` applied."""
-    lines = [line for line in (REPO / ".env.example").read_text().splitlines()
-             if not (drop and line.startswith(drop + "="))]
+    lines = [
+        line for line in (REPO / ".env.example").read_text().splitlines() if not (drop and line.startswith(drop + "="))
+    ]
     values = {var: str(free_port()) for var in PORT_VARIABLES} | overrides
     path = tmp_path / "test.env"
     path.write_text("\n".join(lines + [f"{k}={v}" for k, v in values.items()]) + "\n")
@@ -35,8 +44,7 @@ def env_file(tmp_path: Path, drop: str = "", **overrides: str) -> Path:
 
 def preflight(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME")} | env
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
-                          env=clean)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, env=clean)
 
 
 def problems(done: subprocess.CompletedProcess) -> list[str]:
@@ -79,7 +87,9 @@ def test_a_port_in_use_names_the_service_and_the_variable(tmp_path):
         done = preflight("--env-file", str(path), "--checks", "ports", DOCKER_HOST="unix:///nonexistent.sock")
     assert done.returncode == 1
     (line,) = problems(done)
-    assert f"port 127.0.0.1:{port} (postgres) is in use" in line and f"set POSTGRES_PORT=<a free port> in {path}" in line
+    assert (
+        f"port 127.0.0.1:{port} (postgres) is in use" in line and f"set POSTGRES_PORT=<a free port> in {path}" in line
+    )
 
 
 def test_grafana_port_counts_only_with_its_profile(tmp_path):
@@ -87,10 +97,20 @@ def test_grafana_port_counts_only_with_its_profile(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = str(holder.getsockname()[1])
-        without = preflight("--env-file", str(env_file(tmp_path, GRAFANA_PORT=port, COMPOSE_PROFILES="")),
-                            "--checks", "ports", DOCKER_HOST="unix:///nonexistent.sock")
-        with_profile = preflight("--env-file", str(env_file(tmp_path, GRAFANA_PORT=port, COMPOSE_PROFILES="grafana")),
-                                 "--checks", "ports", DOCKER_HOST="unix:///nonexistent.sock")
+        without = preflight(
+            "--env-file",
+            str(env_file(tmp_path, GRAFANA_PORT=port, COMPOSE_PROFILES="")),
+            "--checks",
+            "ports",
+            DOCKER_HOST="unix:///nonexistent.sock",
+        )
+        with_profile = preflight(
+            "--env-file",
+            str(env_file(tmp_path, GRAFANA_PORT=port, COMPOSE_PROFILES="grafana")),
+            "--checks",
+            "ports",
+            DOCKER_HOST="unix:///nonexistent.sock",
+        )
     assert without.returncode == 0, without.stderr
     assert with_profile.returncode == 1 and "(grafana) is in use" in problems(with_profile)[0]
 

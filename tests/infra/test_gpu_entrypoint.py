@@ -3,6 +3,7 @@
 Run with a stand-in for `selfjudge` (SELFJUDGE_EXEC) that prints what it got and, when asked,
 holds on for a while like a worker would.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,9 @@ import pytest
 
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "infra" / "docker" / "entrypoint.sh"
 
-pytestmark = pytest.mark.skipif(shutil.which("flock") is None or shutil.which("sh") is None,
-                                reason="needs sh and flock (util-linux)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("flock") is None or shutil.which("sh") is None, reason="needs sh and flock (util-linux)"
+)
 
 STAND_IN = """#!/bin/sh
 echo "CVD=${CUDA_VISIBLE_DEVICES:-unset} ARGS=$*"
@@ -33,14 +35,14 @@ def env(tmp_path):
     stand_in.write_text(STAND_IN)
     stand_in.chmod(0o755)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SELFJUDGE", "CUDA_", "NVIDIA_"))}
-    base.update(SELFJUDGE_EXEC=str(stand_in), SELFJUDGE_GPU_LOCK_DIR=str(tmp_path / "locks"),
-                SELFJUDGE_GPU_WAIT_S="0")
+    base.update(SELFJUDGE_EXEC=str(stand_in), SELFJUDGE_GPU_LOCK_DIR=str(tmp_path / "locks"), SELFJUDGE_GPU_WAIT_S="0")
     return base
 
 
 def run(env, *args, **extra):
-    out = subprocess.run(["sh", str(ENTRYPOINT), *args], env={**env, **extra},
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["sh", str(ENTRYPOINT), *args], env={**env, **extra}, capture_output=True, text=True, timeout=30
+    )
     return out.returncode, out.stdout.strip(), out.stderr
 
 
@@ -49,8 +51,9 @@ def test_no_pool_runs_selfjudge_unchanged(env):
 
 
 def test_claims_the_first_free_gpu_of_the_pool(env):
-    code, out, _ = run(env, "worker", "reasoner", SELFJUDGE_GPU_POOL="reasoner",
-                       SELFJUDGE_GPU_IDS="2,5", NVIDIA_VISIBLE_DEVICES="all")
+    code, out, _ = run(
+        env, "worker", "reasoner", SELFJUDGE_GPU_POOL="reasoner", SELFJUDGE_GPU_IDS="2,5", NVIDIA_VISIBLE_DEVICES="all"
+    )
     assert (code, out) == (0, "CVD=2 ARGS=worker reasoner")
 
 
@@ -61,9 +64,13 @@ def test_replicas_get_distinct_gpus_and_an_extra_one_fails(env, tmp_path):
         for i in range(2):
             hold = tmp_path / f"hold{i}"
             hold.touch()
-            proc = subprocess.Popen(["sh", str(ENTRYPOINT), "worker", "reasoner"],
-                                    env={**env, **pool, "HOLD_FILE": str(hold)},
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                ["sh", str(ENTRYPOINT), "worker", "reasoner"],
+                env={**env, **pool, "HOLD_FILE": str(hold)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             holders.append((proc, hold))
             deadline = time.monotonic() + 10
             while not Path(f"{hold}.started").exists():
@@ -72,8 +79,10 @@ def test_replicas_get_distinct_gpus_and_an_extra_one_fails(env, tmp_path):
         code, _, err = run(env, "worker", "reasoner", **pool)
         assert code == 75 and "held by another replica" in err
         # another pool may use the same GPUs
-        assert run(env, "worker", "evaluator", SELFJUDGE_GPU_POOL="evaluator", SELFJUDGE_GPU_IDS="0")[:2] == \
-            (0, "CVD=0 ARGS=worker evaluator")
+        assert run(env, "worker", "evaluator", SELFJUDGE_GPU_POOL="evaluator", SELFJUDGE_GPU_IDS="0")[:2] == (
+            0,
+            "CVD=0 ARGS=worker evaluator",
+        )
     finally:
         outputs = []
         for proc, hold in holders:
@@ -88,23 +97,31 @@ def test_subset_visible_is_renumbered(env):
     # device_ids "3,1": CUDA sees host GPUs 1 and 3 as 0 and 1 (PCI bus order)
     code, out, _ = run(env, "worker", "trainer", SELFJUDGE_GPU_POOL="trainer", NVIDIA_VISIBLE_DEVICES="3,1")
     assert (code, out) == (0, "CVD=1 ARGS=worker trainer")
-    code, _, err = run(env, "worker", "trainer", SELFJUDGE_GPU_POOL="trainer2",
-                       SELFJUDGE_GPU_IDS="7", NVIDIA_VISIBLE_DEVICES="3,1")
+    code, _, err = run(
+        env, "worker", "trainer", SELFJUDGE_GPU_POOL="trainer2", SELFJUDGE_GPU_IDS="7", NVIDIA_VISIBLE_DEVICES="3,1"
+    )
     assert code != 0 and "not visible" in err
 
 
 def test_uuid_and_user_pinning(env):
     assert run(env, "w", SELFJUDGE_GPU_POOL="p", SELFJUDGE_GPU_IDS="GPU-1a2b")[:2] == (0, "CVD=GPU-1a2b ARGS=w")
-    assert run(env, "w", SELFJUDGE_GPU_POOL="p", SELFJUDGE_GPU_IDS="0", CUDA_VISIBLE_DEVICES="3")[:2] == \
-        (0, "CVD=3 ARGS=w")
+    assert run(env, "w", SELFJUDGE_GPU_POOL="p", SELFJUDGE_GPU_IDS="0", CUDA_VISIBLE_DEVICES="3")[:2] == (
+        0,
+        "CVD=3 ARGS=w",
+    )
 
 
 def _hold(env, tmp_path, name, extra):
     """Start the entrypoint with the holding stand-in; return (process, hold file) once it runs."""
     hold = tmp_path / name
     hold.touch()
-    proc = subprocess.Popen(["sh", str(ENTRYPOINT), "worker", "trainer"], env={**env, **extra, "HOLD_FILE": str(hold)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "worker", "trainer"],
+        env={**env, **extra, "HOLD_FILE": str(hold)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 10
     while not Path(f"{hold}.started").exists():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -114,8 +131,12 @@ def _hold(env, tmp_path, name, extra):
 
 def test_several_gpus_per_replica_claim_disjoint_groups(env, tmp_path):
     """SELFJUDGE_GPUS_PER_REPLICA=2 over a pool of 5: {4,5} and {6,7} (the fifth id is left over)."""
-    pool = {"SELFJUDGE_GPU_POOL": "trainer", "SELFJUDGE_GPU_IDS": "4,5,6,7,2", "SELFJUDGE_GPUS_PER_REPLICA": "2",
-            "NVIDIA_VISIBLE_DEVICES": "all"}
+    pool = {
+        "SELFJUDGE_GPU_POOL": "trainer",
+        "SELFJUDGE_GPU_IDS": "4,5,6,7,2",
+        "SELFJUDGE_GPUS_PER_REPLICA": "2",
+        "NVIDIA_VISIBLE_DEVICES": "all",
+    }
     holders = []
     try:
         holders = [_hold(env, tmp_path, f"hold{i}", pool) for i in range(2)]
@@ -128,8 +149,14 @@ def test_several_gpus_per_replica_claim_disjoint_groups(env, tmp_path):
             outputs.append(proc.communicate(timeout=10)[0].strip())
     assert sorted(outputs) == ["CVD=4,5 ARGS=worker trainer", "CVD=6,7 ARGS=worker trainer"]
     # a subset visible (device_ids 6,7,2,3): the group is renumbered like a single GPU is
-    assert run(env, "w", SELFJUDGE_GPU_POOL="t2", SELFJUDGE_GPU_IDS="6,7", SELFJUDGE_GPUS_PER_REPLICA="2",
-               NVIDIA_VISIBLE_DEVICES="6,7,2,3")[:2] == (0, "CVD=2,3 ARGS=w")
+    assert run(
+        env,
+        "w",
+        SELFJUDGE_GPU_POOL="t2",
+        SELFJUDGE_GPU_IDS="6,7",
+        SELFJUDGE_GPUS_PER_REPLICA="2",
+        NVIDIA_VISIBLE_DEVICES="6,7,2,3",
+    )[:2] == (0, "CVD=2,3 ARGS=w")
 
 
 def test_gpus_per_replica_is_checked(env):
@@ -188,7 +215,7 @@ def test_eight_gpu_layout_replicas_claim_disjoint_gpus(env, tmp_path):
             for proc, hold in holders:
                 hold.unlink(missing_ok=True)
                 outputs.append(proc.communicate(timeout=10)[0].strip())
-        visible = sorted(ids.split(","), key=int)   # CUDA numbers the visible GPUs in PCI (= id) order
+        visible = sorted(ids.split(","), key=int)  # CUDA numbers the visible GPUs in PCI (= id) order
         claimed = [[visible[int(i)] for i in out.split()[0].removeprefix("CVD=").split(",")] for out in outputs]
         assert all(len(c) == per for c in claimed), (stage, outputs)
         assert sorted(g for c in claimed for g in c) == sorted(ids.split(",")), (stage, outputs)

@@ -1,5 +1,6 @@
 """A small cluster for integration tests: separate worker processes per stage over the real
 RabbitMQ, Postgres and S3 servers, supervised (a dead worker is restarted, as compose would)."""
+
 from __future__ import annotations
 
 import json
@@ -20,22 +21,41 @@ from ..conftest import TINY_LOOP
 CLI = [sys.executable, "-m", "selfjudge.cli"]
 
 
-def loop_env(name: str, postgres_url: str, rabbit_url: str, s3: dict, base: Path, work_dir: Path,
-             iterations: int = 2, **extra: str) -> dict:
+def loop_env(
+    name: str,
+    postgres_url: str,
+    rabbit_url: str,
+    s3: dict,
+    base: Path,
+    work_dir: Path,
+    iterations: int = 2,
+    **extra: str,
+) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFJUDGE")}
-    env.update({f"SELFJUDGE__{section.upper()}__{key.upper()}": str(value)
-                for section, values in TINY_LOOP.items() for key, value in values.items()})
-    env.update({
-        "SELFJUDGE__RUN__NAME": name, "SELFJUDGE__RUN__ITERATIONS": str(iterations),
-        "SELFJUDGE__RUN__WORK_DIR": str(work_dir),
-        "SELFJUDGE__DATABASE__URL": postgres_url, "SELFJUDGE__BROKER__URL": rabbit_url,
-        "SELFJUDGE__STORE__KIND": "s3", "SELFJUDGE__STORE__ENDPOINT": s3["endpoint"],
-        "SELFJUDGE__STORE__BUCKET": s3["bucket"], "SELFJUDGE__STORE__ACCESS_KEY": s3["access_key"],
-        "SELFJUDGE__STORE__SECRET_KEY": s3["secret_key"],
-        "SELFJUDGE__MODEL__BASE": str(base),
-        "SELFJUDGE__MODEL__CPU_THREADS": "1",        # six processes share two cores: no OpenMP oversubscription
-        "SELFJUDGE__RUN__TRAIN_LEASE_SECONDS": "15",      # a killed trainer's work is re-sent soon
-    })
+    env.update(
+        {
+            f"SELFJUDGE__{section.upper()}__{key.upper()}": str(value)
+            for section, values in TINY_LOOP.items()
+            for key, value in values.items()
+        }
+    )
+    env.update(
+        {
+            "SELFJUDGE__RUN__NAME": name,
+            "SELFJUDGE__RUN__ITERATIONS": str(iterations),
+            "SELFJUDGE__RUN__WORK_DIR": str(work_dir),
+            "SELFJUDGE__DATABASE__URL": postgres_url,
+            "SELFJUDGE__BROKER__URL": rabbit_url,
+            "SELFJUDGE__STORE__KIND": "s3",
+            "SELFJUDGE__STORE__ENDPOINT": s3["endpoint"],
+            "SELFJUDGE__STORE__BUCKET": s3["bucket"],
+            "SELFJUDGE__STORE__ACCESS_KEY": s3["access_key"],
+            "SELFJUDGE__STORE__SECRET_KEY": s3["secret_key"],
+            "SELFJUDGE__MODEL__BASE": str(base),
+            "SELFJUDGE__MODEL__CPU_THREADS": "1",  # six processes share two cores: no OpenMP oversubscription
+            "SELFJUDGE__RUN__TRAIN_LEASE_SECONDS": "15",  # a killed trainer's work is re-sent soon
+        }
+    )
     env.update(extra)
     return env
 
@@ -57,11 +77,19 @@ class Prometheus:
             "    file_sd_configs: [{files: [targets.json], refresh_interval: 1s}]\n"
             "  - job_name: rabbitmq\n"
             "    metrics_path: /metrics/per-object\n"
-            "    static_configs: [{targets: ['127.0.0.1:15692']}]\n")
+            "    static_configs: [{targets: ['127.0.0.1:15692']}]\n"
+        )
         log = open(root / "prometheus.log", "w")
-        self.proc = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}",
-                                      f"--storage.tsdb.path={root / 'data'}",
-                                      f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.wait_ready()
 
@@ -77,8 +105,14 @@ class Prometheus:
         pytest.fail(f"prometheus not ready: {(self.root / 'prometheus.log').read_text()[-2000:]}")
 
     def set_targets(self, ports: dict[str, int]) -> None:
-        self.targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"job": "selfjudge",
-                                             "stage": stage}} for stage, port in ports.items()]))
+        self.targets.write_text(
+            json.dumps(
+                [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": {"job": "selfjudge", "stage": stage}}
+                    for stage, port in ports.items()
+                ]
+            )
+        )
 
     def query(self, expr: str, at: float) -> list:
         resp = httpx.get(f"{self.url}/api/v1/query", params={"query": expr, "time": at}, timeout=30)
@@ -98,7 +132,7 @@ class Prometheus:
 class Cluster:
     """Five workers (one per stage) and a launcher; `supervise` restarts dead workers."""
 
-    def __init__(self, root: Path, env: dict, free_port, prometheus: Prometheus | None = None):  # noqa: ANN001
+    def __init__(self, root: Path, env: dict, free_port, prometheus: Prometheus | None = None):
         self.root, self.env, self.free_port, self.prometheus = root, env, free_port, prometheus
         self.ports: dict[str, int] = {}
         self.workers: dict[str, subprocess.Popen] = {}
@@ -107,8 +141,12 @@ class Cluster:
 
     def start_worker(self, stage: str, **extra: str) -> None:
         self.ports[stage] = self.free_port()
-        env = dict(self.env, SELFJUDGE__RUN__WORK_DIR=str(self.root / stage),
-                   SELFJUDGE__METRICS__PORT=str(self.ports[stage]), **extra)
+        env = dict(
+            self.env,
+            SELFJUDGE__RUN__WORK_DIR=str(self.root / stage),
+            SELFJUDGE__METRICS__PORT=str(self.ports[stage]),
+            **extra,
+        )
         if self.prometheus is not None:
             self.prometheus.set_targets(self.ports)
         log = open(self.root / f"{stage}.log", "a")
@@ -128,13 +166,17 @@ class Cluster:
     def launch(self, *args: str, **extra: str) -> subprocess.Popen:
         out = open(self.root / "launcher.out", "w")
         err = open(self.root / "launcher.log", "a")
-        proc = subprocess.Popen([*CLI, "run", "--wait", "--timeout", "1500", "--json", *args],
-                                env=dict(self.env, **extra), stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [*CLI, "run", "--wait", "--timeout", "1500", "--json", *args],
+            env=dict(self.env, **extra),
+            stdout=out,
+            stderr=err,
+        )
         out.close()
         err.close()
         return proc
 
-    def wait(self, launcher: subprocess.Popen, timeout: float = 600, during=None) -> None:  # noqa: ANN001
+    def wait(self, launcher: subprocess.Popen, timeout: float = 600, during=None) -> None:
         """Supervise the workers until the launcher exits; `during(elapsed)` runs each tick (fault injection).
 
         `timeout` stays below pytest-timeout's, so a stuck run fails here with the workers' logs and the
@@ -160,9 +202,14 @@ class Cluster:
 
         try:
             with make_sessionmaker(self.env["SELFJUDGE__DATABASE__URL"])() as s:
-                return {(sh.iteration, sh.stage, sh.index): (sh.state, sh.attempts) for sh in s.scalars(
-                    select(Shard).join(Run, Run.id == Shard.run_id).where(
-                        Run.name == self.env["SELFJUDGE__RUN__NAME"]))}
+                return {
+                    (sh.iteration, sh.stage, sh.index): (sh.state, sh.attempts)
+                    for sh in s.scalars(
+                        select(Shard)
+                        .join(Run, Run.id == Shard.run_id)
+                        .where(Run.name == self.env["SELFJUDGE__RUN__NAME"])
+                    )
+                }
         except Exception as exc:  # noqa: BLE001 - only for a failure message
             return {"unreadable": str(exc)[:200]}
 
@@ -195,11 +242,20 @@ def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_fac
     `make.clusters` lists every cluster made; `stop_clusters` stops each test's own at its end."""
     clusters: list[Cluster] = []
 
-    def make(name: str, iterations: int = 2, start: bool = True, prometheus: Prometheus | None = None,
-             **extra: str) -> Cluster:
+    def make(
+        name: str, iterations: int = 2, start: bool = True, prometheus: Prometheus | None = None, **extra: str
+    ) -> Cluster:
         root = tmp_path_factory.mktemp(name)
-        env = loop_env(name, postgres_url, rabbit_url, dict(s3_server.config, bucket="selfjudge-it"), tiny_base,
-                       root / "launcher", iterations=iterations, **extra)
+        env = loop_env(
+            name,
+            postgres_url,
+            rabbit_url,
+            dict(s3_server.config, bucket="selfjudge-it"),
+            tiny_base,
+            root / "launcher",
+            iterations=iterations,
+            **extra,
+        )
         cluster = Cluster(root, env, free_port, prometheus)
         clusters.append(cluster)
         if start:
@@ -213,7 +269,7 @@ def cluster_factory(postgres_url, rabbit_url, s3_server, tiny_base, tmp_path_fac
 
 
 @pytest.fixture(autouse=True)
-def stop_clusters(request):  # noqa: ANN001, ANN201
+def stop_clusters(request):
     """Workers of a test that failed midway must not live on: they share the queues with the next
     test's workers and would take its messages. Stop them, and drop what they left queued."""
     if "cluster_factory" not in request.fixturenames:
@@ -245,15 +301,21 @@ def distributed_run(cluster_factory, postgres_url, s3_server, tmp_path_factory, 
     from selfjudge.shared.store import S3Store
 
     prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), free_port())
-    try:                          # stopped whether the run passes or fails
+    try:  # stopped whether the run passes or fails
         cluster = cluster_factory("it-distributed", prometheus=prometheus)
         cluster.wait(cluster.launch())
-        time.sleep(3)             # let Prometheus scrape the final values before the workers go
+        time.sleep(3)  # let Prometheus scrape the final values before the workers go
         scraped_at = time.time()
         cluster.stop()
         settings = load_settings(environ=cluster.env)
-        yield {"cluster": cluster, "root": cluster.root, "sessions": make_sessionmaker(postgres_url),
-               "store": S3Store(settings.store), "settings": settings, "prometheus": prometheus,
-               "scraped_at": scraped_at}
+        yield {
+            "cluster": cluster,
+            "root": cluster.root,
+            "sessions": make_sessionmaker(postgres_url),
+            "store": S3Store(settings.store),
+            "settings": settings,
+            "prometheus": prometheus,
+            "scraped_at": scraped_at,
+        }
     finally:
         prometheus.stop()

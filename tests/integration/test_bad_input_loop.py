@@ -4,6 +4,7 @@ the corpus' VL-RewardBench data.jsonl and Multimodal RewardBench all_data.json. 
 every bad record must be in `set_aside` (stage, record id, reason) and counted in `selfjudge status
 --json`, and every good record must become a prompt that gives a pair or is set aside by the
 synthesizer with its reason (nothing lost)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,7 +33,7 @@ def bad_run(tiny_base, tmp_path_factory):
     work = tmp_path_factory.mktemp("bad_input_run")
     corpus = bi.build(work / "corpus")
     config = work / "config.yaml"
-    lines = len(corpus.manifest.read_bytes().split(b"\n")) - 1   # draw every record: only drawn ones are read
+    lines = len(corpus.manifest.read_bytes().split(b"\n")) - 1  # draw every record: only drawn ones are read
     config.write_text(f"""
 run: {{name: bad-inputs, iterations: 1, prompts_per_iteration: {lines}, shard_size: 8,
       heldout_pairs: 2, work_dir: "{work}"}}
@@ -47,8 +48,9 @@ train: {{epochs: 1, lr: 1.0e-4, max_length: 384}}
 """)
     run = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    status = subprocess.run([*CLI, "status", "--config", str(config), "--json"], capture_output=True, text=True,
-                            timeout=120)
+    status = subprocess.run(
+        [*CLI, "status", "--config", str(config), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert status.returncode == 0, status.stderr[-2000:]
     table = subprocess.run([*CLI, "status", "--config", str(config)], capture_output=True, text=True, timeout=120)
     db = sqlite3.connect(work / "selfjudge.db")
@@ -56,8 +58,14 @@ train: {{epochs: 1, lr: 1.0e-4, max_length: 384}}
     prompts = db.execute("SELECT id, source_id FROM prompts WHERE iteration = 1").fetchall()
     pairs = db.execute("SELECT prompt_id FROM pairs WHERE iteration = 1").fetchall()
     db.close()
-    return {"corpus": corpus, "status": json.loads(status.stdout), "table": table.stdout, "aside": aside,
-            "prompts": prompts, "pairs": pairs}
+    return {
+        "corpus": corpus,
+        "status": json.loads(status.stdout),
+        "table": table.stdout,
+        "aside": aside,
+        "prompts": prompts,
+        "pairs": pairs,
+    }
 
 
 def test_the_run_finishes(bad_run):
@@ -80,7 +88,7 @@ def test_every_bad_source_record_is_set_aside_with_its_reason(bad_run):
 
 def test_every_bad_benchmark_record_is_set_aside_with_its_reason(bad_run):
     corpus = bad_run["corpus"]
-    for k in (0, 1):                 # each checkpoint's evaluation reports them
+    for k in (0, 1):  # each checkpoint's evaluation reports them
         got = {rid: reason for it, stage, rid, reason in bad_run["aside"] if stage == "evaluator" and it == k}
         expected = {f"vl-rewardbench:{corpus.record_id(c)}": c for c in bi.VL_JSONL_CASES if c.expect == "set_aside"}
         expected.update({f"mm-rewardbench:{corpus.record_id(c)}": c for c in bi.MM_CASES if c.expect == "set_aside"})
@@ -106,9 +114,9 @@ def test_status_counts_and_shows_them(bad_run):
 def test_every_good_record_gives_a_prompt_and_a_pair_or_a_reason(bad_run):
     corpus = bad_run["corpus"]
     prompts = {source_id: pid for pid, source_id in bad_run["prompts"]}
-    assert sorted(prompts) == sorted(f"jsonl:{rid}" for rid in corpus.good_ids)     # each good record once
+    assert sorted(prompts) == sorted(f"jsonl:{rid}" for rid in corpus.good_ids)  # each good record once
     paired = {pid for (pid,) in bad_run["pairs"]}
     synth_aside = {rid for k, stage, rid, _ in bad_run["aside"] if stage == "synthesizer" and k == 1}
     for source_id, pid in prompts.items():
-        assert (pid in paired) != (source_id in synth_aside), source_id   # a pair, or set aside with a reason
+        assert (pid in paired) != (source_id in synth_aside), source_id  # a pair, or set aside with a reason
     assert paired, "no good record made a pair"

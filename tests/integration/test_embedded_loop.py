@@ -1,5 +1,6 @@
 """The embedded mode: the whole loop in one process (SQLite, a local store, in-process queue),
 through the same stage handlers the workers run."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ def embedded_run(tiny_base, tmp_path_factory):
     cmd = [sys.executable, "-m", "selfjudge.cli"]
     run = subprocess.run([*cmd, "run", "--config", str(config)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
-    status = subprocess.run([*cmd, "status", "--config", str(config), "--json"], capture_output=True, text=True,
-                            timeout=120)
+    status = subprocess.run(
+        [*cmd, "status", "--config", str(config), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert status.returncode == 0, status.stderr[-2000:]
     return {"table": run.stdout, "log": run.stderr, "status": json.loads(status.stdout), "work": work}
 
@@ -42,7 +44,7 @@ def test_table_and_progress_are_printed(embedded_run):
     table = embedded_run["table"]
     lines = table.strip().splitlines()
     assert "heldout acc" in lines[0] and set(lines[1]) == {"-"}
-    assert [line.split()[0] for line in lines[2:5]] == ["0", "1", "2"]      # one row per iteration
+    assert [line.split()[0] for line in lines[2:5]] == ["0", "1", "2"]  # one row per iteration
     log = embedded_run["log"]
     for stage in ("synthesizer", "reasoner", "filter", "evaluator"):
         assert f"{stage}: run 1 iter 1" in log

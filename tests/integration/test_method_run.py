@@ -1,6 +1,7 @@
 """The method end to end on the scenes source (embedded mode, the tiny offline judge): keep rates
 by question type / error type / source in `selfjudge status --json`, the full lineage of a kept
 example, the label-free selection signal, and the Hugging Face export read back with `datasets`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,17 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from selfjudge.shared.db import Checkpoint, Image, Iteration, Judgment, Pair, Prompt, SetAside, TrainingExample
-from selfjudge.shared.db import make_sessionmaker
+from selfjudge.shared.db import (
+    Checkpoint,
+    Image,
+    Iteration,
+    Judgment,
+    Pair,
+    Prompt,
+    SetAside,
+    TrainingExample,
+    make_sessionmaker,
+)
 from selfjudge.shared.sources.scenes import QUESTION_TYPES
 
 from ..conftest import loop_config
@@ -26,28 +36,52 @@ def method_run(tiny_base, tmp_path_factory):
     # one iteration; two samples per order with the "half of the samples" rule and a cap of two traces
     # per prompt, so the weak tiny judge still yields kept examples; both injection methods; a holdout.
     config = loop_config(
-        work / "config.yaml", "method-test", work, tiny_base,
+        work / "config.yaml",
+        "method-test",
+        work,
+        tiny_base,
         run={"iterations": 1, "prompts_per_iteration": 18, "shard_size": 9, "heldout_pairs": 4},
         synth={"max_new_tokens": 8, "injection": "both", "alter_samples": 1, "alter_max_new_tokens": 48},
         reason={"samples_per_order": 2, "max_new_tokens": 80},
-        filter={"require_all_samples": False, "min_sample_agreement": 0.5, "max_per_prompt": 2,
-                "selection_holdout": 0.2},
-        eval={"max_new_tokens": 64})
+        filter={
+            "require_all_samples": False,
+            "min_sample_agreement": 0.5,
+            "max_per_prompt": 2,
+            "selection_holdout": 0.2,
+        },
+        eval={"max_new_tokens": 64},
+    )
     run = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
-    status = subprocess.run([*CLI, "status", "--config", str(config), "--json"], capture_output=True, text=True,
-                            timeout=120)
+    status = subprocess.run(
+        [*CLI, "status", "--config", str(config), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert status.returncode == 0, status.stderr[-2000:]
     out = {}
     for fmt in ("parquet", "jsonl"):
-        exp = subprocess.run([*CLI, "export", "--config", str(config), "--run", "1", "--iteration", "1",
-                              "--out", str(work / f"export-{fmt}"), "--format", fmt],
-                             capture_output=True, text=True, timeout=300)
+        exp = subprocess.run(
+            [
+                *CLI,
+                "export",
+                "--config",
+                str(config),
+                "--run",
+                "1",
+                "--iteration",
+                "1",
+                "--out",
+                str(work / f"export-{fmt}"),
+                "--format",
+                fmt,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert exp.returncode == 0, exp.stderr[-2000:]
         out[fmt] = json.loads(exp.stdout)
     sessions = make_sessionmaker(f"sqlite:///{work / 'selfjudge.db'}")
-    return {"status": json.loads(status.stdout), "log": run.stderr, "work": work, "sessions": sessions,
-            "export": out}
+    return {"status": json.loads(status.stdout), "log": run.stderr, "work": work, "sessions": sessions, "export": out}
 
 
 def _row(status, k):
@@ -60,8 +94,8 @@ def test_keep_rates_by_question_type_error_type_and_source(method_run):
     assert set(by) == {"question_type", "error_type", "source", "method", "kind"}
     assert set(by["question_type"]) <= set(QUESTION_TYPES) and len(by["question_type"]) >= 4
     assert set(by["source"]) == {"scenes"}
-    assert "wrong_answer" in by["error_type"]                        # closed pairs
-    assert set(by["error_type"]) & {"colour", "count", "position", "shape", "size", "object"}   # open pairs
+    assert "wrong_answer" in by["error_type"]  # closed pairs
+    assert set(by["error_type"]) & {"colour", "count", "position", "shape", "size", "object"}  # open pairs
     for group in by.values():
         for entry in group.values():
             assert 0 <= entry["kept"] <= entry["pairs"] and entry["rate"] == round(entry["kept"] / entry["pairs"], 4)
@@ -81,22 +115,35 @@ def _parsed(method_run, k):
 
 def test_set_aside_reasons_are_counted(method_run):
     r = _row(method_run["status"], 1)
-    codes = {"closed_no_majority", "closed_tie", "closed_no_alternative", "closed_empty", "open_empty_response",
-             "open_perturb_no_change", "open_perturb_length", "open_alteration_rejected", "duplicate", "bad_image"}
+    codes = {
+        "closed_no_majority",
+        "closed_tie",
+        "closed_no_alternative",
+        "closed_empty",
+        "open_empty_response",
+        "open_perturb_no_change",
+        "open_perturb_length",
+        "open_alteration_rejected",
+        "duplicate",
+        "bad_image",
+    }
     assert set(r["set_aside"]) <= codes
     assert r["prompts"] == r["pairs"] + sum(r["set_aside"].values())
 
 
 def test_selection_signal_is_reported_per_checkpoint(method_run):
     status = method_run["status"]
-    base = _row(status, 0)["selection"]             # the base judge, scored by iteration 1's reasoner
-    assert base is not None and base["judged_in_iteration"] == 1 and base["checkpoint_id"] == _row(
-        status, 0)["checkpoint_id"]
+    base = _row(status, 0)["selection"]  # the base judge, scored by iteration 1's reasoner
+    assert (
+        base is not None
+        and base["judged_in_iteration"] == 1
+        and base["checkpoint_id"] == _row(status, 0)["checkpoint_id"]
+    )
     assert base["set"] in ("holdout", "all") and base["pairs"] > 0
     for key in ("agreement", "consistency", "parse_rate", "score"):
         assert 0 <= base[key] <= 1
     assert base["agreement"] <= base["consistency"]
-    assert _row(status, 1)["selection"] is None     # the last checkpoint has no next iteration yet
+    assert _row(status, 1)["selection"] is None  # the last checkpoint has no next iteration yet
 
 
 def test_lineage_of_a_kept_example(method_run):
@@ -108,13 +155,13 @@ def test_lineage_of_a_kept_example(method_run):
         examples = s.scalars(select(TrainingExample).where(TrainingExample.iteration == 1)).all()
         assert examples
         labels = [e.label for e in examples]
-        assert labels.count("A") == labels.count("B")                 # filter.balance
+        assert labels.count("A") == labels.count("B")  # filter.balance
         for ex in examples:
             j = s.get(Judgment, ex.judgment_id)
             assert j.correct and j.verdict == ex.label and j.pair_id == ex.pair_id and j.order in ("AB", "BA")
             assert j.parse_reason == "ok" and j.prompt_text.startswith("Look at the image")
             pair = s.get(Pair, ex.pair_id)
-            assert not (pair.meta or {}).get("holdout")                 # the selection set is never trained on
+            assert not (pair.meta or {}).get("holdout")  # the selection set is never trained on
             assert pair.method in ("majority_vote", "rule_perturb", "model_detail", "model_style_mimic")
             assert pair.errors
             if pair.method == "majority_vote":
@@ -149,17 +196,39 @@ def test_export_is_a_hugging_face_dataset(method_run, tiny_base, tmp_path):
     from transformers import AutoProcessor
 
     files = method_run["export"]["parquet"]
-    cache = str(tmp_path / "hf-cache")     # never a cached dataset from an earlier run at the same path
+    cache = str(tmp_path / "hf-cache")  # never a cached dataset from an earlier run at the same path
     traces = datasets.load_dataset("parquet", data_files=files["traces"], split="train", cache_dir=cache)
     pairs = datasets.load_dataset("parquet", data_files=files["pairs"], split="train", cache_dir=cache)
     r = _row(method_run["status"], 1)
     assert len(traces) == r["training_examples"] and len(pairs) == r["pairs"]
     assert isinstance(traces[0]["images"][0], PILImage) and isinstance(pairs[0]["images"][0], PILImage)
-    for col in ("messages", "label", "pair_id", "prompt_id", "source_id", "judgment_id", "judge_checkpoint_hash",
-                "writer_checkpoint_hash", "trained_checkpoint_hash", "image_sha256", "errors", "method"):
+    for col in (
+        "messages",
+        "label",
+        "pair_id",
+        "prompt_id",
+        "source_id",
+        "judgment_id",
+        "judge_checkpoint_hash",
+        "writer_checkpoint_hash",
+        "trained_checkpoint_hash",
+        "image_sha256",
+        "errors",
+        "method",
+    ):
         assert col in traces.column_names
-    for col in ("prompt", "chosen", "rejected", "pair_id", "source_id", "kind_reason", "pair_meta",
-                "writer_checkpoint_hash", "holdout", "kept_traces"):
+    for col in (
+        "prompt",
+        "chosen",
+        "rejected",
+        "pair_id",
+        "source_id",
+        "kind_reason",
+        "pair_meta",
+        "writer_checkpoint_hash",
+        "holdout",
+        "kept_traces",
+    ):
         assert col in pairs.column_names
     t = traces[0]
     assert [m["role"] for m in t["messages"]] == ["system", "user", "assistant"]
@@ -177,11 +246,13 @@ def test_export_is_a_hugging_face_dataset(method_run, tiny_base, tmp_path):
     # the dataset card names both subsets; jsonl also loads
     card = (method_run["work"] / "export-parquet" / "README.md").read_text()
     assert "config_name: traces" in card and "config_name: pairs" in card
-    by_card = datasets.load_dataset(str(method_run["work"] / "export-parquet"), "traces", split="train",
-                                    cache_dir=cache)
+    by_card = datasets.load_dataset(
+        str(method_run["work"] / "export-parquet"), "traces", split="train", cache_dir=cache
+    )
     assert len(by_card) == len(traces)
-    jsonl = datasets.load_dataset("json", data_files=method_run["export"]["jsonl"]["traces"], split="train",
-                                  cache_dir=cache)
+    jsonl = datasets.load_dataset(
+        "json", data_files=method_run["export"]["jsonl"]["traces"], split="train", cache_dir=cache
+    )
     assert len(jsonl) == len(traces) and (method_run["work"] / "export-jsonl" / jsonl[0]["images"][0]).is_file()
 
 
@@ -210,18 +281,58 @@ def test_export_of_a_hand_built_iteration(tmp_path):
         s.flush()
         s.add(Checkpoint(id=2, run_id=1, iteration=1, uri="store:y", content_hash="b" * 64, parent_id=1))
         s.add(Iteration(run_id=1, number=1, judge_checkpoint_id=1, output_checkpoint_id=2))
-        s.add(Prompt(id=1, run_id=1, iteration=1, shard_index=0, source_id="scenes:train:0:count", source="scenes",
-                     image_id=digest, instruction="How many?", kind="closed", kind_reason="given by the source",
-                     question_type="count"))
+        s.add(
+            Prompt(
+                id=1,
+                run_id=1,
+                iteration=1,
+                shard_index=0,
+                source_id="scenes:train:0:count",
+                source="scenes",
+                image_id=digest,
+                instruction="How many?",
+                kind="closed",
+                kind_reason="given by the source",
+                question_type="count",
+            )
+        )
         s.flush()
-        s.add(Pair(id=1, run_id=1, iteration=1, shard_index=0, prompt_id=1, preferred="3", rejected="4",
-                   method="majority_vote", errors=["wrong_answer"], vote_count=5, n_samples=16, checkpoint_id=1,
-                   meta={"votes": {"3": 5, "4": 2}}))
+        s.add(
+            Pair(
+                id=1,
+                run_id=1,
+                iteration=1,
+                shard_index=0,
+                prompt_id=1,
+                preferred="3",
+                rejected="4",
+                method="majority_vote",
+                errors=["wrong_answer"],
+                vote_count=5,
+                n_samples=16,
+                checkpoint_id=1,
+                meta={"votes": {"3": 5, "4": 2}},
+            )
+        )
         s.flush()
         for jid, order, verdict in ((1, "AB", "A"), (2, "BA", "B")):
-            s.add(Judgment(id=jid, run_id=1, iteration=1, shard_index=0, pair_id=1, order=order, sample=0,
-                           prompt_text="Look at the image ...", output=f"Reasoning. [[{verdict}]]", verdict=verdict,
-                           parse_reason="ok", correct=True, checkpoint_id=1))
+            s.add(
+                Judgment(
+                    id=jid,
+                    run_id=1,
+                    iteration=1,
+                    shard_index=0,
+                    pair_id=1,
+                    order=order,
+                    sample=0,
+                    prompt_text="Look at the image ...",
+                    output=f"Reasoning. [[{verdict}]]",
+                    verdict=verdict,
+                    parse_reason="ok",
+                    correct=True,
+                    checkpoint_id=1,
+                )
+            )
             s.flush()
             s.add(TrainingExample(run_id=1, iteration=1, shard_index=0, judgment_id=jid, pair_id=1, label=verdict))
     files = export_iteration(sessions, store, 1, 1, tmp_path / "out")
@@ -234,8 +345,9 @@ def test_export_of_a_hand_built_iteration(tmp_path):
     assert traces[0]["judge_checkpoint_hash"] == "a" * 64 and traces[0]["trained_checkpoint_hash"] == "b" * 64
     assert traces[0]["source_id"] == "scenes:train:0:count" and traces[0]["image_sha256"] == digest
     row = pairs[0]
-    assert row["prompt"] == [{"role": "user", "content": [{"type": "image", "text": None},
-                                                          {"type": "text", "text": "How many?"}]}]
+    assert row["prompt"] == [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "How many?"}]}
+    ]
     assert row["chosen"][0]["content"][0]["text"] == "3" and row["rejected"][0]["content"][0]["text"] == "4"
     assert row["kept_traces"] == 2 and json.loads(row["pair_meta"]) == {"votes": {"3": 5, "4": 2}}
     assert row["errors"] == ["wrong_answer"] and row["writer_checkpoint_hash"] == "a" * 64

@@ -1,5 +1,6 @@
 """Every stage's metrics, scraped by a real Prometheus during the reference run, and every PromQL
 expression of every Grafana dashboard panel run against it."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,7 @@ def test_every_stage_exported_its_metrics(distributed_run):
     assert up == {stage: "1" for stage in STAGES}
     items_in = {r["metric"]["stage"]: float(r["value"][1]) for r in prom.query("selfjudge_items_in_total", at)}
     assert set(items_in) >= set(STAGES) and all(v > 0 for v in items_in.values())
-    tokens = prom.query('sum by (stage) (selfjudge_generated_tokens_total)', at)
+    tokens = prom.query("sum by (stage) (selfjudge_generated_tokens_total)", at)
     assert {r["metric"]["stage"] for r in tokens} >= {"synthesizer", "reasoner", "evaluator"}
     assert prom.query("selfjudge_train_steps_total > 0", at)
     accuracy = prom.query('selfjudge_eval_accuracy_ratio{benchmark="heldout",category="overall"}', at)

@@ -7,6 +7,7 @@ together, and checks that every one came up: opening the S3 store (bucket creati
 schema (which must end at head, upgraded by exactly one process), and starting a worker (queue,
 exchange and dead-letter declarations).
 """
+
 from __future__ import annotations
 
 import json
@@ -65,9 +66,14 @@ def start_at_barrier(root: Path, action: str, args: list, env: dict | None = Non
     procs = []
     for i, arg in enumerate(args):
         out = open(root / f"{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-c", BARRIER, str(root / "go"), str(root / f"{i}.ready"),
-                                       action, json.dumps(arg)], stdout=out, stderr=subprocess.STDOUT,
-                                      env=env or os.environ.copy()))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", BARRIER, str(root / "go"), str(root / f"{i}.ready"), action, json.dumps(arg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env or os.environ.copy(),
+            )
+        )
         out.close()
     deadline = time.monotonic() + 120
     while sum((root / f"{i}.ready").exists() for i in range(len(args))) < len(args):
@@ -100,8 +106,11 @@ def fresh_vhost():
     def make() -> str:
         vhosts.append(f"selfjudge_race_{uuid.uuid4().hex[:8]}")
         subprocess.run(["rabbitmqctl", "add_vhost", vhosts[-1]], check=True, capture_output=True)
-        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhosts[-1], "guest", ".*", ".*", ".*"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", vhosts[-1], "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
         return f"amqp://{RABBIT_HOST}/{vhosts[-1]}"
 
     yield make
@@ -154,17 +163,24 @@ def test_many_workers_start_at_once(trial, fresh_database, fresh_vhost, s3_serve
     from selfjudge.shared.db import migrate
 
     database, broker = fresh_database("selfjudge_race"), fresh_vhost()
-    migrate(database)           # the launcher's job (compose: the one-shot `migrate` service)
+    migrate(database)  # the launcher's job (compose: the one-shot `migrate` service)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFJUDGE")}
-    env.update({"SELFJUDGE__DATABASE__URL": database, "SELFJUDGE__BROKER__URL": broker,
-                "SELFJUDGE__STORE__KIND": "s3", "SELFJUDGE__STORE__ENDPOINT": s3_server.config["endpoint"],
-                "SELFJUDGE__STORE__ACCESS_KEY": s3_server.config["access_key"],
-                "SELFJUDGE__STORE__SECRET_KEY": s3_server.config["secret_key"],
-                "SELFJUDGE__STORE__BUCKET": f"race-{uuid.uuid4().hex[:10]}",
-                "SELFJUDGE__RUN__WORK_DIR": str(tmp_path / "work")})
+    env.update(
+        {
+            "SELFJUDGE__DATABASE__URL": database,
+            "SELFJUDGE__BROKER__URL": broker,
+            "SELFJUDGE__STORE__KIND": "s3",
+            "SELFJUDGE__STORE__ENDPOINT": s3_server.config["endpoint"],
+            "SELFJUDGE__STORE__ACCESS_KEY": s3_server.config["access_key"],
+            "SELFJUDGE__STORE__SECRET_KEY": s3_server.config["secret_key"],
+            "SELFJUDGE__STORE__BUCKET": f"race-{uuid.uuid4().hex[:10]}",
+            "SELFJUDGE__RUN__WORK_DIR": str(tmp_path / "work"),
+        }
+    )
     ports = [free_port() for _ in range(N)]
-    procs = start_at_barrier(tmp_path / "workers", "worker", [{"SELFJUDGE__METRICS__PORT": str(p)} for p in ports],
-                             env=env)
+    procs = start_at_barrier(
+        tmp_path / "workers", "worker", [{"SELFJUDGE__METRICS__PORT": str(p)} for p in ports], env=env
+    )
     try:
         for port, proc in zip(ports, procs):
             wait_port(port, timeout=120, proc=proc)
@@ -172,10 +188,12 @@ def test_many_workers_start_at_once(trial, fresh_database, fresh_vhost, s3_serve
         deadline = time.monotonic() + 120
         while (consumers := queue_depths(app)["filter"]["consumers"]) < N:
             dead = [i for i, p in enumerate(procs) if p.poll() is not None]
-            assert not dead, f"worker {dead[0]} exited:\n{(tmp_path / 'workers' / f'{dead[0]}.log').read_text()[-3000:]}"
+            assert not dead, (
+                f"worker {dead[0]} exited:\n{(tmp_path / 'workers' / f'{dead[0]}.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, f"{consumers} of {N} workers consume after 120 s"
             time.sleep(0.2)
-        with app.connection_for_write() as conn:     # the dead-letter queue exists (passive: not created here)
+        with app.connection_for_write() as conn:  # the dead-letter queue exists (passive: not created here)
             conn.default_channel.queue_declare("selfjudge.dead", passive=True)
     finally:
         for proc in procs:

@@ -1,6 +1,7 @@
 """The replication's base model (its three-phase curriculum, recipes/replicate/curriculum.py) and its
 diagnostics (base skills, gold ceiling traces, recipes/replicate/diagnostics.py): the lessons teach the
 format, never which response to prefer, and the diagnostics score what the model wrote."""
+
 from __future__ import annotations
 
 import random
@@ -26,7 +27,7 @@ def test_ceiling_traces_are_right_in_every_part():
     rng, letters = random.Random(0), Counter()
     for image, p in prompts:
         examples = gold_judge_examples([(image, p)], rng, 1)
-        if not examples:     # no wrong answer / no perturbation for this prompt
+        if not examples:  # no wrong answer / no perturbation for this prompt
             continue
         [ex] = examples
         assert ex.images == [image] and ex.system == JUDGE_SYSTEM and f"Question: {p.instruction}\n" in ex.text
@@ -60,8 +61,15 @@ def test_base_skills_score_what_the_model_wrote(tiny_base):
     closed = [p for p in pairs if p.question_type in skills]
     assert sorted(skills) == ["choice", "colour", "count", "position"] and len(closed) == 8
     backend = TransformersBackend(str(tiny_base))
-    gens = backend.generate([ChatRequest(text=judge_prompt(p.instruction, p.preferred, p.rejected), images=[p.image],
-                                         system=JUDGE_SYSTEM) for p in closed], SamplingParams(max_new_tokens=64))
+    gens = backend.generate(
+        [
+            ChatRequest(
+                text=judge_prompt(p.instruction, p.preferred, p.rejected), images=[p.image], system=JUDGE_SYSTEM
+            )
+            for p in closed
+        ],
+        SamplingParams(max_new_tokens=64),
+    )
     for qtype in skills:
         mine = [(p, g.texts[0]) for p, g in zip(closed, gens) if p.question_type == qtype]
         assert skills[qtype]["pairs"] == len(mine) == 2
@@ -84,11 +92,11 @@ def test_reading_lesson_restates_and_concludes_without_an_image():
         verdict = parse_verdict(ex.answer).choice
         assert ex.images == [] and ex.answer == f"{judge_reasoning(mine, a, b, short=True)} [[{verdict}]]"
         letter = "A" if mine == a else "B" if mine == b else "-"
-        assert verdict == letter or letter == "-"     # the verdict follows the (random) own answer
+        assert verdict == letter or letter == "-"  # the verdict follows the (random) own answer
         agrees[letter] += 1
         neither_a += letter == "-" and verdict == "A"
-    assert min(agrees.values()) > 40          # one of the responses or neither, about a third each
-    assert 0.3 < neither_a / agrees["-"] < 0.7    # neither: a coin flip
+    assert min(agrees.values()) > 40  # one of the responses or neither, about a third each
+    assert 0.3 < neither_a / agrees["-"] < 0.7  # neither: a coin flip
 
 
 def test_lesson_shows_the_own_answer_in_a_b_or_neither_for_every_question_type():
@@ -100,7 +108,7 @@ def test_lesson_shows_the_own_answer_in_a_b_or_neither_for_every_question_type()
     for i in range(len(prompts)):
         for ex in format_examples([prompts[i]], rng, 1, [own[i]]):
             parsed = parse_reasoning(ex.answer)
-            if parsed is None:       # open-ended: no clause
+            if parsed is None:  # open-ended: no clause
                 continue
             a, b, mine, letter = parsed
             assert mine == own[i] and letter == ("A" if mine == a else "B" if mine == b else "-")
@@ -110,7 +118,7 @@ def test_lesson_shows_the_own_answer_in_a_b_or_neither_for_every_question_type()
     assert set(letters) == {"count", "colour", "choice", "position"}
     for qtype, c in letters.items():
         n = sum(c.values())
-        if qtype == "position":      # two values only (left/right or above/below): A or B
+        if qtype == "position":  # two values only (left/right or above/below): A or B
             assert c["-"] <= c["A"] + c["B"] and min(c["A"], c["B"]) / n > 0.25
         else:
             assert all(0.2 < c[k] / n < 0.45 for k in "AB-"), (qtype, c)
@@ -121,19 +129,30 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
     from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
     from selfjudge.shared.models.sft.model import META_FILE
 
-    out = build_curriculum_model(tmp_path / "base", pretrain_steps=3, perception_steps=3, reading_steps=3,
-                                 batch_size=2, image_size=56, max_objects=4, object_scale=1.6, layout="grid", lr=1e-4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]       # the phases' folders are gone
+    out = build_curriculum_model(
+        tmp_path / "base",
+        pretrain_steps=3,
+        perception_steps=3,
+        reading_steps=3,
+        batch_size=2,
+        image_size=56,
+        max_objects=4,
+        object_scale=1.6,
+        layout="grid",
+        lr=1e-4,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # the phases' folders are gone
     import json
+
     meta = json.loads((out / META_FILE).read_text())
-    assert meta["config"]["lr"] == 1e-4 and meta["parent"].endswith("base.phase2")   # phase 3 of 3
+    assert meta["config"]["lr"] == 1e-4 and meta["parent"].endswith("base.phase2")  # phase 3 of 3
     assert meta["config"]["freeze_vision"] is True
     # the vision encoder is the random init's, untouched by three phases; its projector and the LM trained
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from selfjudge.shared.models.tiny import build_tiny
     from selfjudge.shared.models.sft.model import VISION_ENCODER
+    from selfjudge.shared.models.tiny import build_tiny
     from selfjudge.shared.sources.scenes import tokenizer_corpus
 
     init = build_tiny("qwen2_5_vl", tmp_path / "init", tokenizer_corpus(), seed=0, image_size=56)
@@ -146,7 +165,7 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
     image = pretraining_prompts(0, 1, image_size=56, max_objects=4, object_scale=1.6, layout="grid")[0][0]
     backend = TransformersBackend(str(out))
     [gen] = backend.generate([ChatRequest(text=p.instruction, images=[image])], SamplingParams(max_new_tokens=4))
-    assert gen.prompt_tokens < 80                   # 56 px: 4 image tokens, not 16
+    assert gen.prompt_tokens < 80  # 56 px: 4 image tokens, not 16
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens where CUDA is missing")
@@ -167,22 +186,34 @@ def test_base_model_of_another_shape_with_capped_examples(tmp_path, caplog):
     import json
     import logging
 
-    from selfjudge.shared.models.tiny import TinySize
     from selfjudge.shared.models.sft.model import META_FILE
+    from selfjudge.shared.models.tiny import TinySize
 
     size = TinySize(hidden=64, layers=1, heads=1, kv_heads=1, intermediate=128, vision_depth=2, vision_hidden=32)
     with caplog.at_level(logging.INFO, logger="selfjudge.basemodel"):
-        out = build_curriculum_model(tmp_path / "base", pretrain_steps=4, perception_steps=4, reading_steps=2,
-                                     batch_size=4, image_size=56, max_objects=2, object_scale=1.6, layout="grid",
-                                     size=size, max_examples=8, micro_batch_tokens=-1, answer_batch=5)
+        out = build_curriculum_model(
+            tmp_path / "base",
+            pretrain_steps=4,
+            perception_steps=4,
+            reading_steps=2,
+            batch_size=4,
+            image_size=56,
+            max_objects=2,
+            object_scale=1.6,
+            layout="grid",
+            size=size,
+            max_examples=8,
+            micro_batch_tokens=-1,
+            answer_batch=5,
+        )
     config = json.loads((out / "config.json").read_text())
     assert (config["text_config"]["hidden_size"], config["text_config"]["num_hidden_layers"]) == (64, 1)
     assert (config["vision_config"]["depth"], config["vision_config"]["fullatt_block_indexes"]) == (2, [1])
     phases = [r.getMessage() for r in caplog.records if "examples," in r.getMessage()]
     assert len(phases) == 3
-    for line in phases[:2]:   # "base model, phase N: what, E examples, K epochs": 16 seen, ~8 distinct
+    for line in phases[:2]:  # "base model, phase N: what, E examples, K epochs": 16 seen, ~8 distinct
         examples, epochs = map(int, re.search(r"(\d+) examples, (\d+) epochs", line).groups())
-        assert examples <= 10 and epochs == 2, line     # (phase 3 makes at least 64 prompts, as before)
+        assert examples <= 10 and epochs == 2, line  # (phase 3 makes at least 64 prompts, as before)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["config"]["micro_batch_tokens"] == -1 and meta["steps"] >= 4
     with pytest.raises(ValueError, match="64 per head"):

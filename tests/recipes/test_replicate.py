@@ -1,4 +1,5 @@
 """`python -m recipes.replicate` at toy size: the table, the plot and the JSON agree with the runs' databases."""
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,40 @@ from sqlalchemy import select
 from recipes.replicate.miniature import PROFILES, Record, figure_lines, watch
 from selfjudge.shared.db import EvalSummary, make_sessionmaker
 
-ROOT = Path(__file__).resolve().parents[2]    # the recipe runs from a source checkout's root
+ROOT = Path(__file__).resolve().parents[2]  # the recipe runs from a source checkout's root
 RECIPE = [sys.executable, "-m", "recipes.replicate"]
 
 
 def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base):
     out = tmp_path / "rep"
-    run = subprocess.run([*RECIPE, "--out", str(out), "--iterations", "1",
-                          "--base", str(tiny_base), "--ceiling", "8",
-                          "--arms", "majority", "gold", "--set", "run.prompts_per_iteration=24",
-                          "--set", "run.heldout_pairs=12", "--set", "run.shard_size=12",
-                          "--set", "model.cpu_threads=1"],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    run = subprocess.run(
+        [
+            *RECIPE,
+            "--out",
+            str(out),
+            "--iterations",
+            "1",
+            "--base",
+            str(tiny_base),
+            "--ceiling",
+            "8",
+            "--arms",
+            "majority",
+            "gold",
+            "--set",
+            "run.prompts_per_iteration=24",
+            "--set",
+            "run.heldout_pairs=12",
+            "--set",
+            "run.shard_size=12",
+            "--set",
+            "model.cpu_threads=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]) == {"majority", "gold"}
@@ -37,10 +60,15 @@ def test_replicate_prints_the_table_and_writes_plot_and_json(tmp_path, tiny_base
         sessions = make_sessionmaker(f"sqlite:///{out / arm / 'selfjudge.db'}")
         with sessions() as s:
             for r in rows:
-                db = s.scalar(select(EvalSummary.value).where(
-                    EvalSummary.iteration == r["iteration"], EvalSummary.benchmark == "heldout",
-                    EvalSummary.category == "overall", EvalSummary.metric == "accuracy"))
-                assert abs(db - r["accuracy"]) < 1e-9          # the table's numbers are the database's
+                db = s.scalar(
+                    select(EvalSummary.value).where(
+                        EvalSummary.iteration == r["iteration"],
+                        EvalSummary.benchmark == "heldout",
+                        EvalSummary.category == "overall",
+                        EvalSummary.metric == "accuracy",
+                    )
+                )
+                assert abs(db - r["accuracy"]) < 1e-9  # the table's numbers are the database's
                 assert sum(v["items"] for v in r["by_question_type"].values()) == 12
                 assert sum(v["items"] for v in r["by_error_type"].values()) == 12
                 lo, hi = r["ci"]
@@ -69,20 +97,51 @@ def test_gpu_profile_runs_at_tiny_sizes_on_cpu(tmp_path, tiny_base):
     """`--profile gpu` with every size overridden tiny: the arms and the ceiling side by side, progress
     lines as iterations finish, and iteration k vs 0 with a paired interval in the JSON and the table."""
     out = tmp_path / "gpu"
-    run = subprocess.run([*RECIPE, "--profile", "gpu", "--out", str(out),
-                          "--iterations", "1", "--base", str(tiny_base), "--ceiling", "6", "--deadline", "900",
-                          "--base-set", "answer_batch=12",
-                          *[a for kv in ("model.device=cpu", "model.dtype=float32", "model.batch_size=12",
-                                         "model.cpu_threads=1", "run.prompts_per_iteration=12", "run.heldout_pairs=12",
-                                         "run.shard_size=12", "train.batch_size=4", "synth.n_samples=4",
-                                         "synth.majority_threshold=2") for a in ("--set", kv)]],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    run = subprocess.run(
+        [
+            *RECIPE,
+            "--profile",
+            "gpu",
+            "--out",
+            str(out),
+            "--iterations",
+            "1",
+            "--base",
+            str(tiny_base),
+            "--ceiling",
+            "6",
+            "--deadline",
+            "900",
+            "--base-set",
+            "answer_batch=12",
+            *[
+                a
+                for kv in (
+                    "model.device=cpu",
+                    "model.dtype=float32",
+                    "model.batch_size=12",
+                    "model.cpu_threads=1",
+                    "run.prompts_per_iteration=12",
+                    "run.heldout_pairs=12",
+                    "run.shard_size=12",
+                    "train.batch_size=4",
+                    "synth.n_samples=4",
+                    "synth.majority_threshold=2",
+                )
+                for a in ("--set", kv)
+            ],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert summary["profile"] == "gpu" and summary["recipe"]["size"]["hidden"] == 512
     assert summary["heldout_pairs"] == 12 and summary["errors"] == {}
     for arm in ("majority", "gold"):
-        cfg = yaml.safe_load((out / f"{arm}.yaml").read_text())    # the profile's settings, --set over them
+        cfg = yaml.safe_load((out / f"{arm}.yaml").read_text())  # the profile's settings, --set over them
         assert cfg["train"]["micro_batch_tokens"] == -1 and cfg["train"]["warmup_ratio"] == 0.1
         assert cfg["model"]["dtype"] == "float32" and int(cfg["run"]["shard_size"]) == 12
         first, last = summary["results"][arm]
@@ -118,7 +177,7 @@ def test_base_recipe_settings_are_typed_and_checked():
     recipe = PROFILES["gpu"].base.with_settings({"hidden": "128", "heads": "2", "lr": "1e-4", "max_examples": "64"})
     assert (recipe.size.hidden, recipe.size.heads, recipe.lr, recipe.max_examples) == (128, 2, 1e-4, 64)
     assert recipe.size.layers == PROFILES["gpu"].base.size.layers and recipe.tag() != PROFILES["gpu"].base.tag()
-    assert PROFILES["cpu"].base.tag() == ""            # the CPU miniature's folders keep their names
+    assert PROFILES["cpu"].base.tag() == ""  # the CPU miniature's folders keep their names
     with pytest.raises(ValueError, match="no such base model setting"):
         recipe.with_settings({"hiden": "3"})
     with pytest.raises(ValueError, match="not a number"):
@@ -129,7 +188,8 @@ def test_bad_settings_stop_the_recipe_before_anything_runs(tmp_path):
     """The recipe's command line (from the checkout's root): a bad --base-set or --set is one message
     and exit status 2, before any model is built."""
     for bad in (["--base-set", "hiden=3"], ["--set", "train.lrr=1"]):
-        run = subprocess.run([*RECIPE, "--out", str(tmp_path / "out"), *bad], capture_output=True, text=True,
-                             timeout=300, cwd=ROOT)
+        run = subprocess.run(
+            [*RECIPE, "--out", str(tmp_path / "out"), *bad], capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
         assert run.returncode == 2 and run.stderr.startswith("replicate: "), run.stderr[-2000:]
         assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
 """The base model's judge-format lesson teaches the format, never which response to prefer."""
+
 from __future__ import annotations
 
 import random
@@ -31,9 +32,9 @@ def test_format_lesson_verdicts_carry_no_preference():
         else:
             mine = re.search(r"My answer: (.*?), (as Response|which neither)", ex.answer).group(1)
             assert ex.answer == f"{judge_reasoning(mine, a, b, short=True)} [[{verdict}]]"
-            if mine in (a, b):       # the verdict follows the judge's own answer, whatever the gold one is
+            if mine in (a, b):  # the verdict follows the judge's own answer, whatever the gold one is
                 assert verdict == ("A" if mine == a else "B")
-            if p.gold in (a, b):     # with no belief given, the clause names the gold response by chance only
+            if p.gold in (a, b):  # with no belief given, the clause names the gold response by chance only
                 clause[mine == p.gold, mine in (a, b)] += 1
         if p.gold in (a, b):
             with_gold += 1
@@ -48,19 +49,23 @@ def test_format_lesson_verdicts_carry_no_preference():
 
 
 def test_reasoning_format():
-    assert judge_reasoning("red", "blue", "red", short=True) == \
-        "Response A says: blue. Response B says: red. My answer: red, as Response B says."
+    assert (
+        judge_reasoning("red", "blue", "red", short=True)
+        == "Response A says: blue. Response B says: red. My answer: red, as Response B says."
+    )
     assert judge_reasoning("2", "2", "3", short=True).endswith("My answer: 2, as Response A says.")
     assert judge_reasoning("4", "2", "3", short=True).endswith("My answer: 4, which neither response says.")
-    assert judge_reasoning("There is one object: a red star.", "x", "y", short=False) == \
-        "My answer: There is one object: a red star."
+    assert (
+        judge_reasoning("There is one object: a red star.", "x", "y", short=False)
+        == "My answer: There is one object: a red star."
+    )
 
 
 def test_lesson_states_the_models_own_answers():
     prompts = pretraining_prompts(0, 30)
     own = [None if p.kind == "open" else "7" for _, p in prompts]
     for ex in format_examples(prompts, random.Random(0), 30, own):
-        assert ("My answer: 7, " in ex.answer) == ("Response A says" in ex.answer)   # closed: the model's, not gold
+        assert ("My answer: 7, " in ex.answer) == ("Response A says" in ex.answer)  # closed: the model's, not gold
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens where CUDA is missing")

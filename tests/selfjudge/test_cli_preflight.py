@@ -1,4 +1,5 @@
 """Config errors fail at start with one clear message, not a traceback deep in a worker."""
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,13 @@ def test_unknown_key_and_wrong_type(tmp_path):
 
 
 def test_unreachable_servers_are_named_with_secrets_masked(tmp_path):
-    result = run("worker", "filter",
-                 SELFJUDGE__BROKER__URL="amqp://guest:sup3rsecret@127.0.0.1:1//",
-                 SELFJUDGE__DATABASE__URL="postgresql+psycopg://u:dbsecret@127.0.0.1:1/x",
-                 SELFJUDGE__RUN__WORK_DIR=str(tmp_path))
+    result = run(
+        "worker",
+        "filter",
+        SELFJUDGE__BROKER__URL="amqp://guest:sup3rsecret@127.0.0.1:1//",
+        SELFJUDGE__DATABASE__URL="postgresql+psycopg://u:dbsecret@127.0.0.1:1/x",
+        SELFJUDGE__RUN__WORK_DIR=str(tmp_path),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot start" in result.stderr and "database" in result.stderr and "broker" in result.stderr
     assert "sup3rsecret" not in result.stderr and "dbsecret" not in result.stderr

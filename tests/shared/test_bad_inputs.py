@@ -1,6 +1,7 @@
 """Issue #6: the bad-input corpus (tests/badinputs.py), one test per case, through the real readers:
 the JSONL prompt source, the two benchmark loaders and the judge-output parser. Every bad case is
 set aside under its record id with a reason naming what is wrong; every good one is kept."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,11 @@ bi = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("badinputs", bi)
 _spec.loader.exec_module(bi)
 
-BENCHMARK = {"vl-jsonl": ("vl-rewardbench", "vl_jsonl"), "vl-parquet": ("vl-rewardbench", "vl_parquet"),
-             "mm": ("mm-rewardbench", "mm")}
+BENCHMARK = {
+    "vl-jsonl": ("vl-rewardbench", "vl_jsonl"),
+    "vl-parquet": ("vl-rewardbench", "vl_parquet"),
+    "mm": ("mm-rewardbench", "mm"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,10 @@ def outcomes(corpus):
     out["source"].update(dict(src.rejected))
     for family, (benchmark, attr) in BENCHMARK.items():
         records = list(iter_benchmark(benchmark, str(getattr(corpus, attr))))
-        out[family] = {(r.item_id if isinstance(r, BenchItem) else r.record_id):
-                       (r if isinstance(r, BenchItem) else r.reason) for r in records}
+        out[family] = {
+            (r.item_id if isinstance(r, BenchItem) else r.record_id): (r if isinstance(r, BenchItem) else r.reason)
+            for r in records
+        }
         out[family + "_all"] = records
     return out
 
@@ -59,11 +65,11 @@ def test_record(case, corpus, outcomes):
     if case.expect == "set_aside":
         assert isinstance(got, str), f"{case.name}: accepted, expected set aside ({case.reason})"
         assert case.reason.lower() in got.lower(), (case.name, got)
-        if case.image and case.family == "source":        # an image reason names the file
+        if case.image and case.family == "source":  # an image reason names the file
             assert case.image in got, (case.name, got)
         return
     assert not isinstance(got, str), f"{case.name}: set aside: {got}"
-    if case.family == "source":                           # converted: an RGB image of the expected look
+    if case.family == "source":  # converted: an RGB image of the expected look
         assert got.image.mode == "RGB"
         if case.size:
             assert got.image.size == case.size
@@ -82,22 +88,24 @@ def test_judge_output(case):
     start = time.perf_counter()
     verdict = parse_verdict(text)
     assert (verdict.reason, verdict.choice) == (case.reason, case.choice)
-    assert time.perf_counter() - start < 2.0          # no pathological regex time on huge or odd text
+    assert time.perf_counter() - start < 2.0  # no pathological regex time on huge or odd text
 
 
 def test_nothing_else_is_lost(corpus, outcomes):
     """Exactly the bad cases are set aside, each once and under its own id; every good record is kept."""
     source = bi.SOURCE_CASES
     rejected = outcomes["source_rejected"]
-    assert len({rid for rid, _ in rejected}) == len(rejected)        # unique ids: each one can be reported
-    assert sorted(rid for rid, _ in rejected) == sorted(corpus.record_id(c) for c in source
-                                                        if c.expect == "set_aside")
+    assert len({rid for rid, _ in rejected}) == len(rejected)  # unique ids: each one can be reported
+    assert sorted(rid for rid, _ in rejected) == sorted(corpus.record_id(c) for c in source if c.expect == "set_aside")
     assert sorted(outcomes["source_kept"]) == sorted(corpus.good_ids)
     for family, cases in (("vl-jsonl", bi.VL_JSONL_CASES), ("vl-parquet", bi.VL_PARQUET_CASES), ("mm", bi.MM_CASES)):
         records = outcomes[family + "_all"]
-        assert len(records) == len(cases)                             # one outcome per record
+        assert len(records) == len(cases)  # one outcome per record
         excluded = sorted(r.record_id for r in records if isinstance(r, Excluded))
         assert excluded == sorted(corpus.record_id(c) for c in cases if c.expect == "set_aside")
         assert len(set(excluded)) == len(excluded)
-        assert all(r.kind in ("missing_image", "bad_image", "duplicate", "bad_record")
-                   for r in records if isinstance(r, Excluded))
+        assert all(
+            r.kind in ("missing_image", "bad_image", "duplicate", "bad_record")
+            for r in records
+            if isinstance(r, Excluded)
+        )

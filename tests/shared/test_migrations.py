@@ -1,4 +1,5 @@
 """The Alembic migrations build exactly the schema the models declare, on SQLite and Postgres."""
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -19,4 +20,4 @@ def test_sqlite_schema_matches_models(tmp_path):
 
 def test_postgres_schema_matches_models(postgres_url):
     assert _diff(postgres_url) == []
-    migrate(postgres_url)   # idempotent
+    migrate(postgres_url)  # idempotent

@@ -1,5 +1,6 @@
 """Which errors are outages (waited out) and which are failures (counted, then dead-lettered),
 checked on real errors from real clients: Postgres, the S3 store, RabbitMQ."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,15 +14,16 @@ from selfjudge.shared.store import S3Store, StoreError
 from ..conftest import free_port
 
 
-def raised(fn) -> BaseException:  # noqa: ANN001
-    with pytest.raises(Exception) as info:  # noqa: PT011 - each case names its own error below
+def raised(fn) -> BaseException:
+    with pytest.raises(Exception) as info:
         fn()
     return info.value
 
 
 def test_a_database_that_cannot_be_reached_is_an_outage():
-    engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x",
-                              connect_args={"connect_timeout": 2})
+    engine = sa.create_engine(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x", connect_args={"connect_timeout": 2}
+    )
     exc = raised(lambda: engine.connect())
     assert isinstance(exc, sa.exc.OperationalError) and is_outage(exc)
 
@@ -35,7 +37,9 @@ def test_a_database_error_in_the_query_is_a_failure(postgres_url):
 
 
 def test_a_store_that_cannot_be_reached_is_an_outage():
-    cfg = StoreConfig(kind="s3", endpoint=f"127.0.0.1:{free_port()}", bucket="selfjudge", access_key="k", secret_key="s")
+    cfg = StoreConfig(
+        kind="s3", endpoint=f"127.0.0.1:{free_port()}", bucket="selfjudge", access_key="k", secret_key="s"
+    )
     exc = raised(lambda: S3Store(cfg, retries=0))
     assert isinstance(exc, StoreError) and is_outage(exc)
 

@@ -2,6 +2,7 @@
 them before the models existed; a bad line is an error naming the shard, the line, the record and
 each bad field (or is handed to `invalid` and skipped); unknown keys are dropped on read and
 refused on write."""
+
 from __future__ import annotations
 
 import json
@@ -9,26 +10,79 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from selfjudge.shared.records import (ExampleRecord, JudgmentRecord, PairRecord, PromptRecord, RecordError,
-                                      SetAsideRecord, TrainTrace, parse_record, read_records, write_records)
+from selfjudge.shared.records import (
+    ExampleRecord,
+    JudgmentRecord,
+    PairRecord,
+    PromptRecord,
+    RecordError,
+    SetAsideRecord,
+    TrainTrace,
+    parse_record,
+    read_records,
+    write_records,
+)
 from selfjudge.shared.store import LocalStore, put_jsonl
 
 KEY = "runs/1/iter1/pairs/00000.jsonl"
 
 # a pair as the synthesizer wrote it (the dict it built, in its key order)
-PAIR = {"prompt_id": 7, "source_id": "scenes:train:3:count", "image_key": "images/ab/ab.png",
-        "instruction": "How many circles?", "kind": "closed", "question_type": "count", "options": None,
-        "source": "scenes", "holdout": False, "kind_reason": "given by the source (scenes)", "preferred": "3",
-        "rejected": "4", "method": "majority_vote", "errors": ["wrong_answer"], "vote_count": 5, "n_samples": 8,
-        "meta": {"votes": {"3": 5, "4": 3}, "threshold": 5, "options": None, "holdout": False}, "pair_id": 12}
-JUDGMENT = {"judgment_id": 3, "pair_id": 12, "order": "BA", "sample": 1, "image_key": "images/ab/ab.png",
-            "prompt_text": "Question: ...", "output": "B is right. [[B]]", "verdict": "B", "parse_reason": "ok",
-            "correct": True, "question_type": "count", "errors": ["wrong_answer"], "method": "majority_vote",
-            "source": "scenes", "prompt_id": 7, "holdout": False}
-EXAMPLE = {"example_id": 9, "judgment_id": 3, "pair_id": 12, "image_key": "images/ab/ab.png",
-           "prompt_text": "Question: ... «ü»", "answer": "B is right. [[B]]", "label": "B"}
-PROMPT = {"prompt_id": 7, "source_id": "jsonl:a", "image_key": "images/ab/ab.png", "instruction": "Describe.",
-          "kind": "auto", "question_type": "user", "options": ["cat", "dog"]}
+PAIR = {
+    "prompt_id": 7,
+    "source_id": "scenes:train:3:count",
+    "image_key": "images/ab/ab.png",
+    "instruction": "How many circles?",
+    "kind": "closed",
+    "question_type": "count",
+    "options": None,
+    "source": "scenes",
+    "holdout": False,
+    "kind_reason": "given by the source (scenes)",
+    "preferred": "3",
+    "rejected": "4",
+    "method": "majority_vote",
+    "errors": ["wrong_answer"],
+    "vote_count": 5,
+    "n_samples": 8,
+    "meta": {"votes": {"3": 5, "4": 3}, "threshold": 5, "options": None, "holdout": False},
+    "pair_id": 12,
+}
+JUDGMENT = {
+    "judgment_id": 3,
+    "pair_id": 12,
+    "order": "BA",
+    "sample": 1,
+    "image_key": "images/ab/ab.png",
+    "prompt_text": "Question: ...",
+    "output": "B is right. [[B]]",
+    "verdict": "B",
+    "parse_reason": "ok",
+    "correct": True,
+    "question_type": "count",
+    "errors": ["wrong_answer"],
+    "method": "majority_vote",
+    "source": "scenes",
+    "prompt_id": 7,
+    "holdout": False,
+}
+EXAMPLE = {
+    "example_id": 9,
+    "judgment_id": 3,
+    "pair_id": 12,
+    "image_key": "images/ab/ab.png",
+    "prompt_text": "Question: ... «ü»",
+    "answer": "B is right. [[B]]",
+    "label": "B",
+}
+PROMPT = {
+    "prompt_id": 7,
+    "source_id": "jsonl:a",
+    "image_key": "images/ab/ab.png",
+    "instruction": "Describe.",
+    "kind": "auto",
+    "question_type": "user",
+    "options": ["cat", "dog"],
+}
 
 
 @pytest.fixture
@@ -36,8 +90,9 @@ def store(tmp_path):
     return LocalStore(tmp_path)
 
 
-@pytest.mark.parametrize("model, record", [(PairRecord, PAIR), (JudgmentRecord, JUDGMENT), (ExampleRecord, EXAMPLE),
-                                           (PromptRecord, PROMPT)])
+@pytest.mark.parametrize(
+    "model, record", [(PairRecord, PAIR), (JudgmentRecord, JUDGMENT), (ExampleRecord, EXAMPLE), (PromptRecord, PROMPT)]
+)
 def test_round_trip_is_byte_for_byte(store, model, record):
     put_jsonl(store, "old.jsonl", [record, record])
     records = list(read_records(store, "old.jsonl", model))
@@ -59,13 +114,20 @@ def test_an_invalid_line_names_the_shard_line_record_and_fields(store):
 
 
 def test_invalid_lines_are_handed_over_and_skipped(store):
-    store.put_bytes(KEY, (json.dumps(PAIR) + "\n{not json\n[1, 2]\n\n"
-                          + json.dumps(dict(PAIR, pair_id=13, order="AB", holdout=1)) + "\n").encode())
+    store.put_bytes(
+        KEY,
+        (
+            json.dumps(PAIR)
+            + "\n{not json\n[1, 2]\n\n"
+            + json.dumps(dict(PAIR, pair_id=13, order="AB", holdout=1))
+            + "\n"
+        ).encode(),
+    )
     bad = []
     assert [r.pair_id for r in read_records(store, KEY, PairRecord, invalid=bad.append)] == [12]
     assert [(e.line, e.record_id) for e in bad] == [(2, ""), (3, ""), (5, "13")]
     assert "malformed JSON" in str(bad[0]) and "not a JSON object: list" in str(bad[1])
-    assert "holdout: Input should be a valid boolean" in str(bad[2])      # strict: no 1 for true
+    assert "holdout: Input should be a valid boolean" in str(bad[2])  # strict: no 1 for true
     aside = [e.set_aside() for e in bad]
     assert aside[0] == SetAsideRecord(record_id=f"{KEY}:2", code="bad_record", detail=str(bad[0]))
     assert aside[2].record_id == "13" and aside[2].reason.startswith("bad_record: invalid pair record 13")

@@ -1,5 +1,6 @@
 """One shard's life (shared/shards.py run_shard) and a training message's (run_training), on SQLite:
 skip-if-done, the attempt counted, the finish in the stage's transaction, metrics, the hand-off."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,12 +31,12 @@ def ctx(tmp_path):
     return make_context(settings, "reasoner", LocalBus(), sessions=sessions, store=LocalStore(tmp_path / "store"))
 
 
-def row(ctx, stage: str = "reasoner") -> Shard | None:  # noqa: ANN001
+def row(ctx, stage: str = "reasoner") -> Shard | None:
     with ctx.sessions() as s:
         return s.scalar(select(Shard).where(Shard.stage == stage))
 
 
-def metric(ctx, name: str, *labels: str) -> float:  # noqa: ANN001
+def metric(ctx, name: str, *labels: str) -> float:
     return getattr(ctx.metrics, name).labels(*labels)._value.get()
 
 
@@ -45,14 +46,19 @@ def test_a_shard_is_worked_on_recorded_with_the_stage_rows_and_handed_on(ctx):
     def work(attempt: shards.Attempt) -> None:
         seen.append(attempt.number)
         with ctx.sessions.begin() as s:
-            shards.set_aside(s, TASK, "reasoner", "r1", "bad")            # a row of the stage's own
+            shards.set_aside(s, TASK, "reasoner", "r1", "bad")  # a row of the stage's own
             attempt.finish(s, "out.jsonl", items_in=5, items_out=3)
 
     shards.run_shard(ctx, "reasoner", TASK, work, hand_off=lambda: handed.append(True))
     shard = row(ctx)
     assert seen == [1] and handed == [True]
-    assert (shard.state, shard.attempts, shard.output_key, shard.items_in, shard.items_out) == ("done", 1, "out.jsonl",
-                                                                                                5, 3)
+    assert (shard.state, shard.attempts, shard.output_key, shard.items_in, shard.items_out) == (
+        "done",
+        1,
+        "out.jsonl",
+        5,
+        3,
+    )
     assert shard.seconds is not None and shard.error is None
     assert metric(ctx, "items_out", "reasoner") == 3 and metric(ctx, "shards", "reasoner", "done") == 1
     assert ctx.metrics.shard_seconds.labels("reasoner")._sum.get() == pytest.approx(shard.seconds)
@@ -81,7 +87,7 @@ def test_a_failed_attempt_is_counted_and_leaves_nothing(ctx):
     assert (row(ctx, "filter").state, row(ctx, "filter").attempts) == ("done", 2) and handed == [True]
 
 
-def _finish(ctx, attempt: shards.Attempt) -> None:  # noqa: ANN001
+def _finish(ctx, attempt: shards.Attempt) -> None:
     with ctx.sessions.begin() as s:
         attempt.finish(s, None, 0, 0)
 
@@ -100,7 +106,7 @@ def test_a_training_is_claimed_once_handed_on_and_its_lease_given_back_on_failur
 
     with pytest.raises(ValueError):
         shards.run_training(ctx, task, fails, hand_off=handed.append)
-    assert (row(ctx, "trainer").state, row(ctx, "trainer").attempts) == ("pending", 1)   # given back
+    assert (row(ctx, "trainer").state, row(ctx, "trainer").attempts) == ("pending", 1)  # given back
 
     # the lease held by another trainer: step aside
     assert shards.claim_training(ctx.sessions, 1, 1, lease_seconds=60)
@@ -110,19 +116,29 @@ def test_a_training_is_claimed_once_handed_on_and_its_lease_given_back_on_failur
 
     def trains() -> int:
         shards.release_training(ctx.sessions, 1, 1, "done")
-        with ctx.sessions.begin() as s:     # what on_trained records
+        with ctx.sessions.begin() as s:  # what on_trained records
             s.scalar(select(Iteration)).output_checkpoint_id = 1
         return 1
 
     shards.run_training(ctx, task, trains, hand_off=handed.append)
-    shards.run_training(ctx, task, lambda: pytest.fail("trained twice"), hand_off=handed.append)   # redelivered
+    shards.run_training(ctx, task, lambda: pytest.fail("trained twice"), hand_off=handed.append)  # redelivered
     assert handed == [1, 1] and row(ctx, "trainer").attempts == 3
 
 
 def test_planned_shards_get_their_rows_and_stray_rows_go(ctx):
     with ctx.sessions.begin() as s:
-        s.add(Shard(run_id=1, iteration=1, stage="evaluator", index=0, input_key="evaluator:iteration1", attempts=1,
-                    state="pending", error="made by a failure report"))
+        s.add(
+            Shard(
+                run_id=1,
+                iteration=1,
+                stage="evaluator",
+                index=0,
+                input_key="evaluator:iteration1",
+                attempts=1,
+                state="pending",
+                error="made by a failure report",
+            )
+        )
         s.add(Shard(run_id=1, iteration=1, stage="evaluator", index=1, input_key="b", state="done"))
         s.add(Shard(run_id=1, iteration=1, stage="evaluator", index=7, input_key="stray", state="pending"))
         s.add(Shard(run_id=1, iteration=1, stage="filter", index=7, input_key="another stage's", state="pending"))
@@ -131,5 +147,9 @@ def test_planned_shards_get_their_rows_and_stray_rows_go(ctx):
     assert done == {1}
     with ctx.sessions() as s:
         rows = {(r.stage, r.index): (r.input_key, r.state, r.attempts) for r in s.scalars(select(Shard))}
-    assert rows == {("evaluator", 0): ("a", "pending", 1), ("evaluator", 1): ("b", "done", 0),
-                    ("evaluator", 2): ("c", "pending", 0), ("filter", 7): ("another stage's", "pending", 0)}
+    assert rows == {
+        ("evaluator", 0): ("a", "pending", 1),
+        ("evaluator", 1): ("b", "done", 0),
+        ("evaluator", 2): ("c", "pending", 0),
+        ("filter", 7): ("another stage's", "pending", 0),
+    }

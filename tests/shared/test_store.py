@@ -1,8 +1,17 @@
 import pytest
 
 from selfjudge.shared.config import StoreConfig
-from selfjudge.shared.store import (LocalStore, S3Store, StoreError, check_key, get_dir, get_jsonl, put_dir,
-                                    put_image, put_jsonl)
+from selfjudge.shared.store import (
+    LocalStore,
+    S3Store,
+    StoreError,
+    check_key,
+    get_dir,
+    get_jsonl,
+    put_dir,
+    put_image,
+    put_jsonl,
+)
 
 
 @pytest.fixture(params=["local", "s3"])

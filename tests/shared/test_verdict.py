@@ -9,7 +9,7 @@ CASES = [
     ("[[b]]", "B", "ok"),
     ("After comparing both responses carefully, my final verdict is: [[B]]", "B", "ok"),
     ("### Final Verdict\n\n**[[A]]**", "A", "ok"),
-    ("Response A misses the dog.\n\nFinal verdict: \"[[B]]\"", "B", "ok"),
+    ('Response A misses the dog.\n\nFinal verdict: "[[B]]"', "B", "ok"),
     ("I initially leaned towards [[A]]. On reflection, the count in B is right.\n[[B]]", "B", "ok"),
     ("[[A]]\n\nExplanation: Response B is better in style, but it hallucinates a cat.", "A", "ok"),
     # VL-RewardBench style

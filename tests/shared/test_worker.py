@@ -1,6 +1,7 @@
 """The worker's failure policy (shared/worker.py) on an in-memory broker (kombu memory://): the pure
 `decide`, the task's methods called under a pushed request (what they publish, record and raise),
 and the same cases through a real Celery worker consuming the stage's queue."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,30 +24,37 @@ from selfjudge.shared.queue import DEAD_QUEUE, CeleryBus, dead_letters, make_cel
 from selfjudge.shared.store import LocalStore
 from selfjudge.shared.worker import Decision, StageTask, decide, register_stage, worker_argv
 
-PAYLOAD = ShardTask(run_id=1, iteration=1, index=3, input_key="runs/1/iter1/pairs/00003.jsonl",
-                    judge_checkpoint_id=1).model_dump()
+PAYLOAD = ShardTask(
+    run_id=1, iteration=1, index=3, input_key="runs/1/iter1/pairs/00003.jsonl", judge_checkpoint_id=1
+).model_dump()
 OUTAGE = ConnectionRefusedError("the database is restarting")
 
 
 # --- the policy itself ----------------------------------------------------------------------
 
+
 def test_a_failure_is_counted_and_retried_with_backoff_then_given_up():
     run = RunConfig(max_retries=3)
     steps = [decide(ValueError("bad"), failures, None, retries=failures, now=100.0, run=run) for failures in range(4)]
-    assert steps == [Decision("retry", 1, 1, None), Decision("retry", 2, 2, None), Decision("retry", 4, 3, None),
-                     Decision("dead", 0, 3, None)]
-    assert decide(ValueError("bad"), 7, None, 7, 0.0, RunConfig(max_retries=10)).countdown == 60   # capped
+    assert steps == [
+        Decision("retry", 1, 1, None),
+        Decision("retry", 2, 2, None),
+        Decision("retry", 4, 3, None),
+        Decision("dead", 0, 3, None),
+    ]
+    assert decide(ValueError("bad"), 7, None, 7, 0.0, RunConfig(max_retries=10)).countdown == 60  # capped
 
 
 def test_an_outage_is_waited_out_without_counting():
     run = RunConfig(max_retries=0, outage_seconds=60)
     first = decide(OUTAGE, 0, None, retries=0, now=1000.0, run=run)
-    assert first == Decision("wait", 1, 0, 1000.0)                   # the outage's start is kept
+    assert first == Decision("wait", 1, 0, 1000.0)  # the outage's start is kept
     assert decide(OUTAGE, 0, 1000.0, retries=3, now=1030.0, run=run) == Decision("wait", 8, 0, 1000.0)
-    assert decide(OUTAGE, 2, 1000.0, retries=9, now=1059.0, run=RunConfig(max_retries=5, outage_seconds=60)) == \
-        Decision("wait", 30, 2, 1000.0)                              # capped; earlier failures stay counted
+    assert decide(
+        OUTAGE, 2, 1000.0, retries=9, now=1059.0, run=RunConfig(max_retries=5, outage_seconds=60)
+    ) == Decision("wait", 30, 2, 1000.0)  # capped; earlier failures stay counted
     wrapped = RuntimeError("while reading the shard")
-    wrapped.__cause__ = OUTAGE                                       # the cause decides (queue.is_outage)
+    wrapped.__cause__ = OUTAGE  # the cause decides (queue.is_outage)
     assert decide(wrapped, 0, None, 0, 5.0, run).action == "wait"
 
 
@@ -59,31 +67,39 @@ def test_an_outage_that_lasts_too_long_counts_as_a_failure():
 
 # --- the task's methods on the memory broker ---------------------------------------------------
 
+
 class Env:
     """A Celery app on memory:// (the project's make_celery config), a context with an SQLite
     database, and a scripted handler: `script` lists what each call raises (None: succeeds)."""
 
-    def __init__(self, tmp_path, stage: str = "reasoner", **run: object):  # noqa: ANN001
-        self.settings = Settings.model_validate({"run": {"work_dir": str(tmp_path), **run},
-                                                 "broker": {"url": "memory://"}})
+    def __init__(self, tmp_path, stage: str = "reasoner", **run: object):
+        self.settings = Settings.model_validate(
+            {"run": {"work_dir": str(tmp_path), **run}, "broker": {"url": "memory://"}}
+        )
         self.app = make_celery(self.settings)
         self.app.conf.broker_transport_options = {"polling_interval": 0.05}
         sessions = make_sessionmaker(f"sqlite:///{tmp_path / 'worker.db'}")
         Base.metadata.create_all(sessions.kw["bind"])
         with sessions.begin() as s:
             s.add(Run(id=1, name="t", config={}, iterations=1))
-        self.ctx = make_context(self.settings, stage, CeleryBus(self.app), sessions=sessions,
-                                store=LocalStore(tmp_path / "store"))
+        self.ctx = make_context(
+            self.settings, stage, CeleryBus(self.app), sessions=sessions, store=LocalStore(tmp_path / "store")
+        )
         self.script: list[BaseException | None] = []
         self.calls: list[dict] = []
         self.task = register_stage(self.app, self.ctx, self.handle)
         self.purge()
 
-    def handle(self, payload: dict, ctx) -> None:  # noqa: ANN001
+    def handle(self, payload: dict, ctx) -> None:
         from celery.worker import state
 
-        self.calls.append({"payload": payload, "kwargs": dict(self.task.request.kwargs or {}),
-                           "acked": [r.acknowledged for r in state.active_requests]})
+        self.calls.append(
+            {
+                "payload": payload,
+                "kwargs": dict(self.task.request.kwargs or {}),
+                "acked": [r.acknowledged for r in state.active_requests],
+            }
+        )
         error = self.script.pop(0) if self.script else None
         if error is not None:
             raise error
@@ -112,8 +128,14 @@ class Env:
     @contextlib.contextmanager
     def delivered(self, retries: int = 0, **kwargs: object) -> Iterator[StageTask]:
         """The task as a worker runs it: a request for a delivered message is on its stack."""
-        self.task.push_request(id="task-1", args=[PAYLOAD], kwargs=kwargs, retries=retries, called_directly=False,
-                               delivery_info={"exchange": "selfjudge", "routing_key": self.ctx.stage})
+        self.task.push_request(
+            id="task-1",
+            args=[PAYLOAD],
+            kwargs=kwargs,
+            retries=retries,
+            called_directly=False,
+            delivery_info={"exchange": "selfjudge", "routing_key": self.ctx.stage},
+        )
         try:
             yield self.task
         finally:
@@ -139,7 +161,7 @@ def test_every_stage_task_has_the_policy_and_its_ack_mode(env):
         assert isinstance(e.task, StageTask) and e.app.tasks[task_name(e.ctx.stage)] is e.task
         assert e.task.max_retries is None
     assert reasoner.task.acks_late is True and reasoner.task.reject_on_worker_lost is True
-    assert trainer.task.acks_late is False                       # acked on receipt: the lease guards it
+    assert trainer.task.acks_late is False  # acked on receipt: the lease guards it
     assert worker_argv("reasoner", "INFO")[:7] == ["worker", "-Q", "reasoner", "-P", "solo", "-c", "1"]
     assert worker_argv("trainer", "INFO")[4] == "threads"
 
@@ -163,7 +185,7 @@ def test_the_last_failure_is_recorded_failed_and_dead_lettered(env):
     e = env(max_retries=1)
     e.script = [ValueError("still broken")]
     with e.delivered(retries=1, failures=1):
-        e.task.run(PAYLOAD, failures=1)                          # returns: the message is acked
+        e.task.run(PAYLOAD, failures=1)  # returns: the message is acked
     assert e.queued() == []
     row = e.shard()
     assert (row.state, row.attempts, row.error) == ("failed", 2, "ValueError: still broken")
@@ -184,13 +206,13 @@ def test_an_outage_is_sent_again_uncounted_with_its_start(env):
         e.task.run(PAYLOAD, **kwargs)
     (message,) = e.queued()
     assert message.decode()[1] == {"failures": 0, "outage_since": since}
-    assert e.shard() is None and e.errors("ConnectionRefusedError") == 2      # counted as errors, not failures
+    assert e.shard() is None and e.errors("ConnectionRefusedError") == 2  # counted as errors, not failures
 
 
 def test_a_retry_that_cannot_be_published_returns_the_message(env, monkeypatch):
     e = env(max_retries=3)
 
-    def broker_down(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def broker_down(self, *args, **kwargs):
         raise OperationalError("the broker is down too")
 
     monkeypatch.setattr(Signature, "apply_async", broker_down)
@@ -199,7 +221,7 @@ def test_a_retry_that_cannot_be_published_returns_the_message(env, monkeypatch):
         with e.delivered(), pytest.raises(Reject) as info:
             e.task.run(PAYLOAD)
         assert info.value.requeue is True and isinstance(info.value.__cause__, type(error))
-    assert e.shard().attempts == 1                               # the failure was recorded; the outage not
+    assert e.shard().attempts == 1  # the failure was recorded; the outage not
 
 
 def test_a_database_that_cannot_record_the_failure_does_not_stop_the_retry(env, caplog):
@@ -213,14 +235,16 @@ def test_a_database_that_cannot_record_the_failure_does_not_stop_the_retry(env, 
 
 # --- through a real worker on the memory broker ------------------------------------------------
 
+
 @contextlib.contextmanager
 def worker(e: Env, pool: str = "solo") -> Iterator[None]:
-    with start_worker(e.app, pool=pool, perform_ping_check=False, queues=[e.ctx.stage], loglevel="WARNING",
-                      shutdown_timeout=30):
+    with start_worker(
+        e.app, pool=pool, perform_ping_check=False, queues=[e.ctx.stage], loglevel="WARNING", shutdown_timeout=30
+    ):
         yield
 
 
-def wait_for(condition, timeout: float = 30) -> None:  # noqa: ANN001
+def wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -235,7 +259,7 @@ def test_worker_retries_failures_then_succeeds(env):
         wait_for(lambda: len(e.calls) == 3)
         time.sleep(0.3)
     assert [c["kwargs"].get("failures", 0) for c in e.calls] == [0, 1, 2]
-    assert all(c["payload"] == PAYLOAD and c["acked"] == [False] for c in e.calls)   # acks_late
+    assert all(c["payload"] == PAYLOAD and c["acked"] == [False] for c in e.calls)  # acks_late
     assert (e.shard().attempts, e.shard().state) == (2, "pending")
     assert dead_letters(e.app) == [] and e.queued() == []
 
@@ -247,7 +271,7 @@ def test_worker_dead_letters_after_max_retries(env):
         e.ctx.bus.send("reasoner", ShardTask.model_validate(PAYLOAD))
         wait_for(lambda: len(dead_letters(e.app)) == 1)
         time.sleep(0.3)
-    assert len(e.calls) == 2 and e.queued() == []                # acked: not delivered again
+    assert len(e.calls) == 2 and e.queued() == []  # acked: not delivered again
     assert (e.shard().state, e.shard().attempts) == ("failed", 2)
     assert dead_letters(e.app)[0]["error"] == "ValueError: broken"
 
@@ -271,8 +295,8 @@ def test_worker_requeues_a_message_whose_retry_cannot_be_published(env, monkeypa
     real = Signature.apply_async
     refused: list[str] = []
 
-    def broker_down_once(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if not refused and self.options.get("retries"):        # the retry, not the first send
+    def broker_down_once(self, *args, **kwargs):
+        if not refused and self.options.get("retries"):  # the retry, not the first send
             refused.append(self.task)
             raise OperationalError("the broker is down too")
         return real(self, *args, **kwargs)
@@ -283,7 +307,7 @@ def test_worker_requeues_a_message_whose_retry_cannot_be_published(env, monkeypa
         wait_for(lambda: len(e.calls) == 2)
         time.sleep(0.3)
     assert refused == [task_name("reasoner")]
-    assert [c["kwargs"].get("failures", 0) for c in e.calls] == [0, 0]    # the same message, back in its queue
+    assert [c["kwargs"].get("failures", 0) for c in e.calls] == [0, 0]  # the same message, back in its queue
     assert e.shard().attempts == 1 and e.queued() == [] and dead_letters(e.app) == []
 
 

@@ -218,7 +218,9 @@ class OpenAIBackend:
             counts = [total // copies + (1 if k < total % copies else 0) for k in range(copies)]
         if copies < p.n:  # greedy: every sample is the same completion
             texts, counts = texts * p.n, counts * p.n
-        return Generation(key=req.key, texts=texts, token_counts=counts, prompt_tokens=int(usage.get("prompt_tokens", 0)))
+        return Generation(
+            key=req.key, texts=texts, token_counts=counts, prompt_tokens=int(usage.get("prompt_tokens", 0))
+        )
 
     def generate(
         self,
@@ -264,7 +266,9 @@ def plan_problem(backend: str, method: str, lora_merge: bool) -> str | None:
     if backend != "openai" or (method == "lora" and not lora_merge):
         return None
     what = "full fine-tuning" if method == "full" else "LoRA merged into full weights (train.lora_merge true)"
-    return (f"model.backend openai with {what}: the trained checkpoints cannot be loaded into the running "
-            "servers, so they would be evaluated and used as judges with whatever model the servers hold. "
-            "Set train.method lora and train.lora_merge false (each new adapter is loaded into the servers "
-            "by name), or use model.backend transformers or vllm")
+    return (
+        f"model.backend openai with {what}: the trained checkpoints cannot be loaded into the running "
+        "servers, so they would be evaluated and used as judges with whatever model the servers hold. "
+        "Set train.method lora and train.lora_merge false (each new adapter is loaded into the servers "
+        "by name), or use model.backend transformers or vllm"
+    )

@@ -59,7 +59,9 @@ class TransformersBackend:
         """A full checkpoint folder, or a PEFT adapter folder (loaded over its base, then merged for speed)."""
         from pathlib import Path
 
-        kw = dict(dtype=DTYPES[dtype], device_map=str(self.device), use_safetensors=True, trust_remote_code=trust_remote_code)
+        kw = dict(
+            dtype=DTYPES[dtype], device_map=str(self.device), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
         adapter = Path(model_path) / "adapter_config.json"
         if not adapter.exists():
             return AutoModelForImageTextToText.from_pretrained(model_path, **kw)  # straight onto the device

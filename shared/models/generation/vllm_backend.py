@@ -260,7 +260,9 @@ class VLLMBackend:
             )
         return results
 
-    def _run(self, prompts: list[dict[str, Any]], sampling: list[Any], progress: Callable[[int, int], None] | None) -> list[Any]:
+    def _run(
+        self, prompts: list[dict[str, Any]], sampling: list[Any], progress: Callable[[int, int], None] | None
+    ) -> list[Any]:
         """LLM.generate, stepping the engine here so progress(done, total) follows finished requests."""
         ids = self.llm.enqueue(prompts, sampling, lora_request=self.lora, use_tqdm=False)
         engine, finished = self.llm.llm_engine, {}
@@ -297,4 +299,3 @@ class VLLMBackend:
                 pass
         del llm
         free_memory()
-

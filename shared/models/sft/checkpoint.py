@@ -143,7 +143,9 @@ class Checkpointer:
             params = dict(model.named_parameters())
             missing = set(self._trainable_names(model)) - set(weights)
             if missing:
-                raise ValueError(f"resume checkpoint {d} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
+                raise ValueError(
+                    f"resume checkpoint {d} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}"
+                )
             with torch.no_grad():
                 for n, v in weights.items():
                     params[n].copy_(v)

@@ -128,7 +128,9 @@ def image_token_id(processor: Any) -> int | None:
 def _encode_once(processor: Any, ex: SFTExample, images: list[Image.Image]) -> dict[str, torch.Tensor]:
     tok = processor.tokenizer
     fmt = answer_format(processor)
-    prompt = processor.apply_chat_template(chat_messages(ex.text, images, ex.system), add_generation_prompt=True, tokenize=False)
+    prompt = processor.apply_chat_template(
+        chat_messages(ex.text, images, ex.system), add_generation_prompt=True, tokenize=False
+    )
     enc = processor(text=[prompt], images=[list(images)] if images else None, return_tensors="pt")
     prompt_ids = enc["input_ids"][0]
     answer_ids = tok(fmt.prefix + ex.answer, add_special_tokens=False)["input_ids"] + [fmt.end_token_id]
@@ -184,7 +186,9 @@ def encode_example(
             break
         images = smaller
     sizes = ", ".join(f"{im.size[0]}x{im.size[1]}" for im in images)
-    raise ExampleTooLong(f"too long: {n} tokens > max_length {max_length}" + (f" with images at {sizes}" if images else ""))
+    raise ExampleTooLong(
+        f"too long: {n} tokens > max_length {max_length}" + (f" with images at {sizes}" if images else "")
+    )
 
 
 def encode(processor: Any, ex: SFTExample, spec: EncodeSpec) -> dict[str, torch.Tensor]:

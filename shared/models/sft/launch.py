@@ -78,7 +78,13 @@ def write_spec(
                 refs.append(names[id(im)])
             if len(names) > 4096:  # ids of images already freed may be reused: the cache is only a shortcut
                 names.clear()
-            row = {"text": ex.text, "answer": ex.answer, "system": ex.system, "images": refs, "id": identity(examples, i)}
+            row = {
+                "text": ex.text,
+                "answer": ex.answer,
+                "system": ex.system,
+                "images": refs,
+                "id": identity(examples, i),
+            }
             f.write(json.dumps(row) + "\n")
     spec = {
         "model_path": str(model_path),
@@ -206,7 +212,9 @@ class _ProgressRelay:
 def main(argv: list[str] | None = None) -> int:
     """torchrun entry point: every rank trains; rank 0 reports progress and the result."""
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(name)s: %(message)s"
+    )
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text())
     cfg = TrainConfig(**spec["config"])

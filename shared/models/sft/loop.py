@@ -74,7 +74,9 @@ def micro_budget(lengths: list[int], cfg: TrainConfig) -> int:
     return cfg.batch_size * sorted(lengths)[len(lengths) // 2]  # auto: batch_size median-length examples
 
 
-def split_step(step: list[int], lengths: list[int], batch_size: int, budget: int, packed: bool = False) -> list[list[int]]:
+def split_step(
+    step: list[int], lengths: list[int], batch_size: int, budget: int, packed: bool = False
+) -> list[list[int]]:
     """Cut one optimizer step's examples into micro-batches, longest first.
 
     Without a budget: batch_size examples each. With one: as many examples as fit in `budget`
@@ -123,7 +125,10 @@ def step_plan(lengths: list[int], cfg: TrainConfig, world: int = 1, packed: bool
             continue
         idx = list(range(len(lengths)))
         rng.shuffle(idx)
-        steps += [split_step(idx[g : g + per_step], lengths, cfg.batch_size, budget, packed) for g in range(0, len(idx), per_step)]
+        steps += [
+            split_step(idx[g : g + per_step], lengths, cfg.batch_size, budget, packed)
+            for g in range(0, len(idx), per_step)
+        ]
     return steps[: cfg.max_steps] if cfg.max_steps > 0 else steps
 
 
@@ -140,7 +145,9 @@ def _optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **fused)
 
 
-def _measure_all(rt: Runtime, processor: Any, examples: Sequence[SFTExample], spec: EncodeSpec, cfg: TrainConfig) -> data.Measured:
+def _measure_all(
+    rt: Runtime, processor: Any, examples: Sequence[SFTExample], spec: EncodeSpec, cfg: TrainConfig
+) -> data.Measured:
     """Every example's length, this rank measuring only its slice; the too-long and unreadable dropped."""
     mine = data.measure(examples, processor, spec, range(rt.rank, len(examples), rt.world), cfg.loader_workers)
     measured = data.merge(rt.gather(mine))
@@ -151,7 +158,9 @@ def _measure_all(rt: Runtime, processor: Any, examples: Sequence[SFTExample], sp
     return measured
 
 
-def _rank_batches(plan: list[list[list[int]]], start: int, rt: Runtime) -> tuple[list[list[int]], list[float], list[int]]:
+def _rank_batches(
+    plan: list[list[list[int]]], start: int, rt: Runtime
+) -> tuple[list[list[int]], list[float], list[int]]:
     """This rank's micro-batches from step `start` on (plan indices), their weights, and per-step counts.
 
     Every rank runs as many micro-batches per step (DDP/FSDP collectives): a rank short of one runs
@@ -224,7 +233,9 @@ def _sft(rt, t0, model_path, examples, out_dir, cfg, progress, resume_from, mark
 
     wrapped = rt.wrap(AnswerLoss(model, speed.fused_loss(cfg)))
     opt = _optimizer(wrapped, cfg)
-    sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
+    sched = get_scheduler(
+        cfg.lr_scheduler, opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total
+    )
 
     state = {"step": 0, "losses": [], "answer_tokens": 0, "tokens": 0, "padded_tokens": 0}
     ckpt = None
@@ -322,7 +333,9 @@ def _reason_counts(dropped: list[list]) -> dict[str, int]:
     return out
 
 
-def _write_output(rt: Runtime, model: Any, processor: Any, out_dir: Any, cfg: TrainConfig, meta: dict, model_path: str) -> None:
+def _write_output(
+    rt: Runtime, model: Any, processor: Any, out_dir: Any, cfg: TrainConfig, meta: dict, model_path: str
+) -> None:
     if rt.mode == "fsdp" and rt.world > 1:  # gather the shards; rank 0 rebuilds the model on CPU and writes it
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -29,7 +29,9 @@ def core_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_loss_sum(model: Any, batch: dict[str, torch.Tensor], fused: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+def answer_loss_sum(
+    model: Any, batch: dict[str, torch.Tensor], fused: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
     """Summed cross-entropy over answer tokens; the LM head runs only at those positions.
 
     `fused(weight, hidden, targets, bias)` (speed.fused_loss: Liger's fused linear cross-entropy)
@@ -94,7 +96,9 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
     if is_adapter(model_path):
         from peft import PeftModel
 
-        base = AutoModelForImageTextToText.from_pretrained(adapter_base(model_path), dtype=dtype, use_safetensors=True, **attn)
+        base = AutoModelForImageTextToText.from_pretrained(
+            adapter_base(model_path), dtype=dtype, use_safetensors=True, **attn
+        )
         if cfg.method == "lora":
             return PeftModel.from_pretrained(base, model_path, is_trainable=True)
         model = PeftModel.from_pretrained(base, model_path).merge_and_unload().requires_grad_(True)  # PEFT froze them
@@ -104,7 +108,7 @@ def load_trainable(model_path: str, cfg: TrainConfig, dtype: torch.dtype) -> Any
             from peft import get_peft_model
 
             return get_peft_model(model, lora_config(cfg))
-    if cfg.freeze_vision:       # full fine-tuning only: LoRA leaves the vision encoder alone anyway
+    if cfg.freeze_vision:  # full fine-tuning only: LoRA leaves the vision encoder alone anyway
         freeze_vision_encoder(model)
     return model
 
@@ -117,7 +121,9 @@ def freeze_vision_encoder(model: Any) -> int:
             p.requires_grad_(False)
             frozen += p.numel()
     if frozen == 0:
-        raise ValueError(f"freeze_vision: no vision encoder weights ({VISION_ENCODER.pattern}) in {type(model).__name__}")
+        raise ValueError(
+            f"freeze_vision: no vision encoder weights ({VISION_ENCODER.pattern}) in {type(model).__name__}"
+        )
     return frozen
 
 

@@ -58,8 +58,10 @@ class Runtime:
             rt.mode = "none"
         if cfg.device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise RuntimeError(f"TrainConfig.device is {cfg.device!r}, but torch {torch.__version__} sees no CUDA "
-                                   "device (a CPU build, or no GPU visible): set train/model device to cpu")
+                raise RuntimeError(
+                    f"TrainConfig.device is {cfg.device!r}, but torch {torch.__version__} sees no CUDA "
+                    "device (a CPU build, or no GPU visible): set train/model device to cpu"
+                )
             index = rt.local_rank if rt.world > 1 and ":" not in cfg.device else torch.device(cfg.device).index
             rt.device = torch.device("cuda", index or 0)
             torch.cuda.set_device(rt.device)

@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
-from . import varlen
 from ...config import TrainConfig
+from . import varlen
 
 # the repeated blocks compiled one by one: text decoder layers, vision blocks / encoder layers
-BLOCKS = re.compile(r"((language_model|text_model)\.layers|(visual|vision_model)\.(blocks|encoder\.layers|transformer\.layers))\.\d+$")
+BLOCKS = re.compile(
+    r"((language_model|text_model)\.layers|(visual|vision_model)\.(blocks|encoder\.layers|transformer\.layers))\.\d+$"
+)
 QWEN_VISION_BLOCK = re.compile(r"(^|\.)visual\.blocks\.\d+$")
 LIGER_PATCHES = {"qwen2_5_vl": "apply_liger_kernel_to_qwen2_5_vl", "qwen2_vl": "apply_liger_kernel_to_qwen2_vl"}
 
@@ -38,7 +40,9 @@ def apply(model: Any, cfg: TrainConfig) -> dict[str, Any]:
     """cfg's speed-ups on `model` (the transformers model, on its device); returns what was done."""
     done: dict[str, Any] = {}
     if cfg.vision_varlen:
-        done["vision_attention"] = varlen.VISION_NAME if varlen.use_in_vision(model) else "unchanged (no Qwen-VL vision tower)"
+        done["vision_attention"] = (
+            varlen.VISION_NAME if varlen.use_in_vision(model) else "unchanged (no Qwen-VL vision tower)"
+        )
     if cfg.kernels == "liger":
         done["kernels"] = apply_liger(model)
     if cfg.compile:
@@ -50,7 +54,9 @@ def _liger() -> Any:
     try:
         import liger_kernel.transformers as lk
     except ImportError as exc:
-        raise RuntimeError(f"train.kernels=liger needs the liger-kernel package and triton (pip install liger-kernel): {exc}") from exc
+        raise RuntimeError(
+            f"train.kernels=liger needs the liger-kernel package and triton (pip install liger-kernel): {exc}"
+        ) from exc
     return lk
 
 
@@ -83,5 +89,7 @@ def compile_blocks(model: Any, backend: str = "inductor") -> int:
             module.compile(dynamic=True, backend=backend)
             n += 1
     if n == 0:
-        raise ValueError(f"train.compile: no decoder layers or vision blocks ({BLOCKS.pattern}) in {type(model).__name__}")
+        raise ValueError(
+            f"train.compile: no decoder layers or vision blocks ({BLOCKS.pattern}) in {type(model).__name__}"
+        )
     return n

@@ -45,7 +45,9 @@ def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.
     bounds = cu.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale, enable_gqa=qs.shape[1] != ks.shape[1])
+        o = F.scaled_dot_product_attention(
+            qs, ks, vs, is_causal=causal, scale=scale, enable_gqa=qs.shape[1] != ks.shape[1]
+        )
         out.append(o[0].transpose(0, 1))
     return torch.cat(out)
 

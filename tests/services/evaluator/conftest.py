@@ -1,5 +1,6 @@
 """Benchmark files written in exactly the published schemas (neither benchmark can be downloaded
 here), and a scripted judge that needs no model."""
+
 from __future__ import annotations
 
 import io
@@ -49,15 +50,26 @@ def vl_records(preferred_second: set[str] = frozenset()) -> list[dict]:
     for n, (rid, (source, _)) in enumerate(VL_IDS.items()):
         good, bad = f"GOOD answer {n}: a red square.", f"BAD answer {n}: a blue circle."
         second = rid in preferred_second
-        out.append({
-            "id": rid, "query": "<image>\nDescribe this image in detail." if source == "povid" else f"Question {n}?",
-            "response": [bad, good] if second else [good, bad], "human_ranking": [1, 0] if second else [0, 1],
-            "models": ["m1", "m2"], "judge": "human", "rationale": None, "query_source": source,
-            "meta": {"note": "generated"}, "human_error_analysis": ["hallucination"],
-            "ground_truth": None, "_source": source, "_image": image_bytes(n),
-            # the GitHub copy's path: images/<source>/<id>.jpg, except povid (COCO file names)
-            "image_path": f"images/{source}/" + ("COCO_train2014_000000178181.jpg" if source == "povid" else f"{rid}.jpg"),
-        })
+        out.append(
+            {
+                "id": rid,
+                "query": "<image>\nDescribe this image in detail." if source == "povid" else f"Question {n}?",
+                "response": [bad, good] if second else [good, bad],
+                "human_ranking": [1, 0] if second else [0, 1],
+                "models": ["m1", "m2"],
+                "judge": "human",
+                "rationale": None,
+                "query_source": source,
+                "meta": {"note": "generated"},
+                "human_error_analysis": ["hallucination"],
+                "ground_truth": None,
+                "_source": source,
+                "_image": image_bytes(n),
+                # the GitHub copy's path: images/<source>/<id>.jpg, except povid (COCO file names)
+                "image_path": f"images/{source}/"
+                + ("COCO_train2014_000000178181.jpg" if source == "povid" else f"{rid}.jpg"),
+            }
+        )
     return out
 
 
@@ -70,24 +82,46 @@ def write_vl_parquet(path: Path, records: list[dict], image_override: dict | Non
     rows = []
     for r in records:
         data = image_override.get(r["id"], r["_image"])
-        rows.append({"id": r["id"], "query": r["query"], "response": r["response"],
-                     "image": {"bytes": data, "path": None},
-                     "human_ranking": r["human_ranking"], "models": r["models"], "judge": r["judge"],
-                     "rationale": r["rationale"], "query_source": r["query_source"], "meta": json.dumps(r["meta"]),
-                     "human_error_analysis": r["human_error_analysis"], "ground_truth": r["ground_truth"]})
-    schema = pa.schema([
-        ("id", pa.string()), ("query", pa.string()), ("response", pa.list_(pa.string())),
-        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("human_ranking", pa.list_(pa.int64())), ("models", pa.list_(pa.string())), ("judge", pa.string()),
-        ("rationale", pa.string()), ("query_source", pa.string()), ("meta", pa.string()),
-        ("human_error_analysis", pa.list_(pa.string())), ("ground_truth", pa.string())])
+        rows.append(
+            {
+                "id": r["id"],
+                "query": r["query"],
+                "response": r["response"],
+                "image": {"bytes": data, "path": None},
+                "human_ranking": r["human_ranking"],
+                "models": r["models"],
+                "judge": r["judge"],
+                "rationale": r["rationale"],
+                "query_source": r["query_source"],
+                "meta": json.dumps(r["meta"]),
+                "human_error_analysis": r["human_error_analysis"],
+                "ground_truth": r["ground_truth"],
+            }
+        )
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("query", pa.string()),
+            ("response", pa.list_(pa.string())),
+            ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            ("human_ranking", pa.list_(pa.int64())),
+            ("models", pa.list_(pa.string())),
+            ("judge", pa.string()),
+            ("rationale", pa.string()),
+            ("query_source", pa.string()),
+            ("meta", pa.string()),
+            ("human_error_analysis", pa.list_(pa.string())),
+            ("ground_truth", pa.string()),
+        ]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
 
 
-def write_vl_jsonl(folder: Path, records: list[dict], skip_images: set[str] = frozenset(),
-                   corrupt: set[str] = frozenset()) -> Path:
+def write_vl_jsonl(
+    folder: Path, records: list[dict], skip_images: set[str] = frozenset(), corrupt: set[str] = frozenset()
+) -> Path:
     """The GitHub copy: data.jsonl with image_path, images under the jsonl's folder."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -108,14 +142,24 @@ def mm_records(output2_better: set[str] = frozenset()) -> list[dict]:
     for n, (rid, category, _) in enumerate(MM_RECORDS):
         good, bad = f"GOOD output {n}: correct.", f"BAD output {n}: wrong."
         second = rid in output2_better
-        out.append({"ID": rid, "Text": f"Prompt {n}: what is shown?", "Image": f"images/{rid.split('_')[0]}/{n}.jpg",
-                    "Output1": bad if second else good, "Output2": good if second else bad,
-                    "Better": "Output2" if second else "Output1", "Category": category, "_image": image_bytes(n)})
+        out.append(
+            {
+                "ID": rid,
+                "Text": f"Prompt {n}: what is shown?",
+                "Image": f"images/{rid.split('_')[0]}/{n}.jpg",
+                "Output1": bad if second else good,
+                "Output2": good if second else bad,
+                "Better": "Output2" if second else "Output1",
+                "Category": category,
+                "_image": image_bytes(n),
+            }
+        )
     return out
 
 
-def write_mm(folder: Path, records: list[dict], skip_images: set[str] = frozenset(),
-             corrupt: set[str] = frozenset()) -> Path:
+def write_mm(
+    folder: Path, records: list[dict], skip_images: set[str] = frozenset(), corrupt: set[str] = frozenset()
+) -> Path:
     """data/all_data.json and data/images/... as the repo's download script leaves them."""
     folder.mkdir(parents=True, exist_ok=True)
     for r in records:
@@ -124,21 +168,23 @@ def write_mm(folder: Path, records: list[dict], skip_images: set[str] = frozense
         img = folder / r["Image"]
         img.parent.mkdir(parents=True, exist_ok=True)
         img.write_bytes(b"not an image at all" if r["ID"] in corrupt else r["_image"])
-    (folder / "all_data.json").write_text(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")}
-                                                      for r in records], indent=2))
+    (folder / "all_data.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in records], indent=2)
+    )
     return folder / "all_data.json"
 
 
 class ScriptedJudge:
     """A backend that needs no model: `choose(text_of_first, text_of_second, request) -> 1 | 2 | None`
     decides each judgment; the output is written in the prompt's own verdict format."""
+
     model_id = "scripted"
 
-    def __init__(self, choose):  # noqa: ANN001
+    def __init__(self, choose):
         self.choose = choose
         self.calls: list = []
 
-    def generate(self, requests, params, progress=None):  # noqa: ANN001, ANN201
+    def generate(self, requests, params, progress=None):
         self.calls.append((len(requests), params.temperature))
         out = []
         for r in requests:
@@ -148,7 +194,8 @@ class ScriptedJudge:
                 fmt = lambda c: f"Reasoning.\nOverall Judgment: Answer {c} is better."  # noqa: E731
             elif "[The Start of Assistant A's Answer]" in t:
                 first, second = t.split("[The Start of Assistant A's Answer]", 1)[1].split(
-                    "[The Start of Assistant B's Answer]", 1)
+                    "[The Start of Assistant B's Answer]", 1
+                )
                 fmt = lambda c: f"Assistant {'AB'[c - 1]} is better. [[{'AB'[c - 1]}]]"  # noqa: E731
             else:
                 first, second = t.split("[Response A]", 1)[1].split("[Response B]", 1)
@@ -159,11 +206,11 @@ class ScriptedJudge:
         return out
 
 
-def good_first(first: str, second: str, _r) -> int:  # noqa: ANN001
+def good_first(first: str, second: str, _r) -> int:
     return 1 if "GOOD" in first else 2
 
 
-def check_report_matches_database(md: str, sessions, run_id: int) -> int:  # noqa: ANN001
+def check_report_matches_database(md: str, sessions, run_id: int) -> int:
     """Every accuracy, both-orders and position-bias value in eval_summaries is in its report table
     cell, formatted from the database row; returns how many cells were checked."""
     from sqlalchemy import select
@@ -176,8 +223,15 @@ def check_report_matches_database(md: str, sessions, run_id: int) -> int:  # noq
         if line.startswith("## "):
             section, metric = line[3:].strip(), None
         elif line.startswith("### "):
-            metric = ("accuracy" if "Accuracy" in line else "both_orders" if "Position-consistent" in line
-                      else "position_bias" if "Position bias" in line else "items")
+            metric = (
+                "accuracy"
+                if "Accuracy" in line
+                else "both_orders"
+                if "Position-consistent" in line
+                else "position_bias"
+                if "Position bias" in line
+                else "items"
+            )
         elif line.startswith("| category |"):
             header = [c.strip() for c in line.strip("|").split("|")][1:]
         elif line.startswith("| ") and metric not in (None, "items"):
@@ -203,7 +257,16 @@ def gen():
     """The file writers and record makers above, for tests (conftest modules are not importable)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(vl_records=vl_records, write_vl_parquet=write_vl_parquet, write_vl_jsonl=write_vl_jsonl,
-                           mm_records=mm_records, write_mm=write_mm, image_bytes=image_bytes, VL_IDS=VL_IDS,
-                           MM_RECORDS=MM_RECORDS, ScriptedJudge=ScriptedJudge, good_first=good_first,
-                           check_report_matches_database=check_report_matches_database)
+    return SimpleNamespace(
+        vl_records=vl_records,
+        write_vl_parquet=write_vl_parquet,
+        write_vl_jsonl=write_vl_jsonl,
+        mm_records=mm_records,
+        write_mm=write_mm,
+        image_bytes=image_bytes,
+        VL_IDS=VL_IDS,
+        MM_RECORDS=MM_RECORDS,
+        ScriptedJudge=ScriptedJudge,
+        good_first=good_first,
+        check_report_matches_database=check_report_matches_database,
+    )

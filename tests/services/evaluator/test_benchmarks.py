@@ -1,10 +1,10 @@
 """Loaders on files generated in the published schemas: local and S3, bad records excluded with reasons."""
+
 import json
 
 import pytest
 
-from selfjudge.services.evaluator.benchmarks import (iter_benchmark, load_benchmark, mm_category,
-                                                     vl_source_from_id)
+from selfjudge.services.evaluator.benchmarks import iter_benchmark, load_benchmark, mm_category, vl_source_from_id
 
 
 def by_id(items):
@@ -13,8 +13,11 @@ def by_id(items):
 
 def test_vl_parquet_categories_from_id_prefixes(tmp_path, gen):
     records = gen.vl_records(preferred_second={"RLAIF-V-14"})
-    path = gen.write_vl_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", records,
-                                image_override={"mathverse_2028": gen.image_bytes(1)[:60]})   # truncated JPEG
+    path = gen.write_vl_parquet(
+        tmp_path / "data" / "test-00000-of-00001.parquet",
+        records,
+        image_override={"mathverse_2028": gen.image_bytes(1)[:60]},
+    )  # truncated JPEG
     items, excluded = load_benchmark("vl-rewardbench", str(path))
     got = by_id(items)
     assert set(got) == set(gen.VL_IDS) - {"mathverse_2028"}
@@ -30,18 +33,20 @@ def test_vl_parquet_categories_from_id_prefixes(tmp_path, gen):
 
 def test_vl_jsonl_with_image_folder_missing_corrupt_and_bad_records(tmp_path, gen):
     records = gen.vl_records()
-    records[0]["human_ranking"] = [0, 0]       # no single preferred response
+    records[0]["human_ranking"] = [0, 0]  # no single preferred response
     path = gen.write_vl_jsonl(tmp_path / "data", records, skip_images={"RLAIF-V-14"}, corrupt={"mathverse_2028"})
     with open(path, "a") as f:
         f.write("{not json\n")
     items, excluded = load_benchmark("vl-rewardbench", str(path))
     got = by_id(items)
     assert set(got) == set(gen.VL_IDS) - {"LRVInstruction-000000007746", "RLAIF-V-14", "mathverse_2028"}
-    for rid, item in got.items():                 # the source is the image folder: images/<source>/...
+    for rid, item in got.items():  # the source is the image folder: images/<source>/...
         assert (item.source, item.category) == gen.VL_IDS[rid]
     reasons = {e.record_id: e.reason for e in excluded}
     assert reasons["LRVInstruction-000000007746"].startswith("human_ranking [0, 0]")
-    assert reasons["RLAIF-V-14"].startswith("missing image") and "images/rlaif-v/RLAIF-V-14.jpg" in reasons["RLAIF-V-14"]
+    assert (
+        reasons["RLAIF-V-14"].startswith("missing image") and "images/rlaif-v/RLAIF-V-14.jpg" in reasons["RLAIF-V-14"]
+    )
     assert reasons["mathverse_2028"].startswith("corrupt image")
     assert reasons["data.jsonl:8"].startswith("malformed JSON line")
     # the folder holding data.jsonl works too, and --images can point elsewhere
@@ -71,12 +76,12 @@ def test_mm_all_data_json_categories_better_and_bad_records(tmp_path, gen):
     for rid, item in got.items():
         assert item.category == expected[rid]
     assert got["mmmu-s_101"].better == 1 and got["nocaps_13062"].better == 0
-    assert got["mmmu-s_101"].responses[1].startswith("GOOD")       # Output1, Output2 in the file's order
+    assert got["mmmu-s_101"].responses[1].startswith("GOOD")  # Output1, Output2 in the file's order
     reasons = {e.record_id: e.reason for e in excluded}
     assert reasons["hateful_memes_42"].startswith("missing image")
     assert reasons["RealworldQA_4"].startswith("not a recognised image")
     assert reasons["nocaps_99"].startswith("Better is 'Output3'")
-    assert len(load_benchmark("mm-rewardbench", str(tmp_path))[0]) == len(items)   # data/all_data.json
+    assert len(load_benchmark("mm-rewardbench", str(tmp_path))[0]) == len(items)  # data/all_data.json
 
 
 def test_mm_category_split_as_get_accuracy():

@@ -1,11 +1,17 @@
 """The official scorers against accuracies computed by hand from fixed lists of verdict texts."""
+
 import math
 
 import pytest
 
 from selfjudge.services.evaluator import scoring
-from selfjudge.services.evaluator.protocols import (make_protocol, parse_mm_rewardbench, parse_vl_rewardbench,
-                                                    VL_REWARDBENCH_PROMPT, MM_REWARDBENCH_PROMPT)
+from selfjudge.services.evaluator.protocols import (
+    MM_REWARDBENCH_PROMPT,
+    VL_REWARDBENCH_PROMPT,
+    make_protocol,
+    parse_mm_rewardbench,
+    parse_vl_rewardbench,
+)
 
 VL = make_protocol("vl-rewardbench", k=5)
 MM = make_protocol("mm-rewardbench")
@@ -13,15 +19,17 @@ MM = make_protocol("mm-rewardbench")
 # texts for a judge shown the preferred response FIRST (order AB): agree = "Answer 1"
 AGREE = "Accuracy: ...\n**Overall Judgment**: Answer 1 is better."
 REJECT = "Clarity: fine.\nOverall Judgment: Answer 2 is better"
-UNPARSED = "Overall Judgment: Both answers are equally good."   # a tie is no verdict
+UNPARSED = "Overall Judgment: Both answers are equally good."  # a tie is no verdict
 
 
 def vl_rows(item: str, category: str, texts: list[str], orders: list[str] | None = None) -> list[dict]:
     """Rows of one item's samples; with order BA the text's answer number refers to the other response,
     so an AGREE text under BA picks the rejected one: callers pass orders with matching texts."""
     orders = orders or ["AB"] * len(texts)
-    return [{"item_id": item, "category": category, "order": o, "sample": s,
-             "verdict": VL.parse(t).choice} for s, (t, o) in enumerate(zip(texts, orders))]
+    return [
+        {"item_id": item, "category": category, "order": o, "sample": s, "verdict": VL.parse(t).choice}
+        for s, (t, o) in enumerate(zip(texts, orders))
+    ]
 
 
 def test_official_vl_parser():
@@ -29,8 +37,8 @@ def test_official_vl_parser():
     assert p("Overall Judgment: Answer 2 is better.").choice == "B"
     assert p("**Overall Judgment:** **Answer 1** is slightly better").choice == "A"
     assert p("1. Accuracy ...\nTherefore, Answer 2 is the better one.").choice == "B"
-    assert p("Overall Judgment:\n- Answer 1 is better").choice == "A"      # newlines are removed first
-    assert p("Answer 1 is better.").choice is None                           # no "Overall Judgment"/"Therefore"
+    assert p("Overall Judgment:\n- Answer 1 is better").choice == "A"  # newlines are removed first
+    assert p("Answer 1 is better.").choice is None  # no "Overall Judgment"/"Therefore"
     assert p(UNPARSED).reason == "no_verdict"
     assert p("Overall Judgment: Answer 3 is better").reason == "answer_out_of_range"
     assert p("").reason == "empty"
@@ -41,9 +49,9 @@ def test_official_vl_parser():
 def test_official_mm_parser_is_a_substring_test():
     p = parse_mm_rewardbench
     assert p("... Final verdict: [[B]]").choice == "B"
-    assert p('Output "[[A]]" if A is better, "[[B]]" if B. [[B]]').choice == "A"   # "[[A]]" anywhere wins
-    assert p("Verdict: B").choice is None                                        # only the [[X]] form counts
-    assert p("[[C]]").choice is None                                             # a tie
+    assert p('Output "[[A]]" if A is better, "[[B]]" if B. [[B]]').choice == "A"  # "[[A]]" anywhere wins
+    assert p("Verdict: B").choice is None  # only the [[X]] form counts
+    assert p("[[C]]").choice is None  # a tie
 
 
 def test_official_prompts_are_quoted_faithfully():
@@ -55,8 +63,10 @@ def test_official_prompts_are_quoted_faithfully():
     assert text.index("Answer 1: bad") < text.index("Answer 2: good")
     text, _ = MM.prompt("Q?", "good", "bad", "AB")
     assert text.startswith("Please act as an impartial judge and evaluate the quality of the responses")
-    assert "[User Question]\nQ?\n\n[The Start of Assistant A's Answer]\ngood\n[The End of Assistant A's Answer]" \
-           "\n\n[The Start of Assistant B's Answer]\nbad\n[The End of Assistant B's Answer]" in text
+    assert (
+        "[User Question]\nQ?\n\n[The Start of Assistant A's Answer]\ngood\n[The End of Assistant A's Answer]"
+        "\n\n[The Start of Assistant B's Answer]\nbad\n[The End of Assistant B's Answer]" in text
+    )
     assert MM_REWARDBENCH_PROMPT.count('"[[A]]" if assistant A is better, "[[B]]" if assistant B is better.') == 1
 
 
@@ -64,31 +74,37 @@ def test_vl_order_is_a_seeded_coin_per_sample_and_mm_keeps_the_file_order():
     orders = [VL.official_orders(f"item{i}", 0) for i in range(40)]
     assert all(len(o) == 5 for o in orders)
     flat = [o for os in orders for o in os]
-    assert 60 < flat.count("AB") < 140                        # both orders, about half each
-    assert VL.official_orders("item3", 0) == orders[3]        # the same for every checkpoint
-    assert MM.official_orders("x", 0) == ["AB"] and MM.official_orders("x", 1) == ["BA"]   # Output1 is A
+    assert 60 < flat.count("AB") < 140  # both orders, about half each
+    assert VL.official_orders("item3", 0) == orders[3]  # the same for every checkpoint
+    assert MM.official_orders("x", 0) == ["AB"] and MM.official_orders("x", 1) == ["BA"]  # Output1 is A
 
 
 def test_vl_k1():
-    rows = (vl_rows("g1", "general", [AGREE]) + vl_rows("g2", "general", [REJECT])
-            + vl_rows("h1", "hallucination", [AGREE]) + vl_rows("h2", "hallucination", [UNPARSED])
-            + vl_rows("r1", "reasoning", [REJECT], ["BA"]))    # "Answer 2" with the preferred second: agree
+    rows = (
+        vl_rows("g1", "general", [AGREE])
+        + vl_rows("g2", "general", [REJECT])
+        + vl_rows("h1", "hallucination", [AGREE])
+        + vl_rows("h2", "hallucination", [UNPARSED])
+        + vl_rows("r1", "reasoning", [REJECT], ["BA"])
+    )  # "Answer 2" with the preferred second: agree
     s = scoring.vl_rewardbench(rows, k=1)
     assert s.status == {"g1": "agree", "g2": "reject", "h1": "agree", "h2": "doesntMatch", "r1": "agree"}
     assert s.accuracy("general") == (0.5, 2)
-    assert s.accuracy("hallucination") == (1.0, 1)            # the unparsed item leaves the denominator
+    assert s.accuracy("hallucination") == (1.0, 1)  # the unparsed item leaves the denominator
     assert s.accuracy("reasoning") == (1.0, 1)
-    assert s.accuracy() == (0.75, 4)                          # pooled: 3 of 4
+    assert s.accuracy() == (0.75, 4)  # pooled: 3 of 4
     assert s.macro() == (pytest.approx((0.5 + 1 + 1) / 3), ["general", "hallucination", "reasoning"])
 
 
 def test_vl_k3_majorities_ties_and_unparsed():
-    rows = (vl_rows("a", "general", [AGREE, AGREE, REJECT])          # agree 2 > 1.5
-            + vl_rows("b", "general", [AGREE, REJECT, UNPARSED])     # no majority: other, not scored
-            + vl_rows("c", "general", [AGREE, AGREE, UNPARSED])      # agree
-            + vl_rows("d", "hallucination", [UNPARSED, UNPARSED, AGREE])   # doesntMatch, not scored
-            + vl_rows("e", "hallucination", [REJECT, REJECT, AGREE])       # reject
-            + vl_rows("f", "reasoning", [AGREE, AGREE, AGREE, REJECT, REJECT]))   # only the first k=3 count
+    rows = (
+        vl_rows("a", "general", [AGREE, AGREE, REJECT])  # agree 2 > 1.5
+        + vl_rows("b", "general", [AGREE, REJECT, UNPARSED])  # no majority: other, not scored
+        + vl_rows("c", "general", [AGREE, AGREE, UNPARSED])  # agree
+        + vl_rows("d", "hallucination", [UNPARSED, UNPARSED, AGREE])  # doesntMatch, not scored
+        + vl_rows("e", "hallucination", [REJECT, REJECT, AGREE])  # reject
+        + vl_rows("f", "reasoning", [AGREE, AGREE, AGREE, REJECT, REJECT])
+    )  # only the first k=3 count
     s = scoring.vl_rewardbench(rows, k=3)
     assert s.status == {"a": "agree", "b": "other", "c": "agree", "d": "doesntMatch", "e": "reject", "f": "agree"}
     assert s.accuracy("general") == (1.0, 2)
@@ -99,13 +115,14 @@ def test_vl_k3_majorities_ties_and_unparsed():
 
 
 def test_vl_k5_and_an_even_k_tie():
-    rows = (vl_rows("a", "general", [AGREE, AGREE, AGREE, REJECT, REJECT])         # 3 > 2.5: agree
-            + vl_rows("b", "general", [AGREE, AGREE, REJECT, REJECT, UNPARSED])    # other
-            + vl_rows("c", "hallucination", [UNPARSED, UNPARSED, UNPARSED, AGREE, AGREE])   # doesntMatch
-            + vl_rows("d", "hallucination", [REJECT, REJECT, REJECT, AGREE, UNPARSED])      # reject
-            + vl_rows("e", "hallucination", [AGREE, AGREE, AGREE, UNPARSED, UNPARSED])      # agree
-            + vl_rows("f", "reasoning", [AGREE, REJECT, AGREE, REJECT, AGREE],
-                      ["AB", "BA", "AB", "BA", "AB"]))   # "Answer 2" under BA agrees: 5 of 5
+    rows = (
+        vl_rows("a", "general", [AGREE, AGREE, AGREE, REJECT, REJECT])  # 3 > 2.5: agree
+        + vl_rows("b", "general", [AGREE, AGREE, REJECT, REJECT, UNPARSED])  # other
+        + vl_rows("c", "hallucination", [UNPARSED, UNPARSED, UNPARSED, AGREE, AGREE])  # doesntMatch
+        + vl_rows("d", "hallucination", [REJECT, REJECT, REJECT, AGREE, UNPARSED])  # reject
+        + vl_rows("e", "hallucination", [AGREE, AGREE, AGREE, UNPARSED, UNPARSED])  # agree
+        + vl_rows("f", "reasoning", [AGREE, REJECT, AGREE, REJECT, AGREE], ["AB", "BA", "AB", "BA", "AB"])
+    )  # "Answer 2" under BA agrees: 5 of 5
     s = scoring.vl_rewardbench(rows, k=5)
     assert s.status == {"a": "agree", "b": "other", "c": "doesntMatch", "d": "reject", "e": "agree", "f": "agree"}
     assert s.accuracy() == (0.75, 4)
@@ -116,7 +133,7 @@ def test_vl_k5_and_an_even_k_tie():
 
 def test_vl_overall_is_pooled_and_macro_is_the_mean_of_the_three():
     rows = []
-    for i in range(8):   # general 6 of 8, hallucination 1 of 2, reasoning 0 of 1
+    for i in range(8):  # general 6 of 8, hallucination 1 of 2, reasoning 0 of 1
         rows += vl_rows(f"g{i}", "general", [AGREE if i < 6 else REJECT])
     rows += vl_rows("h0", "hallucination", [AGREE]) + vl_rows("h1", "hallucination", [REJECT])
     rows += vl_rows("r0", "reasoning", [REJECT])
@@ -127,31 +144,38 @@ def test_vl_overall_is_pooled_and_macro_is_the_mean_of_the_three():
 
 def mm_rows(specs):
     """(item, category, order, text)."""
-    return [{"item_id": i, "category": c, "order": o, "sample": 0, "verdict": MM.parse(t).choice}
-            for i, c, o, t in specs]
+    return [
+        {"item_id": i, "category": c, "order": o, "sample": 0, "verdict": MM.parse(t).choice} for i, c, o, t in specs
+    ]
 
 
 def test_mm_coin_flip_categories_areas_and_macro():
     coin = {i: scoring.mm_coin(i) for i in ("u1", "u2", "u3", "u4")}
-    assert coin == {i: scoring.mm_coin(i) for i in coin}   # seeded: the same every time
-    rows = mm_rows([
-        ("a", "open_generation/correctness_task", "AB", "... [[A]]"),      # right
-        ("b", "open_generation/correctness_task", "BA", "... [[A]]"),      # wrong: Output2 was better
-        ("c", "open_generation/preference_task", "BA", "[[B]]"),           # right
-        ("d", "knowledge", "AB", "[[B]]"),                                 # wrong
-        ("e", "reasoning/math", "AB", "[[A]]"), ("f", "reasoning/coding", "AB", "[[B]]"),
-        ("g", "safety/bias", "AB", "[[A]]"), ("h", "safety/toxicity", "BA", "[[B]]"),
-        ("u1", "vqa", "AB", "I cannot tell."), ("u2", "vqa", "BA", "[[C]]"),     # coin flips
-        ("u3", "vqa", "AB", ""), ("u4", "vqa", "AB", "[[A]]"),
-    ])
+    assert coin == {i: scoring.mm_coin(i) for i in coin}  # seeded: the same every time
+    rows = mm_rows(
+        [
+            ("a", "open_generation/correctness_task", "AB", "... [[A]]"),  # right
+            ("b", "open_generation/correctness_task", "BA", "... [[A]]"),  # wrong: Output2 was better
+            ("c", "open_generation/preference_task", "BA", "[[B]]"),  # right
+            ("d", "knowledge", "AB", "[[B]]"),  # wrong
+            ("e", "reasoning/math", "AB", "[[A]]"),
+            ("f", "reasoning/coding", "AB", "[[B]]"),
+            ("g", "safety/bias", "AB", "[[A]]"),
+            ("h", "safety/toxicity", "BA", "[[B]]"),
+            ("u1", "vqa", "AB", "I cannot tell."),
+            ("u2", "vqa", "BA", "[[C]]"),  # coin flips
+            ("u3", "vqa", "AB", ""),
+            ("u4", "vqa", "AB", "[[A]]"),
+        ]
+    )
     s = scoring.mm_rewardbench(rows)
     vqa_right = (coin["u1"] == "A") + (coin["u2"] == "B") + (coin["u3"] == "A") + 1
     assert s.status["u1"] == s.status["u2"] == s.status["u3"] == "coin_flip"
     assert s.accuracy("open_generation/correctness_task") == (0.5, 2)
     assert s.accuracy("knowledge") == (0.0, 1)
-    assert s.accuracy("reasoning") == (0.5, 2) and s.accuracy("safety") == (1.0, 2)   # the halves pooled
+    assert s.accuracy("reasoning") == (0.5, 2) and s.accuracy("safety") == (1.0, 2)  # the halves pooled
     assert s.accuracy("vqa") == (vqa_right / 4, 4)
-    assert s.accuracy() == (pytest.approx((5 + vqa_right) / 12), 12)                  # every item counts
+    assert s.accuracy() == (pytest.approx((5 + vqa_right) / 12), 12)  # every item counts
     macro, used = s.macro()
     assert used == ["general_correctness", "general_preference", "knowledge", "reasoning", "safety", "vqa"]
     assert macro == pytest.approx((0.5 + 1 + 0 + 0.5 + 1 + vqa_right / 4) / 6)
@@ -161,23 +185,30 @@ def test_mm_coin_flip_categories_areas_and_macro():
 def test_mm_coin_matches_the_official_rule():
     # 2_get_accuracy.py: 'A' if random.random() < 0.5 else 'B', from a seeded generator
     import random
+
     assert scoring.mm_coin("x", 123) == ("A" if random.Random("123:x").random() < 0.5 else "B")
     flips = [scoring.mm_coin(f"item{i}") for i in range(200)]
     assert 70 < flips.count("A") < 130
 
 
 def test_both_orders_and_position_bias():
-    rows = [{"item_id": "1", "category": "c", "order": "AB", "verdict": "A"},   # right both
-            {"item_id": "1", "category": "c", "order": "BA", "verdict": "B"},
-            {"item_id": "2", "category": "c", "order": "AB", "verdict": "A"},   # always A: biased
-            {"item_id": "2", "category": "c", "order": "BA", "verdict": "A"},
-            {"item_id": "3", "category": "d", "order": "AB", "verdict": None},  # unparsed once
-            {"item_id": "3", "category": "d", "order": "BA", "verdict": "B"},
-            {"item_id": "4", "category": "d", "order": "AB", "verdict": "B"},   # wrong both: consistent but wrong
-            {"item_id": "4", "category": "d", "order": "BA", "verdict": "A"}]
+    rows = [
+        {"item_id": "1", "category": "c", "order": "AB", "verdict": "A"},  # right both
+        {"item_id": "1", "category": "c", "order": "BA", "verdict": "B"},
+        {"item_id": "2", "category": "c", "order": "AB", "verdict": "A"},  # always A: biased
+        {"item_id": "2", "category": "c", "order": "BA", "verdict": "A"},
+        {"item_id": "3", "category": "d", "order": "AB", "verdict": None},  # unparsed once
+        {"item_id": "3", "category": "d", "order": "BA", "verdict": "B"},
+        {"item_id": "4", "category": "d", "order": "AB", "verdict": "B"},  # wrong both: consistent but wrong
+        {"item_id": "4", "category": "d", "order": "BA", "verdict": "A"},
+    ]
     per = scoring.both_orders(rows)
     assert {i: (r["both"], r["bias"], r["right"]) for i, r in per.items()} == {
-        "1": (1, 0, 2), "2": (1 - 1, 1, 1), "3": (0, 0, 1), "4": (0, 0, 0)}
+        "1": (1, 0, 2),
+        "2": (1 - 1, 1, 1),
+        "3": (0, 0, 1),
+        "4": (0, 0, 0),
+    }
     out = {(c, m): (v, n) for c, m, v, n in scoring.both_order_rows(rows, None, ["c", "d"])}
     assert out[("overall", "both_orders")] == (0.25, 4)
     assert out[("overall", "position_bias")] == (0.25, 4)
@@ -190,8 +221,8 @@ def test_bootstrap_intervals():
     assert scoring.bootstrap_ci([]) is None
     values = [1] * 60 + [0] * 40
     lo, hi = scoring.bootstrap_ci(values)
-    assert lo < 0.6 < hi and 0.45 < lo and hi < 0.75
-    assert scoring.bootstrap_ci(values) == (lo, hi)                     # seeded
+    assert lo < 0.6 < hi and lo > 0.45 and hi < 0.75
+    assert scoring.bootstrap_ci(values) == (lo, hi)  # seeded
     # weighted (ratio) form: judgments per item
     lo, hi = scoring.bootstrap_ci([2, 1, 0, 2], [2, 2, 2, 2])
     assert 0 <= lo <= 5 / 8 <= hi <= 1
@@ -205,13 +236,13 @@ def test_exact_mcnemar_and_paired_comparison():
     assert scoring.mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
     assert scoring.mcnemar_exact(4, 4) == 1.0
     assert scoring.mcnemar_exact(3, 7) == pytest.approx(2 * sum(math.comb(10, i) for i in range(4)) / 1024)
-    a = {f"i{n}": int(n < 10) for n in range(30)}              # 10 of 30
-    b = {f"i{n}": int(n < 25) for n in range(30)}              # 25 of 30: 15 items fixed, none broken
-    b["extra"] = 1                                             # not in a: not paired
+    a = {f"i{n}": int(n < 10) for n in range(30)}  # 10 of 30
+    b = {f"i{n}": int(n < 25) for n in range(30)}  # 25 of 30: 15 items fixed, none broken
+    b["extra"] = 1  # not in a: not paired
     c = scoring.compare(a, b)
     assert c["n"] == 30 and c["a_only"] == 0 and c["b_only"] == 15
     assert c["difference"] == pytest.approx(0.5)
-    assert c["mcnemar_p"] == pytest.approx(2 / 2 ** 15)
+    assert c["mcnemar_p"] == pytest.approx(2 / 2**15)
     assert c["ci"][0] > 0 and c["bootstrap_p"] < 0.01
     same = scoring.compare(a, a)
     assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["bootstrap_p"] == 1.0
@@ -221,7 +252,7 @@ def test_paired_bootstrap_of_two_iterations_on_the_same_items():
     """Known answers: no change gives [0, 0]; a fixed share p of items gaining one judgment of two
     gives p/2 with the binomial interval; pairing makes the interval far narrower than the two
     accuracies' own intervals; item weights make it a ratio of sums; unpaired items are left out."""
-    a = {f"i{n}": n % 3 % 2 * 2 for n in range(300)}           # right judgments of 2 per item
+    a = {f"i{n}": n % 3 % 2 * 2 for n in range(300)}  # right judgments of 2 per item
     same = scoring.paired_bootstrap(a, a, {i: 2 for i in a})
     assert same["n"] == 300 and same["difference"] == 0 and same["ci"] == (0.0, 0.0) and same["p"] == 1.0
     # 120 of 1,000 items gain one right judgment of their 2: +0.06, its 95% interval
@@ -251,13 +282,19 @@ def test_paired_bootstrap_of_two_iterations_on_the_same_items():
 
 
 def test_summaries_carry_counts_cis_and_both_order_metrics():
-    official = (vl_rows("g", "general", [AGREE]) + vl_rows("h", "hallucination", [UNPARSED])
-                + vl_rows("r", "reasoning", [REJECT]))
-    both = [{"item_id": i, "category": c, "order": o, "verdict": v} for i, c in
-            (("g", "general"), ("h", "hallucination"), ("r", "reasoning")) for o, v in (("AB", "A"), ("BA", "B"))]
+    official = (
+        vl_rows("g", "general", [AGREE])
+        + vl_rows("h", "hallucination", [UNPARSED])
+        + vl_rows("r", "reasoning", [REJECT])
+    )
+    both = [
+        {"item_id": i, "category": c, "order": o, "verdict": v}
+        for i, c in (("g", "general"), ("h", "hallucination"), ("r", "reasoning"))
+        for o, v in (("AB", "A"), ("BA", "B"))
+    ]
     rows = {(c, m): (v, n) for c, m, v, n in scoring.summarize_benchmark("vl-rewardbench", official, both, 1, 5, 2)}
     assert rows[("overall", "accuracy")] == (0.5, 2)
-    assert rows[("macro", "accuracy")] == (0.5, 2)            # general 1, reasoning 0; hallucination has none
+    assert rows[("macro", "accuracy")] == (0.5, 2)  # general 1, reasoning 0; hallucination has none
     assert ("hallucination", "accuracy") not in rows
     assert rows[("overall", "both_orders")] == (1.0, 3)
     assert rows[("overall", "items_total")][0] == 5 and rows[("overall", "items_excluded")][0] == 2

@@ -1,5 +1,6 @@
 """Verdict strings in the formats real judges write (beyond tests/shared/test_verdict.py):
 Prometheus, JSON, XML-ish tags, ordinals, "worse", labelled lines and per-response scores."""
+
 import pytest
 
 from selfjudge.shared.verdict import Verdict, parse_verdict
@@ -52,7 +53,7 @@ CASES = [
     ("Score for Response A: 9\nScore for Response B: 2\nOverall, Response B is better.", "B"),
 ]
 NO_VERDICT = [
-    ("Response A: 3\nResponse B: 4", "no_verdict"),       # quoted answers, not scores
+    ("Response A: 3\nResponse B: 4", "no_verdict"),  # quoted answers, not scores
     ("Score for Response A: 5\nScore for Response B: 5", "no_verdict"),
     ("The first response is better at style, but the second is more accurate overall.", "conflicting"),
     ("Both responses are wrong, but Response B is not worse than A.", "no_verdict"),

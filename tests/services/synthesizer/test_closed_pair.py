@@ -1,5 +1,6 @@
 """Closed-ended pairs: majority labels (the paper) and gold labels (the ablation), with the vote
 histogram and the majority-vs-gold agreement recorded in Pair.meta."""
+
 import random
 
 from selfjudge.services.synthesizer.stage import Draft, _closed_pair, normalize_instruction
@@ -10,10 +11,16 @@ OPTIONS = ["circle", "square", "star", "triangle"]
 
 
 def closed(gold="B", options=OPTIONS):
-    prompt = PromptRecord(prompt_id=1, source_id="scenes:train:2:choice", image_key="images/x.png",
-                          instruction="What shape?", kind="closed", question_type="choice", options=options)
-    return Draft(prompt, image=None, gold=gold, source="scenes", options=options, options_from="source",
-                 kind="closed")
+    prompt = PromptRecord(
+        prompt_id=1,
+        source_id="scenes:train:2:choice",
+        image_key="images/x.png",
+        instruction="What shape?",
+        kind="closed",
+        question_type="choice",
+        options=options,
+    )
+    return Draft(prompt, image=None, gold=gold, source="scenes", options=options, options_from="source", kind="closed")
 
 
 SAMPLES = ["B", "(b)", "square", "B. square", "The answer is B.", "A", "circle", "D"]
@@ -32,10 +39,12 @@ def test_majority_pair_and_meta():
 
 def test_no_majority_is_set_aside_with_the_count():
     aside = []
-    assert _closed_pair(closed(), SAMPLES, SynthConfig(n_samples=8, majority_threshold=6), random.Random(0),
-                        aside) is None
-    assert aside == [SetAsideRecord(record_id="scenes:train:2:choice", code="closed_no_majority",
-                                    detail="top answer 5/8")]
+    assert (
+        _closed_pair(closed(), SAMPLES, SynthConfig(n_samples=8, majority_threshold=6), random.Random(0), aside) is None
+    )
+    assert aside == [
+        SetAsideRecord(record_id="scenes:train:2:choice", code="closed_no_majority", detail="top answer 5/8")
+    ]
 
 
 def test_gold_labels_ablation():

@@ -1,6 +1,7 @@
 """The synthesizer's handler on one shard, with a scripted model: classification by cues and by
 samples (kind_reason stored), duplicates set aside, closed pairs by vote, open pairs by model
 alteration, and everything written to the database, the store and the bus."""
+
 import io
 import json
 
@@ -23,8 +24,12 @@ ALTERED = "There are three red apples on the right of a blue plate."
 SAMPLES = {
     "How many dogs?": ["3", "three", "3 dogs", "4"],
     "What is on the table?": ["A cup", "a cup.", "cup", "A mug"],
-    "Tell me something.": ["Apples lie next to a plate in the sun today.", "A still life with fruit and a plate.",
-                           "Some fruit.", "It is a kitchen scene with apples and a plate."],
+    "Tell me something.": [
+        "Apples lie next to a plate in the sun today.",
+        "A still life with fruit and a plate.",
+        "Some fruit.",
+        "It is a kitchen scene with apples and a plate.",
+    ],
     "Describe the image.": ["unused"],
 }
 
@@ -37,9 +42,9 @@ class Scripted:
         self.calls.append((params.n, params.temperature, [r.text for r in requests]))
         out = []
         for r in requests:
-            if ORIGINAL in r.text:                                     # an alteration request
+            if ORIGINAL in r.text:  # an alteration request
                 texts = [ALTERED] * params.n
-            elif params.temperature == 0:                              # the greedy original
+            elif params.temperature == 0:  # the greedy original
                 texts = [ORIGINAL]
             else:
                 texts = next(v for k, v in SAMPLES.items() if r.text.lower().startswith(k.lower()))
@@ -49,14 +54,18 @@ class Scripted:
 
 @pytest.fixture
 def env(tmp_path):
-    settings = Settings.model_validate({
-        "run": {"work_dir": str(tmp_path)},
-        "synth": {"n_samples": 4, "majority_threshold": 2, "injection": "model", "style_mimic_share": 1.0}})
+    settings = Settings.model_validate(
+        {
+            "run": {"work_dir": str(tmp_path)},
+            "synth": {"n_samples": 4, "majority_threshold": 2, "injection": "model", "style_mimic_share": 1.0},
+        }
+    )
     sessions = make_sessionmaker(f"sqlite:///{tmp_path / 's.db'}")
     Base.metadata.create_all(sessions.kw["bind"])
     store = LocalStore(tmp_path / "store")
-    ctx = Context(settings=settings, stage="synthesizer", sessions=sessions, store=store, bus=LocalBus(),
-                  metrics=Metrics())
+    ctx = Context(
+        settings=settings, stage="synthesizer", sessions=sessions, store=store, bus=LocalBus(), metrics=Metrics()
+    )
     backend = Scripted()
     ctx.models.backend = lambda checkpoint_id: backend
     images = {}
@@ -68,7 +77,7 @@ def env(tmp_path):
         ("red", "How many dogs? Answer with a number.", "auto"),
         ("red", "What is on the table?", "auto"),
         ("blue", "Tell me something.", "auto"),
-        ("red", "how many dogs?  answer with a number", "auto"),     # duplicate of the first
+        ("red", "how many dogs?  answer with a number", "auto"),  # duplicate of the first
         ("blue", "Describe the image.", "open"),
     ]
     records = []
@@ -80,13 +89,35 @@ def env(tmp_path):
             s.add(Image(id=digest, key=key, width=4, height=4))
         s.flush()
         for i, (colour, text, kind) in enumerate(prompts, 1):
-            s.add(Prompt(id=i, run_id=1, iteration=1, shard_index=0, source_id=f"jsonl:{i}", source="jsonl",
-                         image_id=images[colour][0], instruction=text, kind=kind, question_type="user"))
-            records.append({"prompt_id": i, "source_id": f"jsonl:{i}", "image_key": images[colour][1],
-                            "instruction": text, "kind": kind, "question_type": "user", "options": None})
+            s.add(
+                Prompt(
+                    id=i,
+                    run_id=1,
+                    iteration=1,
+                    shard_index=0,
+                    source_id=f"jsonl:{i}",
+                    source="jsonl",
+                    image_id=images[colour][0],
+                    instruction=text,
+                    kind=kind,
+                    question_type="user",
+                )
+            )
+            records.append(
+                {
+                    "prompt_id": i,
+                    "source_id": f"jsonl:{i}",
+                    "image_key": images[colour][1],
+                    "instruction": text,
+                    "kind": kind,
+                    "question_type": "user",
+                    "options": None,
+                }
+            )
     put_jsonl(store, "runs/1/iter1/prompts/00000.jsonl", records)
-    task = ShardTask(run_id=1, iteration=1, index=0, input_key="runs/1/iter1/prompts/00000.jsonl",
-                     judge_checkpoint_id=1)
+    task = ShardTask(
+        run_id=1, iteration=1, index=0, input_key="runs/1/iter1/prompts/00000.jsonl", judge_checkpoint_id=1
+    )
     return ctx, task, backend
 
 
@@ -99,16 +130,23 @@ def test_one_shard(env):
         aside = {a.record_id: a.reason for a in s.scalars(select(SetAside))}
     # classification: a strong cue, samples (short + agreeing), samples (long), the source's word
     assert (prompts[1].kind, prompts[1].kind_reason) == ("closed", "cue: answer-format instruction")
-    assert prompts[2].kind == "closed" and prompts[2].kind_reason.startswith("samples: median 2 words (<= 5), "
-                                                                             "top answer 3/4")
+    assert prompts[2].kind == "closed" and prompts[2].kind_reason.startswith(
+        "samples: median 2 words (<= 5), top answer 3/4"
+    )
     assert prompts[2].kind_reason.endswith("; cue: none (no closed-answer cue) (weak)")
-    assert prompts[3].kind == "open" and prompts[3].kind_reason.startswith("samples: median 9 words (> 5), top answer 1/4 (< 0.3)")
+    assert prompts[3].kind == "open" and prompts[3].kind_reason.startswith(
+        "samples: median 9 words (> 5), top answer 1/4 (< 0.3)"
+    )
     assert prompts[5].kind_reason == "given by the source (jsonl)"
     assert aside == {"jsonl:4": "duplicate: same image and instruction as jsonl:1"}
     assert prompts[4].kind_reason is None
     # closed pairs from the votes; the probe's samples are the votes (no second sampling)
-    assert (pairs[1].preferred, pairs[1].rejected, pairs[1].method, pairs[1].vote_count) == ("3", "4",
-                                                                                           "majority_vote", 3)
+    assert (pairs[1].preferred, pairs[1].rejected, pairs[1].method, pairs[1].vote_count) == (
+        "3",
+        "4",
+        "majority_vote",
+        3,
+    )
     assert pairs[2].meta["votes"] == {"cup": 3, "mug": 1} and pairs[2].rejected == "A mug"
     # open pairs: the greedy original, a style-mimic alteration that passed the checks
     for pid in (3, 5):
@@ -117,8 +155,8 @@ def test_one_shard(env):
         assert p.errors == ["count", "position"] and p.meta["changes"] == [["two", "three"], ["left", "right"]]
         assert p.meta["holdout"] is False and p.checkpoint_id == 1
     sampled, greedy, altered = backend.calls
-    assert sampled[:2] == (4, 0.6) and len(sampled[2]) == 3            # prompts 1, 2, 3 sampled once
-    assert greedy[:2] == (1, 0.0) and len(greedy[2]) == 2              # prompts 3 and 5
+    assert sampled[:2] == (4, 0.6) and len(sampled[2]) == 3  # prompts 1, 2, 3 sampled once
+    assert greedy[:2] == (1, 0.0) and len(greedy[2]) == 2  # prompts 3 and 5
     assert altered[0] == 2 and all("same length" in t for t in altered[2])
     # the shard's pairs in the store, the reasoner's message on the bus
     lines = ctx.store.get_bytes("runs/1/iter1/pairs/00000.jsonl").decode().splitlines()

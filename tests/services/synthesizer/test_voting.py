@@ -5,33 +5,36 @@ import pytest
 from selfjudge.services.synthesizer.voting import Vote, majority_vote, normalize_answer
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("3", "3"),
-    ("Three.", "3"),
-    ("three", "3"),
-    ("3.0", "3"),
-    ("**3**", "3"),
-    ("3 objects", "3"),
-    ("There are three circles.", "3"),
-    ("The answer is 3.", "3"),
-    ("The answer is: twenty-one", "21"),
-    ("twenty one", "21"),
-    ("1,000 apples", "1000"),
-    ("$5", "5"),
-    ("50%", "50"),
-    ("2.50", "2.5"),
-    ("-2.50", "-2.5"),
-    ("3 or 4", "3 or 4"),
-    ("Red.", "red"),
-    ("  `RED`  ", "red"),
-    ("It is red", "red"),
-    ("The correct answer is: Left!", "left"),
-    ("the square", "square"),
-    ("Yes.", "yes"),
-    ("", ""),
-    ("...", ""),
-    ("B", "b"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("3", "3"),
+        ("Three.", "3"),
+        ("three", "3"),
+        ("3.0", "3"),
+        ("**3**", "3"),
+        ("3 objects", "3"),
+        ("There are three circles.", "3"),
+        ("The answer is 3.", "3"),
+        ("The answer is: twenty-one", "21"),
+        ("twenty one", "21"),
+        ("1,000 apples", "1000"),
+        ("$5", "5"),
+        ("50%", "50"),
+        ("2.50", "2.5"),
+        ("-2.50", "-2.5"),
+        ("3 or 4", "3 or 4"),
+        ("Red.", "red"),
+        ("  `RED`  ", "red"),
+        ("It is red", "red"),
+        ("The correct answer is: Left!", "left"),
+        ("the square", "square"),
+        ("Yes.", "yes"),
+        ("", ""),
+        ("...", ""),
+        ("B", "b"),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -39,24 +42,27 @@ def test_normalize_answer(text, expected):
 OPTIONS = ["circle", "square", "a star", "3"]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("B", "b"),
-    ("b", "b"),
-    ("(B)", "b"),
-    ("B.", "b"),
-    ("B)", "b"),
-    ("[b]", "b"),
-    ("B. square", "b"),
-    ("Option C", "c"),
-    ("The answer is (A).", "a"),
-    ("square", "b"),
-    ("A square", "b"),  # the article is not option A
-    ("the square.", "b"),
-    ("star", "c"),
-    ("three", "d"),
-    ("**D**", "d"),
-    ("hexagon", "hexagon"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("B", "b"),
+        ("b", "b"),
+        ("(B)", "b"),
+        ("B.", "b"),
+        ("B)", "b"),
+        ("[b]", "b"),
+        ("B. square", "b"),
+        ("Option C", "c"),
+        ("The answer is (A).", "a"),
+        ("square", "b"),
+        ("A square", "b"),  # the article is not option A
+        ("the square.", "b"),
+        ("star", "c"),
+        ("three", "d"),
+        ("**D**", "d"),
+        ("hexagon", "hexagon"),
+    ],
+)
 def test_normalize_with_options(text, expected):
     assert normalize_answer(text, OPTIONS) == expected
 
@@ -101,39 +107,46 @@ def test_option_letter_and_option_text_are_one_vote():
 
 # ---- extended normalisation: units, maths, yes/no, fractions, option letter vs text
 
-@pytest.mark.parametrize("text,expected", [
-    ("5 cm", "5"),
-    ("5cm", "5"),
-    ("five centimeters", "5"),
-    ("50 percent", "50"),
-    ("$\\boxed{3}$", "3"),
-    ("\\boxed{\\text{B}}", "b"),
-    ("$\\frac{1}{2}$", "0.5"),
-    ("1/2", "0.5"),
-    ("0.50", "0.5"),
-    ("two hundred", "200"),
-    ("a hundred apples", "100"),
-    ("$1,000", "1000"),
-    ("Yes, there is a cat.", "yes"),
-    ("yes it is", "yes"),
-    ("Yep", "yes"),
-    ("No.", "no"),
-    ("Nope, there isn't", "no"),
-    ("left/right", "left right"),
-])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("5 cm", "5"),
+        ("5cm", "5"),
+        ("five centimeters", "5"),
+        ("50 percent", "50"),
+        ("$\\boxed{3}$", "3"),
+        ("\\boxed{\\text{B}}", "b"),
+        ("$\\frac{1}{2}$", "0.5"),
+        ("1/2", "0.5"),
+        ("0.50", "0.5"),
+        ("two hundred", "200"),
+        ("a hundred apples", "100"),
+        ("$1,000", "1000"),
+        ("Yes, there is a cat.", "yes"),
+        ("yes it is", "yes"),
+        ("Yep", "yes"),
+        ("No.", "no"),
+        ("Nope, there isn't", "no"),
+        ("left/right", "left right"),
+    ],
+)
 def test_normalize_units_maths_yes_no(text, expected):
     assert normalize_answer(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("B: square", "b"),
-    ("(B) square", "b"),
-    ("The answer is B. square", "b"),
-    ("b square", "b"),
-    ("B circle", "b circle"),      # a letter with another option's text is not a clean vote
-    ("There are 3.", "d"),          # option text "3"
-    ("\\boxed{C}", "c"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("B: square", "b"),
+        ("(B) square", "b"),
+        ("The answer is B. square", "b"),
+        ("b square", "b"),
+        ("B circle", "b circle"),  # a letter with another option's text is not a clean vote
+        ("There are 3.", "d"),  # option text "3"
+        ("\\boxed{C}", "c"),
+    ],
+)
 def test_option_letter_with_its_text(text, expected):
     assert normalize_answer(text, OPTIONS) == expected
 
@@ -154,7 +167,7 @@ def test_gold_vote():
 
     rng = random.Random(0)
     samples = ["three", "3", "4", "4", "4", "4", "4"]
-    vote = gold_vote(samples, "3", rng)       # the gold answer wins even in a minority
+    vote = gold_vote(samples, "3", rng)  # the gold answer wins even in a minority
     assert (vote.majority, vote.count, vote.reason) == ("3", 2, "ok")
     assert normalize_answer(vote.rejected) == "4"
     assert gold_vote(samples, None, rng).reason == "no_gold"

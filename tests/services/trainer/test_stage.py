@@ -54,7 +54,7 @@ def _png(colour: str) -> bytes:
     return buf.getvalue()
 
 
-def _setup(tiny_qwen: Path, tmp_path: Path, long_prompt: bool = False, **train) -> tuple:  # noqa: ANN003
+def _setup(tiny_qwen: Path, tmp_path: Path, long_prompt: bool = False, **train) -> tuple:
     """An embedded context with a run, its base checkpoint and one done filter shard of 6 traces
     (with long_prompt, the 4th trace's prompt is longer than train.max_length)."""
     settings = load_settings(overrides={
@@ -85,7 +85,7 @@ def _setup(tiny_qwen: Path, tmp_path: Path, long_prompt: bool = False, **train) 
     return settings, ctx, bus, task
 
 
-def _output(ctx, task: dict) -> Checkpoint:  # noqa: ANN001
+def _output(ctx, task: dict) -> Checkpoint:
     with ctx.sessions() as s:
         it = s.scalar(select(Iteration).where(Iteration.run_id == task["run_id"], Iteration.number == 1))
         return s.get(Checkpoint, it.output_checkpoint_id)
@@ -98,7 +98,7 @@ def test_redelivered_task_resumes_from_the_last_save(tiny_qwen: Path, tmp_path: 
 
     real_train = stage.train
 
-    def dies_after_step_2(*args, progress=None, **kw):  # noqa: ANN002, ANN003, ANN202
+    def dies_after_step_2(*args, progress=None, **kw):
         def relay(step: int, total: int, loss: float) -> None:
             progress(step, total, loss)
             if step == 2:
@@ -159,7 +159,8 @@ def test_an_over_long_trace_is_dropped_counted_and_shown(tiny_qwen: Path, tmp_pa
     assert "| 5 | 1 |" in render_markdown(report, [])
     assert status["iterations"][0]["set_aside_by_stage"]["trainer"] == {"too long": 1}
     assert "set aside by trainer (1): too long 1" in format_table(status)
-    value = ctx.metrics.registry.get_sample_value("selfjudge_train_dropped_examples_total", {
-        "run": str(task["run_id"]), "iteration": "1", "reason": "too long"})
+    value = ctx.metrics.registry.get_sample_value(
+        "selfjudge_train_dropped_examples_total", {"run": str(task["run_id"]), "iteration": "1", "reason": "too long"}
+    )
     assert value == 1
     assert [stage_ for stage_, _ in bus.pending] == ["evaluator"]

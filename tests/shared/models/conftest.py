@@ -32,7 +32,7 @@ def requests() -> list:
     ]
 
 
-def check_n_samples(backend) -> None:  # noqa: ANN001 - any GenerationBackend
+def check_n_samples(backend) -> None:
     """The n-samples contract every backend keeps: n texts and counts per request, samples that
     differ, the same samples for the same seed, and n copies of one greedy completion."""
     from selfjudge.shared.models.generation.backend import SamplingParams
@@ -65,7 +65,6 @@ def shape_corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_qwen25vl"), shape_corpus(), seed=0)
-
 
 
 # --- vLLM: one in-process engine and one OpenAI-compatible server per session, on tiny_qwen ----
@@ -149,7 +148,9 @@ class VLLMServer:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"vllm server not healthy after {timeout:.0f} s; log tail:\n{self.log_tail()}", pytrace=False)
+                pytest.fail(
+                    f"vllm server not healthy after {timeout:.0f} s; log tail:\n{self.log_tail()}", pytrace=False
+                )
             try:  # the poll interval doubles as the crash check
                 code = self.proc.wait(timeout=0.5)
                 pytest.fail(f"vllm server exited with {code}; log tail:\n{self.log_tail()}", pytrace=False)
@@ -202,4 +203,3 @@ def tiny_mllama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_idefics3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny("idefics3", tmp_path_factory.mktemp("tiny_idefics3"), shape_corpus(), seed=0)
-

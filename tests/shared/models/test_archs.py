@@ -98,8 +98,9 @@ def test_answer_only_labels_and_one_train_step(arch: str, request: pytest.Fixtur
 
 
 @pytest.mark.parametrize("arch", ["qwen", *ARCHS])
-def test_freeze_vision_keeps_the_encoder_and_trains_the_projector(arch: str, request: pytest.FixtureRequest,
-                                                                   tmp_path: Path) -> None:
+def test_freeze_vision_keeps_the_encoder_and_trains_the_projector(
+    arch: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     tiny_arch = request.getfixturevalue(f"tiny_{arch}")
     # two steps: Mllama's cross-attention gates start at 0, so its projector gets a gradient from step 2 on
     cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=3, warmup_ratio=0.0, lr_scheduler="constant", freeze_vision=True)

@@ -67,7 +67,9 @@ def test_sampling_n(backend: TransformersBackend) -> None:
     check_n_samples(backend)
 
 
-def test_checkpoint_sampling_defaults_are_ignored(tiny_qwen: Path, backend: TransformersBackend, tmp_path: Path) -> None:
+def test_checkpoint_sampling_defaults_are_ignored(
+    tiny_qwen: Path, backend: TransformersBackend, tmp_path: Path
+) -> None:
     """A hub-style generation_config.json (repetition_penalty, top_k=1, ...) must not change outputs."""
     hub_like = tmp_path / "hub_like"
     shutil.copytree(tiny_qwen, hub_like)
@@ -102,4 +104,4 @@ def test_close_frees_the_model(tiny_qwen: Path) -> None:
     be = TransformersBackend(str(tiny_qwen))
     model = weakref.ref(be.model)
     close_backend(be)
-    assert model() is None and not hasattr(be, "model")   # gone now, while `be` itself is still referenced
+    assert model() is None and not hasattr(be, "model")  # gone now, while `be` itself is still referenced

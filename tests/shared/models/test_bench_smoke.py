@@ -19,10 +19,16 @@ def test_gpu_bench_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     lines = [line for line in run.stdout.splitlines() if line.startswith("gpu_bench")]
     assert len(lines) >= 4, run.stdout
     assert re.search(r"gpu_bench train plain: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*padded", lines[1])
-    assert re.search(r"gpu_bench train ours: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*packed.*padding 0.0%", lines[2])
+    assert re.search(
+        r"gpu_bench train ours: \d+ tok/s, [\d.]+ TFLOPS model, MFU [\d.]+% .*packed.*padding 0.0%", lines[2]
+    )
     assert re.search(r"gpu_bench train ratio: [\d.]+x ours/plain tok/s \(target 3x\); ours MFU [\d.]+%", lines[3])
     after = "\n".join(lines[4:])
-    assert re.search(r"^gpu_bench breakdown plain: mean timed step, CPU clock \d+ ms = data wait \d+ \+ forward/backward", after, re.M)
+    assert re.search(
+        r"^gpu_bench breakdown plain: mean timed step, CPU clock \d+ ms = data wait \d+ \+ forward/backward",
+        after,
+        re.M,
+    )
     assert re.search(r"^gpu_bench breakdown ours: .*startup \+ warm-up", after, re.M)
     assert re.search(r"^gpu_bench profile ours: .*CPU ops in one step", after, re.M)
     assert re.search(r"^gpu_bench variant vision-varlen: \d+ tok/s, MFU [\d.]+% \([\d.]+x ours defaults", after, re.M)
@@ -60,10 +66,12 @@ def test_vllm_bench_compares_on_the_same_engine(tmp_path: Path) -> None:
     from .conftest import require_vllm
 
     require_vllm()
-    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
-            "from pathlib import Path\nimport vllm_bench\n"
-            f"r, = vllm_bench.compare(Path({str(tmp_path)!r}), n_requests=4, max_new_tokens=8, rounds=1)\n"
-            "print(r.line()); print(r.detail); print('same tokens', r.extra_ok)\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+        "from pathlib import Path\nimport vllm_bench\n"
+        f"r, = vllm_bench.compare(Path({str(tmp_path)!r}), n_requests=4, max_new_tokens=8, rounds=1)\n"
+        "print(r.line()); print(r.detail); print('same tokens', r.extra_ok)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"^vllm backend vs plain LLM.generate \(tok/s\): [\d.]+x \(target 0.95x\)$", out.stdout, re.M)
@@ -72,10 +80,12 @@ def test_vllm_bench_compares_on_the_same_engine(tmp_path: Path) -> None:
 
 def test_pipeline_overhead_replays_the_same_model_calls(tmp_path: Path, tiny_base: Path) -> None:
     """The overhead line: an embedded iteration is recorded, then its model calls are replayed."""
-    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
-            "from pathlib import Path\nimport pipeline_bench\n"
-            f"r = pipeline_bench.overhead(Path({str(tmp_path)!r}), 16, base=Path({str(tiny_base)!r}))\n"
-            "print(r.line()); print(r.detail)\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+        "from pathlib import Path\nimport pipeline_bench\n"
+        f"r = pipeline_bench.overhead(Path({str(tmp_path)!r}), 16, base=Path({str(tiny_base)!r}))\n"
+        "print(r.line()); print(r.detail)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     line, detail = out.stdout.strip().splitlines()[-2:]
@@ -100,7 +110,9 @@ def test_gpu_bench_profile_summary_of_device_kernels() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     first, top, *tables = out.stdout.strip().splitlines()
-    assert first.startswith("gpu_bench profile ours: GPU busy 500 ms in one step = 50% of the timed mean step (1000 ms); "
-                            "112 kernels (mean 4464 us), 10 CPU ops; kernel ms by kind: matmul 300, other 150, attention 50")
+    assert first.startswith(
+        "gpu_bench profile ours: GPU busy 500 ms in one step = 50% of the timed mean step (1000 ms); "
+        "112 kernels (mean 4464 us), 10 CPU ops; kernel ms by kind: matmul 300, other 150, attention 50"
+    )
     assert top.startswith("gpu_bench profile ours top kernels: sm90_xmma_gemm_bf16 x10 300.0 ms;")
     assert tables == ["TABLE self_device_time_total", "TABLE self_cpu_time_total"]

@@ -17,8 +17,12 @@ def test_gpu_generate_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("gpu_generate")]
     assert len(lines) == 6, run.stdout
-    assert re.fullmatch(r"gpu_generate plain: \d+ tok/s \(4 requests in one batch, \d+ new tokens, [\d.]+s, float32\)", lines[1])
-    assert re.match(r"gpu_generate static: \d+ tok/s \(\d+ new tokens, [\d.]+s; first call with compile [\d.]+s\)", lines[2])
+    assert re.fullmatch(
+        r"gpu_generate plain: \d+ tok/s \(4 requests in one batch, \d+ new tokens, [\d.]+s, float32\)", lines[1]
+    )
+    assert re.match(
+        r"gpu_generate static: \d+ tok/s \(\d+ new tokens, [\d.]+s; first call with compile [\d.]+s\)", lines[2]
+    )
     # fp32 on CPU: the static cache decodes exactly what plain generate does
     assert re.fullmatch(r"gpu_generate static/plain: [\d.]+x, identical completions 100%", lines[3])
     for line, decode in zip(lines[4:], ("plain", "static")):

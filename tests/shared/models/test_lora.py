@@ -50,7 +50,7 @@ def trained(tiny_qwen: Path, tmp_path_factory: pytest.TempPathFactory):
             "dir": tmp_path_factory.mktemp("lora")}  # fmt: skip
 
 
-def _logits(model, batch) -> torch.Tensor:  # noqa: ANN001
+def _logits(model, batch) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
@@ -82,7 +82,9 @@ def test_adapter_reload_then_merged_reload_reproduce_logits(trained, tiny_qwen: 
     # and the generation backend serves both folders alike (the adapter over its base, merged on load)
     req = [ChatRequest(text=examples()[0].text, images=examples()[0].images)]
     params = SamplingParams(max_new_tokens=8)
-    assert TransformersBackend(str(adapter)).generate(req, params) == TransformersBackend(str(merged)).generate(req, params)
+    assert TransformersBackend(str(adapter)).generate(req, params) == TransformersBackend(str(merged)).generate(
+        req, params
+    )
 
 
 def test_sft_lora_writes_adapter_and_continues_it(tiny_qwen: Path, tmp_path: Path) -> None:
@@ -94,7 +96,9 @@ def test_sft_lora_writes_adapter_and_continues_it(tiny_qwen: Path, tmp_path: Pat
     assert a1["base_model_name_or_path"] == str(tiny_qwen) and a1["r"] == 4
     # the next iteration trains from the adapter: the result is again an adapter over the same base
     res2 = sft(str(tmp_path / "a1"), examples(), tmp_path / "a2", TrainConfig(**{**cfg.__dict__, "epochs": 1}))
-    assert json.loads((tmp_path / "a2" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_qwen)
+    assert json.loads((tmp_path / "a2" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_qwen
+    )
     assert res2.losses[0] < res.losses[0]  # it starts where the first adapter left off
     # a full fine-tune from an adapter merges it first (lr 0: its loss is the adapter's own)
     two = examples()[:2]

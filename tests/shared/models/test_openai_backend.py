@@ -35,6 +35,8 @@ KEY = "sk-from-env-1234"
 @pytest.fixture(scope="module", autouse=True)
 def _boot_vllm_server_early(vllm_server_boot) -> None:
     """Start vLLM's server now, so it boots while the stub tests and the reference run."""
+
+
 Script = Callable[[int, dict[str, Any]], "tuple[int, dict[str, Any]]"]
 
 
@@ -67,10 +69,10 @@ class Stub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._reply(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub.lock:
                     stub.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
@@ -118,7 +120,9 @@ def decode_data_url(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 
 
-def test_retries_503_twice_then_answers(stubs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_retries_503_twice_then_answers(
+    stubs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("SELFJUDGE__MODEL__API_KEY", KEY)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
     stub = stubs(lambda i, body: (503, {"error": "warming up"}) if i <= 2 else completion(body))
@@ -154,7 +158,14 @@ def test_n_samples_token_counts_from_logprobs(stubs) -> None:
     bodies = sorted((c["body"] for c in stub.calls), key=lambda b: b["seed"])
     assert [b["seed"] for b in bodies] == [5, 6]  # seed + request index
     b = bodies[0]
-    assert (b["n"], b["temperature"], b["top_p"], b["top_k"], b["logprobs"], b["repetition_penalty"]) == (3, 0.7, 0.9, 20, True, 1.0)
+    assert (b["n"], b["temperature"], b["top_p"], b["top_k"], b["logprobs"], b["repetition_penalty"]) == (
+        3,
+        0.7,
+        0.9,
+        20,
+        True,
+        1.0,
+    )
     # greedy asks once and repeats, as the other backends do
     g = be.generate([ChatRequest(text="a", images=[], key="x")], SamplingParams(n=4))[0]
     assert g.texts == ["answer 0"] * 4 and g.token_counts == [5] * 4 and stub.calls[-1]["body"]["n"] == 1
@@ -182,7 +193,9 @@ def test_client_errors_fail_fast_and_retries_give_up(stubs) -> None:
     assert len(bad.calls) == 1
     busy = stubs(lambda i, body: (429, {"error": "slow down"}))
     with pytest.raises(OpenAIBackendError, match="gave up after 3 attempts.*HTTP 429"):
-        OpenAIBackend([busy.url], model="m", backoff=0.01, max_retries=2).generate([ChatRequest("a", [])], SamplingParams())
+        OpenAIBackend([busy.url], model="m", backoff=0.01, max_retries=2).generate(
+            [ChatRequest("a", [])], SamplingParams()
+        )
     assert len(busy.calls) == 3
 
 
@@ -248,6 +261,7 @@ def test_load_backend_openai(stubs) -> None:
 
 # --- against vLLM's own OpenAI-compatible server --------------------------------------------------
 
+
 def test_vllm_server_greedy_matches_transformers(
     request: pytest.FixtureRequest, tiny_qwen: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,13 +272,17 @@ def test_vllm_server_greedy_matches_transformers(
     want = hf.generate(reqs, params)  # while the server boots
     enc = hf._encode([reqs[1]])
     with torch.inference_mode():
-        ids = hf.model.generate(**enc, do_sample=False, max_new_tokens=16, eos_token_id=hf.stop_ids, pad_token_id=hf.pad_id)
+        ids = hf.model.generate(
+            **enc, do_sample=False, max_new_tokens=16, eos_token_id=hf.stop_ids, pad_token_id=hf.pad_id
+        )
     want_ids = ids[0, enc["input_ids"].shape[1] :].tolist()
     server = request.getfixturevalue("vllm_server")
     monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
     be = OpenAIBackend([server.url], model=server.model, concurrency=4)
     got = be.generate(reqs, params)
-    assert [(g.key, g.prompt_tokens, g.token_counts) for g in got] == [(w.key, w.prompt_tokens, w.token_counts) for w in want]
+    assert [(g.key, g.prompt_tokens, g.token_counts) for g in got] == [
+        (w.key, w.prompt_tokens, w.token_counts) for w in want
+    ]
     for g, w in zip(got, want):
         # the server detokenizes incrementally and drops a trailing partial UTF-8 sequence where
         # tokenizer.decode writes U+FFFD: compare the texts without replacement characters
@@ -295,6 +313,7 @@ def test_vllm_server_samples_discovery_and_auth(vllm_server) -> None:
 
 # --- a new judge reaches the servers: LoRA adapters loaded by name ---------------------------------
 
+
 def _adapter_and_merged(tiny_qwen: Path, out: Path) -> tuple[Path, Path]:
     """A LoRA adapter over tiny_qwen (non-zero B, so it changes outputs) and its merged full folder."""
     from peft import LoraConfig, get_peft_model
@@ -304,7 +323,9 @@ def _adapter_and_merged(tiny_qwen: Path, out: Path) -> tuple[Path, Path]:
 
     torch.manual_seed(2)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET, init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET, init_lora_weights=False)
+    )
     processor = AutoProcessor.from_pretrained(tiny_qwen)
     peft_model.save_pretrained(out / "adapter")
     processor.save_pretrained(out / "adapter")
@@ -322,7 +343,8 @@ def test_load_adapter_is_sent_to_every_endpoint(stubs) -> None:
     be.load_adapter("j1", "/adapters/h1")
     for stub in (one, two):
         assert [(c["path"], c["body"]) for c in stub.calls] == [
-            ("/v1/load_lora_adapter", {"lora_name": "j1", "lora_path": "/adapters/h1"})]
+            ("/v1/load_lora_adapter", {"lora_name": "j1", "lora_path": "/adapters/h1"})
+        ]
     be.generate([ChatRequest("a", [])], SamplingParams())
     chat = [c for c in one.calls + two.calls if c["path"] == "/v1/chat/completions"]
     assert len(chat) == 1 and chat[0]["body"]["model"] == "j1"
@@ -344,12 +366,21 @@ def test_selfjudge_run_refuses_a_full_finetune_plan_with_the_openai_backend(tmp_
     """Refused at start with the reason, before anything is touched (the endpoint does not exist)."""
     from selfjudge import cli
 
-    argv = ["run", "--set", f"run.work_dir={tmp_path / 'work'}", "--set", "model.backend=openai",
-            "--set", "model.endpoints=http://127.0.0.1:9", "--set", "train.method=full"]
+    argv = [
+        "run",
+        "--set",
+        f"run.work_dir={tmp_path / 'work'}",
+        "--set",
+        "model.backend=openai",
+        "--set",
+        "model.endpoints=http://127.0.0.1:9",
+        "--set",
+        "train.method=full",
+    ]
     assert cli.main(argv) == 2
     message = capsys.readouterr().err
     assert "cannot start" in message and "train.lora_merge false" in message
-    assert not (tmp_path / "work").exists()   # nothing was created
+    assert not (tmp_path / "work").exists()  # nothing was created
 
 
 def test_each_new_judge_reaches_the_vllm_server(
@@ -372,11 +403,20 @@ def test_each_new_judge_reaches_the_vllm_server(
     want_judge = TransformersBackend(str(merged)).generate(reqs, params)
     assert want_judge != want_base
     server = request.getfixturevalue("vllm_server")
-    settings = load_settings(environ={}, overrides={
-        "run": {"work_dir": str(tmp_path / "work")},
-        "model": {"backend": "openai", "endpoints": [server.url], "served_model_name": server.model,
-                  "api_key": server.api_key, "adapter_dir": str(tmp_path / "served-adapters")},
-        "train": {"method": "lora", "lora_merge": False}})
+    settings = load_settings(
+        environ={},
+        overrides={
+            "run": {"work_dir": str(tmp_path / "work")},
+            "model": {
+                "backend": "openai",
+                "endpoints": [server.url],
+                "served_model_name": server.model,
+                "api_key": server.api_key,
+                "adapter_dir": str(tmp_path / "served-adapters"),
+            },
+            "train": {"method": "lora", "lora_merge": False},
+        },
+    )
     migrate(settings.database_url())
     ctx = make_context(settings, "reasoner", LocalBus())
     base_id = loop.register_checkpoint(ctx, None, 0, str(tiny_qwen))
@@ -392,6 +432,6 @@ def test_each_new_judge_reaches_the_vllm_server(
     listed = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {server.api_key}"}).json()
     assert judge.model in [m["id"] for m in listed["data"]]
     ctx.models.release()
-    assert ctx.models.backend(judge_id).generate(reqs, params) == want_judge   # loaded again: no error
+    assert ctx.models.backend(judge_id).generate(reqs, params) == want_judge  # loaded again: no error
     with pytest.raises(ValueError, match="full model folder.*LoRA adapters"):
         ctx.models.backend(full_id)

@@ -128,7 +128,7 @@ def _rank(rank: int, port: int, model: str, folder: Path, workers: int) -> None:
     sft(model, RecordingExamples(examples(8), folder), folder / "out", cfg)
 
 
-def test_each_rank_reads_only_its_own_slice(tiny_qwen: Path, tmp_path: Path, free_port) -> None:  # noqa: ANN001
+def test_each_rank_reads_only_its_own_slice(tiny_qwen: Path, tmp_path: Path, free_port) -> None:
     """8 examples, 2 ranks, 4 examples per optimizer step, micro-batches of exactly 2: each rank
     measures its half of the data and encodes only its own micro-batches (in DataLoader workers)."""
     ctx = multiprocessing.get_context("fork")

@@ -1,5 +1,6 @@
 """Checkpoints are loaded as safetensors only: a pickled `pytorch_model.bin` (which can run code
 when unpickled) is refused by generation and by training, even when it is the only weights file."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,7 +22,7 @@ def pickled_checkpoint(tiny_qwen: Path, tmp_path_factory) -> Path:
     shutil.copytree(tiny_qwen, folder)
     weights = load_file(folder / "model.safetensors")
     (folder / "model.safetensors").unlink()
-    torch.save(weights, folder / "pytorch_model.bin")      # the same weights, pickled
+    torch.save(weights, folder / "pytorch_model.bin")  # the same weights, pickled
     return folder
 
 

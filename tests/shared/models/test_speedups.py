@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.models.sft import speed, varlen
 from selfjudge.shared.models.sft.checkpoint import fingerprint
-from selfjudge.shared.config import TrainConfig
 from selfjudge.shared.models.sft.data import encode_example, pack, rope_index
 from selfjudge.shared.models.sft.loop import sft
 from selfjudge.shared.models.sft.model import answer_loss_sum
@@ -41,7 +41,7 @@ def test_vision_varlen_gives_the_same_vision_output_in_one_call_per_block(tiny_q
     calls: list[int] = []
     inner = varlen.attention
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting(*args, **kwargs):
         calls.append(1)
         return inner(*args, **kwargs)
 
@@ -86,7 +86,11 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_qwen: Path) -> No
     loss = answer_loss_sum(model, batch)
     loss.backward()
     assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
-    worst = max(float((p.grad - ref[k]).abs().max() / (ref[k].abs().max() + 1e-8)) for k, p in model.named_parameters() if k in ref)
+    worst = max(
+        float((p.grad - ref[k]).abs().max() / (ref[k].abs().max() + 1e-8))
+        for k, p in model.named_parameters()
+        if k in ref
+    )
     assert worst < 1e-4
     # without the varlen vision route a Qwen-VL vision block loops over windows: left uncompiled
     fresh, _ = _packed(tiny_qwen, 1)
@@ -110,7 +114,7 @@ class _FakeLiger(types.ModuleType):
         def __init__(self, reduction: str = "mean") -> None:
             self.reduction = reduction
 
-        def __call__(self, weight, x, target, bias=None):  # noqa: ANN001, ANN204
+        def __call__(self, weight, x, target, bias=None):
             return F.cross_entropy(F.linear(x, weight, bias).float(), target, reduction=self.reduction)
 
 
@@ -121,12 +125,14 @@ def test_liger_switch_patches_the_model_and_fuses_the_loss(tiny_qwen: Path, monk
     model, batch = _packed(tiny_qwen)
     cfg = TrainConfig(kernels="liger")
     assert speed.apply(model, cfg) == {"kernels": "liger"}
-    (patched, kw), = fake.patched
+    ((patched, kw),) = fake.patched
     assert patched is model and kw["rms_norm"] and kw["swiglu"] and not kw["fused_linear_cross_entropy"]
     fused = speed.fused_loss(cfg)
     assert fused.reduction == "sum" and speed.fused_loss(TrainConfig()) is None
     with torch.no_grad():
-        assert float(answer_loss_sum(model, batch, fused)) == pytest.approx(float(answer_loss_sum(model, batch)), rel=1e-6)
+        assert float(answer_loss_sum(model, batch, fused)) == pytest.approx(
+            float(answer_loss_sum(model, batch)), rel=1e-6
+        )
     model.config.model_type = "mllama"
     with pytest.raises(ValueError, match="no Liger patch"):
         speed.apply_liger(model)

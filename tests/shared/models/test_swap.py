@@ -13,15 +13,14 @@ import weakref
 from pathlib import Path
 
 import psutil
-import pytest
 
 from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
 
 from .conftest import require_vllm
 
 MiB = 2**20
-KV_CACHE = 1024 * MiB            # kv_cache_gib=1
-TOLERANCE = 64 * MiB             # what a swap may leave behind (allocator slack); a leaked KV cache is 16x this
+KV_CACHE = 1024 * MiB  # kv_cache_gib=1
+TOLERANCE = 64 * MiB  # what a swap may leave behind (allocator slack); a leaked KV cache is 16x this
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -49,13 +48,15 @@ def test_model_cache_swap_closes_the_old_backend(tiny_qwen: Path, tmp_path: Path
     from selfjudge.shared.db import migrate
     from selfjudge.shared.queue import LocalBus
 
-    settings = load_settings(environ={}, overrides={"run": {"work_dir": str(tmp_path / "work")},
-                                                    "model": {"batch_size": 2, "hf_decode": "static"}})
+    settings = load_settings(
+        environ={},
+        overrides={"run": {"work_dir": str(tmp_path / "work")}, "model": {"batch_size": 2, "hf_decode": "static"}},
+    )
     migrate(settings.database_url())
     ctx = make_context(settings, "reasoner", LocalBus())
     first, second = (loop.register_checkpoint(ctx, None, i, str(tiny_qwen)) for i in (0, 1))
     old = ctx.models.backend(first)
-    assert old.decode == "static" and ctx.models.backend(first) is old   # kept while the checkpoint stays
+    assert old.decode == "static" and ctx.models.backend(first) is old  # kept while the checkpoint stays
     model = weakref.ref(old.model)
     new = ctx.models.backend(second)
     assert new is not old and model() is None and not hasattr(old, "model")
@@ -73,8 +74,12 @@ def _engine_round(tiny_qwen: Path, in_process: bool) -> tuple[int, int, int, lis
     gc.collect()
     kids = {p.pid for p in me.children(recursive=True)}
     before = tree_rss(me)
-    be = load_backend("vllm", str(tiny_qwen), dtype="float32",
-                      vllm={"max_model_len": 1024, "kv_cache_gib": 1, "in_process": in_process})
+    be = load_backend(
+        "vllm",
+        str(tiny_qwen),
+        dtype="float32",
+        vllm={"max_model_len": 1024, "kv_cache_gib": 1, "in_process": in_process},
+    )
     be.generate([ChatRequest(text="What colour is it?", images=[], key="k")], SamplingParams(max_new_tokens=4))
     loaded, procs = tree_rss(me), engine_children(me, kids)
     close_backend(be)
@@ -90,7 +95,7 @@ def test_in_process_engine_swap_returns_memory(tiny_qwen: Path) -> None:
     _engine_round(tiny_qwen, in_process=True)
     for _ in range(2):
         before, loaded, after, procs = _engine_round(tiny_qwen, in_process=True)
-        assert not procs and loaded - before > KV_CACHE // 2, (before, loaded)   # the cache was really held
+        assert not procs and loaded - before > KV_CACHE // 2, (before, loaded)  # the cache was really held
         assert after - before < TOLERANCE, f"RSS {before / MiB:.0f} MiB -> {after / MiB:.0f} MiB after close"
 
 
@@ -101,7 +106,7 @@ def test_engine_processes_end_at_close(tiny_qwen: Path) -> None:
     assert procs and loaded - before > KV_CACHE // 2
     gone, alive = psutil.wait_procs(procs, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
-    assert after - before < 4 * TOLERANCE, (before / MiB, after / MiB)   # + the resource tracker, once
+    assert after - before < 4 * TOLERANCE, (before / MiB, after / MiB)  # + the resource tracker, once
 
 
 def test_closing_one_engine_leaves_another_working(vllm_tiny, tiny_qwen: Path) -> None:

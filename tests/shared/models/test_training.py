@@ -66,7 +66,7 @@ def test_encode_example_labels_only_the_answer(processor) -> None:
             assert torch.equal(enc["pixel_values"], ref["pixel_values"])
 
 
-def _answer_text(processor, enc) -> str:  # noqa: ANN001
+def _answer_text(processor, enc) -> str:
     return processor.tokenizer.decode(enc["labels"][enc["labels"] != IGNORE])
 
 

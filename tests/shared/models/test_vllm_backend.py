@@ -129,7 +129,9 @@ def test_mllama_is_refused(tmp_path: Path) -> None:
             make()
     adapter = tmp_path / "mllama_lora"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(folder), "r": 8}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(folder), "r": 8})
+    )
     with pytest.raises(ValueError, match="use the transformers backend"):
         vllm_backend.VLLMBackend(str(adapter))
 

@@ -11,12 +11,14 @@ from selfjudge.shared.sources.files import FolderSource, JsonlSource, load_image
 
 def png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG claiming huge dimensions, with almost no data: a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def make_images(d: Path) -> None:
@@ -46,9 +48,14 @@ def test_load_image_conversions(tmp_path):
     alpha = load_image(tmp_path / "alpha.png")
     assert alpha.getpixel((0, 0)) == (0, 0, 255) and alpha.getpixel((5, 5)) == (255, 255, 255)
     assert load_image(tmp_path / "palette.gif").mode == "RGB"
-    for name, word in [("truncated.png", "corrupt"), ("corrupt.png", "not a recognised image"),
-                       ("zero.png", "zero-byte"), ("bomb.png", "decompression bomb"),
-                       ("bomb_warn.png", "decompression bomb"), ("nope.png", "missing")]:
+    for name, word in [
+        ("truncated.png", "corrupt"),
+        ("corrupt.png", "not a recognised image"),
+        ("zero.png", "zero-byte"),
+        ("bomb.png", "decompression bomb"),
+        ("bomb_warn.png", "decompression bomb"),
+        ("nope.png", "missing"),
+    ]:
         reason = load_image(tmp_path / name)
         assert isinstance(reason, str) and word in reason and name in reason, (name, reason)
 
@@ -64,26 +71,29 @@ def test_jsonl_source_accepts_good_and_rejects_bad(tmp_path):
     make_images(tmp_path)
     (tmp_path / "sub").mkdir()
     manifest = tmp_path / "sub" / "prompts.jsonl"
-    write_jsonl(manifest, [
-        {"id": "ok", "image": "../good.png", "instruction": "What colour is it?", "kind": "closed", "gold": "red"},
-        {"id": "cmyk", "image": str(tmp_path / "cmyk.jpg"), "instruction": "Describe the image."},
-        {"id": "deep", "image": "../deep16.png", "instruction": "Describe.", "options": ["x", "y"]},
-        {"id": "trunc", "image": "../truncated.png", "instruction": "Describe."},
-        {"id": "corrupt", "image": "../corrupt.png", "instruction": "Describe."},
-        {"id": "zero", "image": "../zero.png", "instruction": "Describe."},
-        {"id": "missing", "image": "../missing.png", "instruction": "Describe."},
-        {"id": "bomb", "image": "../bomb.png", "instruction": "Describe."},
-        {"id": "warnbomb", "image": "../bomb_warn.png", "instruction": "Describe."},
-        {"id": "empty", "image": "../good.png", "instruction": "   "},
-        {"id": "noinstr", "image": "../good.png"},
-        {"id": "badkind", "image": "../good.png", "instruction": "Describe.", "kind": "medium"},
-        {"id": "ok", "image": "../good.png", "instruction": "Again."},
-        b'{"id": "latin", "image": "../good.png", "instruction": "caf\xe9"}',
-        b'{"id": "broken", "image": ',
-        b"[1, 2, 3]",
-        b"",
-        {"image": "../good.png", "instruction": "No id here."},
-    ])
+    write_jsonl(
+        manifest,
+        [
+            {"id": "ok", "image": "../good.png", "instruction": "What colour is it?", "kind": "closed", "gold": "red"},
+            {"id": "cmyk", "image": str(tmp_path / "cmyk.jpg"), "instruction": "Describe the image."},
+            {"id": "deep", "image": "../deep16.png", "instruction": "Describe.", "options": ["x", "y"]},
+            {"id": "trunc", "image": "../truncated.png", "instruction": "Describe."},
+            {"id": "corrupt", "image": "../corrupt.png", "instruction": "Describe."},
+            {"id": "zero", "image": "../zero.png", "instruction": "Describe."},
+            {"id": "missing", "image": "../missing.png", "instruction": "Describe."},
+            {"id": "bomb", "image": "../bomb.png", "instruction": "Describe."},
+            {"id": "warnbomb", "image": "../bomb_warn.png", "instruction": "Describe."},
+            {"id": "empty", "image": "../good.png", "instruction": "   "},
+            {"id": "noinstr", "image": "../good.png"},
+            {"id": "badkind", "image": "../good.png", "instruction": "Describe.", "kind": "medium"},
+            {"id": "ok", "image": "../good.png", "instruction": "Again."},
+            b'{"id": "latin", "image": "../good.png", "instruction": "caf\xe9"}',
+            b'{"id": "broken", "image": ',
+            b"[1, 2, 3]",
+            b"",
+            {"image": "../good.png", "instruction": "No id here."},
+        ],
+    )
     src = JsonlSource(manifest)
     items = list(src.items())
     assert [i.prompt_id for i in items] == ["jsonl:ok", "jsonl:cmyk", "jsonl:deep", "jsonl:prompts.jsonl:18"]
@@ -92,13 +102,35 @@ def test_jsonl_source_accepts_good_and_rejects_bad(tmp_path):
     assert items[1].kind == "auto" and items[1].gold is None and items[2].options == ["x", "y"]
     assert items[0].source == "jsonl"
     reasons = dict(src.rejected)
-    assert list(reasons) == ["trunc", "corrupt", "zero", "missing", "bomb", "warnbomb", "empty", "noinstr",
-                             "badkind", "ok", "prompts.jsonl:14", "prompts.jsonl:15", "prompts.jsonl:16"]
+    assert list(reasons) == [
+        "trunc",
+        "corrupt",
+        "zero",
+        "missing",
+        "bomb",
+        "warnbomb",
+        "empty",
+        "noinstr",
+        "badkind",
+        "ok",
+        "prompts.jsonl:14",
+        "prompts.jsonl:15",
+        "prompts.jsonl:16",
+    ]
     expected = {
-        "trunc": "corrupt image", "corrupt": "not a recognised image", "zero": "zero-byte", "missing": "missing image",
-        "bomb": "decompression bomb", "warnbomb": "decompression bomb", "empty": "instruction",
-        "noinstr": "instruction", "badkind": "kind", "ok": "duplicate id", "prompts.jsonl:14": "UTF-8",
-        "prompts.jsonl:15": "malformed JSON", "prompts.jsonl:16": "not a JSON object",
+        "trunc": "corrupt image",
+        "corrupt": "not a recognised image",
+        "zero": "zero-byte",
+        "missing": "missing image",
+        "bomb": "decompression bomb",
+        "warnbomb": "decompression bomb",
+        "empty": "instruction",
+        "noinstr": "instruction",
+        "badkind": "kind",
+        "ok": "duplicate id",
+        "prompts.jsonl:14": "UTF-8",
+        "prompts.jsonl:15": "malformed JSON",
+        "prompts.jsonl:16": "not a JSON object",
     }
     for record_id, word in expected.items():
         assert word in reasons[record_id], (record_id, reasons[record_id])
@@ -130,7 +162,12 @@ def test_folder_source(tmp_path):
     assert "folder:nested/b.png:1" in {i.prompt_id for i in items}
     assert all(i.image.mode == "RGB" and i.kind == "auto" and i.gold is None for i in items)
     assert sorted(r for r, _ in src.rejected) == [
-        "bomb.png", "bomb_warn.png", "corrupt.png", "notes.txt", "truncated.png", "zero.png"
+        "bomb.png",
+        "bomb_warn.png",
+        "corrupt.png",
+        "notes.txt",
+        "truncated.png",
+        "zero.png",
     ]
     assert list(FolderSource(tmp_path / "imgs").items(n=1))[0].instruction == "Describe the image."
     missing = FolderSource(tmp_path / "none")
@@ -145,10 +182,10 @@ def test_folder_file_name_that_is_not_utf8_is_kept_under_an_escaped_id(tmp_path)
     from selfjudge.shared.sources.files import FolderSource
 
     Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.png")
-    os.rename(tmp_path / "ok.png", os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))   # Latin-1 bytes
+    os.rename(tmp_path / "ok.png", os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))  # Latin-1 bytes
     items = list(FolderSource(tmp_path).items())
     assert len(items) == 1
     item = items[0]
-    item.prompt_id.encode("utf-8")                        # storable: no lone surrogate left
+    item.prompt_id.encode("utf-8")  # storable: no lone surrogate left
     item.meta["path"].encode("utf-8")
     assert item.prompt_id == "folder:caf\\udce9.png:0" and item.image.size == (16, 16)

@@ -4,8 +4,24 @@ import re
 import pytest
 
 from selfjudge.shared.sources.scenes import (
-    BACKGROUNDS, COLOURS, NUMBER_WORDS, QUESTION_TYPES, SHAPES, Obj, Scene, ScenesSource, caption, heldout_pairs,
-    make_prompts, position, pretraining_corpus, perturb, random_scene, render, scene_for, tokenizer_corpus,
+    BACKGROUNDS,
+    COLOURS,
+    NUMBER_WORDS,
+    QUESTION_TYPES,
+    SHAPES,
+    Obj,
+    Scene,
+    ScenesSource,
+    caption,
+    heldout_pairs,
+    make_prompts,
+    perturb,
+    position,
+    pretraining_corpus,
+    random_scene,
+    render,
+    scene_for,
+    tokenizer_corpus,
 )
 
 ERROR_TYPES = {"colour", "shape", "count", "position", "size"}
@@ -51,8 +67,10 @@ def test_splits_never_share_a_scene():
     train = {key(i.meta) for i in src.items(300, "train")}
     heldout = {key(i.meta) for i in src.items(300, "heldout")}
     other_seed_heldout = {key(i.meta) for i in ScenesSource(4).items(300, "heldout")}
-    pretrain = {tuple(sorted((o.shape, o.colour, o.size, o.x, o.y) for o in scene_for(3, "pretrain", k)[0].objects))
-                for k in range(300)}
+    pretrain = {
+        tuple(sorted((o.shape, o.colour, o.size, o.x, o.y) for o in scene_for(3, "pretrain", k)[0].objects))
+        for k in range(300)
+    }
     assert not train & heldout and not train & other_seed_heldout and not train & pretrain and not heldout & pretrain
     with pytest.raises(ValueError):
         next(src.items(1, "test"))
@@ -63,7 +81,7 @@ def test_random_scene_objects_do_not_overlap():
         assert 1 <= len(scene.objects) <= 5
         for i, a in enumerate(scene.objects):
             assert a.shape in SHAPES and a.colour in COLOURS and a.size in ("small", "large")
-            for b in scene.objects[i + 1:]:
+            for b in scene.objects[i + 1 :]:
                 ra, rb = (14 if o.size == "large" else 8 for o in (a, b))
                 assert abs(a.x - b.x) >= ra + rb or abs(a.y - b.y) >= ra + rb
 
@@ -82,7 +100,7 @@ def test_render_colours_at_object_centres(size):
 def test_colours_are_distinct():
     colours = list(COLOURS.values())
     for i, a in enumerate(colours):
-        for b in colours[i + 1:] + list(BACKGROUNDS.values()):
+        for b in colours[i + 1 :] + list(BACKGROUNDS.values()):
             assert sum(abs(x - y) for x, y in zip(a, b)) > 60
 
 
@@ -98,8 +116,14 @@ def test_caption_is_truthful():
 
 
 def test_caption_positions():
-    scene = Scene((Obj("circle", "red", "large", 20, 50), Obj("square", "blue", "small", 80, 15),
-                   Obj("star", "green", "small", 50, 50), Obj("triangle", "yellow", "small", 50, 85)))
+    scene = Scene(
+        (
+            Obj("circle", "red", "large", 20, 50),
+            Obj("square", "blue", "small", 80, 15),
+            Obj("star", "green", "small", 50, 50),
+            Obj("triangle", "yellow", "small", 50, 85),
+        )
+    )
     assert caption(scene) == (
         "There are four objects: a large red circle on the left, a small green star in the center, "
         "a small yellow triangle at the bottom, and a small blue square at the top right."
@@ -137,8 +161,10 @@ def check_gold(scene: Scene, p) -> None:
             assert options[p.gold] == str(len(objs))
         assert len(set(p.options)) == 4
     elif p.question_type == "position":
-        m = re.match(r"Is the (\w+) (\w+) (left or right of|above or below) the (\w+) (\w+)\? Answer with one word\.$",
-                     p.instruction)
+        m = re.match(
+            r"Is the (\w+) (\w+) (left or right of|above or below) the (\w+) (\w+)\? Answer with one word\.$",
+            p.instruction,
+        )
         a = [o for o in objs if (o.colour, o.shape) == m.group(1, 2)]
         b = [o for o in objs if (o.colour, o.shape) == m.group(4, 5)]
         assert len(a) == 1 and len(b) == 1
@@ -186,7 +212,11 @@ def test_perturb_specifics():
     assert perturb("", rng) == ("", [])
     assert perturb("Left", rng) == ("Right", ["position"])
     assert perturb("The CIRCLE is big.", random.Random(3), max_edits=1)[0] in {
-        "The SQUARE is big.", "The TRIANGLE is big.", "The STAR is big.", "The DIAMOND is big.", "The CIRCLE is small."
+        "The SQUARE is big.",
+        "The TRIANGLE is big.",
+        "The STAR is big.",
+        "The DIAMOND is big.",
+        "The CIRCLE is small.",
     }
     new, errors = perturb("An orange cat.", rng)
     assert errors == ["colour"] and re.fullmatch(r"An? (red|green|blue|yellow|purple) cat\.", new)
@@ -227,8 +257,23 @@ def test_pretraining_and_tokenizer_corpus():
     assert {"Describe the image.", "List the objects in the image."} <= {instr for _, instr, _ in corpus}
     text = "\n".join(tokenizer_corpus())
     assert tokenizer_corpus() == tokenizer_corpus()
-    for needle in ["[[A]]", "[[B]]", "Answer 1 is better", "Answer 2 is better", "Overall Judgment", "Response A",
-                   "colour", "left", "right", "above", "below", *COLOURS, *SHAPES, *NUMBER_WORDS, *"0123456789"]:
+    for needle in [
+        "[[A]]",
+        "[[B]]",
+        "Answer 1 is better",
+        "Answer 2 is better",
+        "Overall Judgment",
+        "Response A",
+        "colour",
+        "left",
+        "right",
+        "above",
+        "below",
+        *COLOURS,
+        *SHAPES,
+        *NUMBER_WORDS,
+        *"0123456789",
+    ]:
         assert needle in text, needle
 
 
@@ -241,8 +286,14 @@ def test_max_objects_bounds_every_scene_and_leaves_the_default_world_unchanged()
     items = list(ScenesSource(0, max_objects=2).items(12))
     assert all(1 <= len(it.meta["objects"]) <= 2 for it in items)
     pairs = heldout_pairs(0, 12, max_objects=2)
-    assert len(pairs) == 12 and {p.question_type for p in pairs} == {"count", "colour", "choice", "position",
-                                                                     "describe", "list"}
+    assert len(pairs) == 12 and {p.question_type for p in pairs} == {
+        "count",
+        "colour",
+        "choice",
+        "position",
+        "describe",
+        "list",
+    }
     with pytest.raises(ValueError, match="max_objects >= 2"):
         heldout_pairs(0, 6, max_objects=1)
 
@@ -250,7 +301,7 @@ def test_max_objects_bounds_every_scene_and_leaves_the_default_world_unchanged()
 def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
     from selfjudge.shared.sources.scenes import object_radius
 
-    def painted(scene: Scene) -> int:       # pixels that are not background
+    def painted(scene: Scene) -> int:  # pixels that are not background
         img = render(scene, 112)
         bg = BACKGROUNDS[scene.background]
         return sum(px != bg for px in img.get_flattened_data())
@@ -258,19 +309,19 @@ def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
     for i in range(30):
         plain, _ = scene_for(0, "train", i, max_objects=1)
         big, _ = scene_for(0, "train", i, max_objects=1, scale=2.0)
-        assert big.scale == 2.0 and scene_for(0, "train", i, max_objects=1, scale=2.0)[0] == big   # deterministic
+        assert big.scale == 2.0 and scene_for(0, "train", i, max_objects=1, scale=2.0)[0] == big  # deterministic
         # a twice-as-wide object covers about four times the pixels (same shape and size class)
         twin = Scene(plain.objects, background=plain.background, scale=2.0)
         assert 3.0 < painted(twin) / painted(plain) < 5.0
         for o in big.objects:
             r = object_radius(o.size, 2.0)
-            assert r + 2 <= o.x <= 100 - r - 2 and r + 2 <= o.y <= 100 - r - 2      # inside the image
+            assert r + 2 <= o.x <= 100 - r - 2 and r + 2 <= o.y <= 100 - r - 2  # inside the image
             centre = (int(o.x * 112 / 100), int(o.y * 112 / 100))
             assert render(big, 112).getpixel(centre) == COLOURS[o.colour]
     for i in range(60):
         scene, _ = scene_for(0, "train", i, max_objects=3, scale=1.8)
         for j, a in enumerate(scene.objects):
-            for b in scene.objects[j + 1:]:
+            for b in scene.objects[j + 1 :]:
                 ra, rb = (object_radius(o.size, 1.8) for o in (a, b))
                 assert abs(a.x - b.x) >= ra + rb or abs(a.y - b.y) >= ra + rb
     items = list(ScenesSource(0, object_scale=2.0, max_objects=2).items(6))
@@ -287,26 +338,28 @@ def test_grid_layout_puts_one_object_per_cell_centred():
     counts = set()
     for i in range(80):
         scene, _ = scene_for(0, "train", i, max_objects=4, scale=1.6, layout="grid")
-        assert scene == scene_for(0, "train", i, max_objects=4, scale=1.6, layout="grid")[0]     # deterministic
+        assert scene == scene_for(0, "train", i, max_objects=4, scale=1.6, layout="grid")[0]  # deterministic
         cells = [(o.x, o.y) for o in scene.objects]
         assert len(set(cells)) == len(cells) and {x for x, _ in cells} <= centres and {y for _, y in cells} <= centres
         counts.add(len(cells))
         img = render(scene, 56)
-        for o in scene.objects:                     # each object is painted at its cell's centre
+        for o in scene.objects:  # each object is painted at its cell's centre
             assert img.getpixel((int(o.x * 56 / 100), int(o.y * 56 / 100))) == COLOURS[o.colour]
         assert caption(scene).startswith("There ")
-    assert counts == {1, 2, 3, 4}                   # 1..min(max_objects, cells)
+    assert counts == {1, 2, 3, 4}  # 1..min(max_objects, cells)
     assert max(len(scene_for(0, "train", i, max_objects=2, layout="grid")[0].objects) for i in range(40)) == 2
     # the grid world keeps its splits apart and supports every question type
     train = {key(i.meta) for i in ScenesSource(0, layout="grid", max_objects=4).items(200, "train")}
     held = heldout_pairs(0, 60, image_size=56, max_objects=4, object_scale=1.6, layout="grid")
     assert {p.question_type for p in held} == set(QUESTION_TYPES) and held[0].image.size == (56, 56)
-    assert not train & {key({"objects": [vars(o) for o in scene_for(0, "heldout", k, 4, 1.6, "grid")[0].objects]})
-                        for k in range(200)}
+    assert not train & {
+        key({"objects": [vars(o) for o in scene_for(0, "heldout", k, 4, 1.6, "grid")[0].objects]}) for k in range(200)
+    }
     prompts = pretraining_prompts(0, 30, image_size=56, max_objects=4, object_scale=1.6, layout="grid")
     assert [(img.size, p.instruction, p.gold) for img, p in prompts] == [
-        (img.size, q, a) for img, q, a in pretraining_corpus(0, 30, image_size=56, max_objects=4, object_scale=1.6,
-                                                             layout="grid")]
+        (img.size, q, a)
+        for img, q, a in pretraining_corpus(0, 30, image_size=56, max_objects=4, object_scale=1.6, layout="grid")
+    ]
     rng = random.Random(0)
     for _, p in prompts:
         assert wrong_answer(p, rng) != p.gold
@@ -325,7 +378,7 @@ def test_grid_description_names_every_cell_and_what_is_in_it():
         clauses = text.split(". ")
         assert [c.split(":")[0] for c in clauses] == list(GRID_PLACES)
         assert sum(c.endswith("nothing") or c.endswith("nothing.") for c in clauses) == 4 - len(scene.objects)
-        for o in scene.objects:     # each object in the clause of its own cell, with all three attributes
+        for o in scene.objects:  # each object in the clause of its own cell, with all three attributes
             place = GRID_PLACES[(o.x > 50) + 2 * (o.y > 50)]
             assert f"{place}: a {o.size} {o.colour} {o.shape}" in text
             assert image.getpixel((int(o.x * 56 / 100), int(o.y * 56 / 100))) == COLOURS[o.colour]

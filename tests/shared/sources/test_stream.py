@@ -3,13 +3,12 @@
 The "only what is drawn is read" tests build sources whose undrawn records are all broken
 (malformed lines, missing or corrupt images): a draw that touched any of them would set it aside.
 """
+
 import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -37,11 +36,11 @@ def test_draws_walk_the_pool_without_repeats_and_repeat_after_a_restart():
     count, n = 50, 12
     draws = [draw_indices(count, n, seed=3, iteration=k) for k in range(1, 6)]
     first_pass = [i for d in draws for i in d][:count]
-    assert sorted(first_pass) == list(range(count))            # 50 records before any comes again
+    assert sorted(first_pass) == list(range(count))  # 50 records before any comes again
     assert all(len(d) == n and len(set(d)) == n for d in draws[:4])
-    assert draw_indices(count, n, seed=3, iteration=2) == draws[1]     # a restart draws the same
+    assert draw_indices(count, n, seed=3, iteration=2) == draws[1]  # a restart draws the same
     assert draw_indices(count, n, seed=4, iteration=2) != draws[1]
-    assert sorted(draw_indices(5, 12, seed=0, iteration=1)) == list(range(5))   # n > pool: each once
+    assert sorted(draw_indices(5, 12, seed=0, iteration=1)) == list(range(5))  # n > pool: each once
     assert draw_indices(0, 5, 0, 1) == []
 
 
@@ -55,8 +54,13 @@ def _manifest(folder: Path, count: int, drawn: set[int]) -> Path:
             (folder / "img" / f"{i}.png").write_bytes(png((i % 256, 40, 90)))
             lines.append(json.dumps({"id": f"r{i}", "image": f"img/{i}.png", "instruction": f"What is {i}?"}))
         else:
-            lines.append(["{not json", json.dumps({"id": f"r{i}", "image": "img/missing.png", "instruction": "x"}),
-                          json.dumps({"id": f"r{i}", "image": "img/corrupt.bin", "instruction": "x"})][i % 3])
+            lines.append(
+                [
+                    "{not json",
+                    json.dumps({"id": f"r{i}", "image": "img/missing.png", "instruction": "x"}),
+                    json.dumps({"id": f"r{i}", "image": "img/corrupt.bin", "instruction": "x"}),
+                ][i % 3]
+            )
     (folder / "img" / "corrupt.bin").write_bytes(b"\x89PNG broken")
     path = folder / "prompts.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -76,12 +80,13 @@ def test_jsonl_draw_reads_only_the_drawn_lines_and_keeps_its_offsets(tmp_path):
     offsets = list(cache.glob("*.offsets"))
     assert len(offsets) == 1
     stamp = offsets[0].stat().st_mtime_ns
-    again = JsonlSource(path, cache_dir=cache)          # a restart: same prompts, the offsets reused
+    again = JsonlSource(path, cache_dir=cache)  # a restart: same prompts, the offsets reused
     assert [i.prompt_id for i in draw(again, n, seed, 2)] == [i.prompt_id for i in items]
     assert offsets[0].stat().st_mtime_ns == stamp and len(list(cache.glob("*.offsets"))) == 1
-    other = list(draw(again, n, seed, 1))               # iteration 1 draws other (broken) lines: set aside
+    other = list(draw(again, n, seed, 1))  # iteration 1 draws other (broken) lines: set aside
     assert len(other) + len(again.rejected) == n and {r for r, _ in again.rejected}.isdisjoint(
-        {i.prompt_id.removeprefix("jsonl:") for i in items})
+        {i.prompt_id.removeprefix("jsonl:") for i in items}
+    )
 
 
 def test_a_manifest_without_a_final_newline_and_with_crlf(tmp_path):
@@ -102,7 +107,7 @@ def test_folder_with_an_instructions_file(tmp_path):
     (folder / "broken.png").write_bytes(b"not an image")
     (folder / "instructions.txt").write_text("What is in the picture?\n\nWhat colour dominates?\n")
     src = FolderSource(folder, cache_dir=tmp_path / "c")
-    assert len(src) == 7 and src.count() == 14           # instructions.txt is not an image
+    assert len(src) == 7 and src.count() == 14  # instructions.txt is not an image
     items = list(src.items())
     assert {i.instruction for i in items} == {"What is in the picture?", "What colour dominates?"}
     assert len(items) == 12 and [r for r, _ in src.rejected] == ["broken.png"]
@@ -114,8 +119,9 @@ def test_folder_with_an_instructions_file(tmp_path):
 def _hf_rows(n: int, bad: set[int]) -> list[dict]:
     rows = []
     for i in range(n):
-        image = {"bytes": png((i, 2 * i % 256, 30)), "path": None} if i not in bad else \
-            {"bytes": b"corrupt", "path": None}
+        image = (
+            {"bytes": png((i, 2 * i % 256, 30)), "path": None} if i not in bad else {"bytes": b"corrupt", "path": None}
+        )
         rows.append({"id": f"q{i}", "image": image, "question": f"How many things in {i}?", "answer": str(i)})
     return rows
 
@@ -124,7 +130,7 @@ def test_hf_datasets_folder_save_to_disk_and_parquet(tmp_path):
     datasets = pytest.importorskip("datasets")
     n, seed = 40, 5
     drawn = set(draw_indices(n, 6, seed, 1))
-    rows = _hf_rows(n, bad={i for i in range(n) if i not in drawn})      # only drawn rows decode
+    rows = _hf_rows(n, bad={i for i in range(n) if i not in drawn})  # only drawn rows decode
     ds = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
     ds.save_to_disk(tmp_path / "saved", max_shard_size="2KB")
     assert len(list((tmp_path / "saved").glob("*.arrow"))) > 1
@@ -140,11 +146,12 @@ def test_hf_datasets_folder_save_to_disk_and_parquet(tmp_path):
         assert items[0].instruction.startswith("How many things")
     undrawn = TableSource(tmp_path / "saved", cache_dir=tmp_path / "c")
     first_undrawn = min(set(range(n)) - drawn)
-    assert list(undrawn.read([first_undrawn])) == []           # its corrupt image: set aside, named
+    assert list(undrawn.read([first_undrawn])) == []  # its corrupt image: set aside, named
     assert undrawn.rejected == [(f"q{first_undrawn}", f"not a recognised image 'q{first_undrawn}'")]
     datasets.DatasetDict({"train": ds.select(range(10)), "test": ds.select(range(10, 15))}).save_to_disk(
-        tmp_path / "dict")
-    assert TableSource(tmp_path / "dict", cache_dir=tmp_path / "c").count() == 10      # the train split
+        tmp_path / "dict"
+    )
+    assert TableSource(tmp_path / "dict", cache_dir=tmp_path / "c").count() == 10  # the train split
 
 
 def test_make_source_and_draw_prompts_repeat_after_a_restart(tmp_path):
@@ -152,8 +159,9 @@ def test_make_source_and_draw_prompts_repeat_after_a_restart(tmp_path):
 
     drawn = set(range(30))
     path = _manifest(tmp_path / "data", 30, drawn)
-    settings = Settings.model_validate({"run": {"work_dir": str(tmp_path / "work"), "seed": 11},
-                                        "source": {"kind": "jsonl", "path": str(path)}})
+    settings = Settings.model_validate(
+        {"run": {"work_dir": str(tmp_path / "work"), "seed": 11}, "source": {"kind": "jsonl", "path": str(path)}}
+    )
     ctx = SimpleNamespace(settings=settings)
     assert isinstance(make_source(ctx), JsonlSource)
     one, rejected = _draw_prompts(ctx, 8, 1)
@@ -192,14 +200,22 @@ def test_sources_on_s3_draw_what_the_local_copies_draw(tmp_path, s3_server):
     _upload(client, bucket, local, "data")
     fs = Files(cfg)
     pairs = [
-        (JsonlSource(local / "jsonl" / "prompts.jsonl", cache_dir=tmp_path / "c1"),
-         JsonlSource(f"s3://{bucket}/data/jsonl/prompts.jsonl", files=fs, cache_dir=tmp_path / "c2")),
-        (TableSource(local / "saved", cache_dir=tmp_path / "c1"),
-         TableSource(f"s3://{bucket}/data/saved", files=fs, cache_dir=tmp_path / "c2")),
-        (TableSource(local / "pq", cache_dir=tmp_path / "c1"),
-         TableSource(f"s3://{bucket}/data/pq", files=fs, cache_dir=tmp_path / "c2")),
-        (FolderSource(local / "folder", cache_dir=tmp_path / "c1"),
-         FolderSource(f"s3://{bucket}/data/folder", files=fs, cache_dir=tmp_path / "c2")),
+        (
+            JsonlSource(local / "jsonl" / "prompts.jsonl", cache_dir=tmp_path / "c1"),
+            JsonlSource(f"s3://{bucket}/data/jsonl/prompts.jsonl", files=fs, cache_dir=tmp_path / "c2"),
+        ),
+        (
+            TableSource(local / "saved", cache_dir=tmp_path / "c1"),
+            TableSource(f"s3://{bucket}/data/saved", files=fs, cache_dir=tmp_path / "c2"),
+        ),
+        (
+            TableSource(local / "pq", cache_dir=tmp_path / "c1"),
+            TableSource(f"s3://{bucket}/data/pq", files=fs, cache_dir=tmp_path / "c2"),
+        ),
+        (
+            FolderSource(local / "folder", cache_dir=tmp_path / "c1"),
+            FolderSource(f"s3://{bucket}/data/folder", files=fs, cache_dir=tmp_path / "c2"),
+        ),
     ]
     for here, there in pairs:
         assert here.count() == there.count() > 0
@@ -210,4 +226,4 @@ def test_sources_on_s3_draw_what_the_local_copies_draw(tmp_path, s3_server):
             assert [r for r, _ in here.rejected] == [r for r, _ in there.rejected]
     hf_all = pairs[1][1]
     list(hf_all.read(range(30)))
-    assert [r for r, _ in hf_all.rejected] == ["q3"]           # the corrupt image, named
+    assert [r for r, _ in hf_all.rejected] == ["q3"]  # the corrupt image, named
