@@ -47,7 +47,7 @@ class Result:
 def build_model(folder: Path, arch: str = "qwen2_5_vl", seed: int = 0) -> Path:
     """The tiny offline model (random init, the project's tokenizer corpus); built once per folder."""
     from selfjudge.shared.models.tiny import build_tiny
-    from selfjudge.shared.sources.scenes import tokenizer_corpus
+    from selfjudge.shared.sources.scenes.source import tokenizer_corpus
 
     if not (folder / "config.json").exists():
         build_tiny(arch, folder, tokenizer_corpus(), seed=seed)
@@ -58,7 +58,7 @@ def sft_examples(n: int, seed: int = 0) -> list:
     """What the trainer sees: scene QA (short answers) and judge traces (long prompt, long answer), 1:1."""
     from selfjudge.basemodel import format_examples
     from selfjudge.shared.models.sft.data import SFTExample
-    from selfjudge.shared.sources.scenes import pretraining_prompts
+    from selfjudge.shared.sources.scenes.source import pretraining_prompts
 
     prompts = pretraining_prompts(seed, n)
     qa = [SFTExample(text=p.instruction, images=[img], answer=p.gold) for img, p in prompts[: n // 2]]

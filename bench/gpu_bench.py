@@ -98,7 +98,7 @@ def build_big(folder: Path, device: str, image_size: int = 224) -> Path:
     )
 
     from selfjudge.shared.models.tiny import QWEN2_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
-    from selfjudge.shared.sources.scenes import tokenizer_corpus
+    from selfjudge.shared.sources.scenes.source import tokenizer_corpus
 
     tok = build_qwen_tokenizer(tokenizer_corpus(), vocab_size=2048)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}

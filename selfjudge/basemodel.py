@@ -23,7 +23,8 @@ from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
 from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.models.sft.loop import sft
 from selfjudge.shared.models.tiny import TinySize, build_tiny
-from selfjudge.shared.sources.scenes import pretraining_prompts, tokenizer_corpus, wrong_answer
+from selfjudge.shared.sources.scenes.errors import wrong_answer
+from selfjudge.shared.sources.scenes.source import pretraining_prompts, tokenizer_corpus
 from selfjudge.shared.verdict import format_verdict
 
 log = logging.getLogger(__name__)

@@ -79,7 +79,7 @@ def heldout_key(run_id: int) -> str:
 
 def write_heldout(ctx: Context, run_id: int) -> None:
     """Generator-labelled pairs for evaluation only: a scene split never used for training."""
-    from .sources.scenes import heldout_pairs
+    from .sources.scenes.source import heldout_pairs
 
     cfg = ctx.settings
     records = []
@@ -115,12 +115,13 @@ def _png(image) -> bytes:  # noqa: ANN001
 def make_source(ctx: Context):  # noqa: ANN201 - a ScenesSource or a stream.RecordSource
     from pathlib import Path
 
-    from .sources import files, scenes
+    from .sources import files
+    from .sources.scenes.source import ScenesSource
     from .sources.stream import Files
 
     src = ctx.settings.source
     if src.kind == "scenes":
-        return scenes.ScenesSource(
+        return ScenesSource(
             ctx.settings.run.seed,
             image_size=src.image_size,
             max_objects=src.max_objects,

@@ -16,7 +16,9 @@ from pathlib import Path
 from selfjudge.basemodel import Phases, following_verdict, judge_example, judge_lesson, judge_reasoning
 from selfjudge.shared.models.sft.data import SFTExample
 from selfjudge.shared.models.tiny import TinySize
-from selfjudge.shared.sources.scenes import COLOURS, LETTERS, SHAPES, grid_descriptions, pretraining_prompts
+from selfjudge.shared.sources.scenes.prompts import LETTERS
+from selfjudge.shared.sources.scenes.source import grid_descriptions, pretraining_prompts
+from selfjudge.shared.sources.scenes.world import COLOURS, SHAPES
 from selfjudge.shared.verdict import format_verdict
 
 log = logging.getLogger(__name__)

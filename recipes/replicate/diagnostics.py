@@ -18,7 +18,7 @@ from pathlib import Path
 from selfjudge.basemodel import CLAUSES, agreeing, judge_example, judge_reasoning
 from selfjudge.shared.judge import JUDGE_SYSTEM, judge_prompt
 from selfjudge.shared.models.sft.data import SFTExample
-from selfjudge.shared.sources.scenes import perturb, wrong_answer
+from selfjudge.shared.sources.scenes.errors import perturb, wrong_answer
 from selfjudge.shared.verdict import format_verdict
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def supervised_ceiling(
     training round could take the base judge if every kept trace were right. A diagnostic only."""
     from selfjudge.services.trainer.stage import train_config
     from selfjudge.shared.models.sft.launch import train
-    from selfjudge.shared.sources.scenes import pretraining_prompts
+    from selfjudge.shared.sources.scenes.source import pretraining_prompts
 
     world = loop.source
     prompts = pretraining_prompts(

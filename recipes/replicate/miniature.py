@@ -626,7 +626,7 @@ def replicate(
     side by side. `deadline`: seconds from the start after which running arms are stopped; their
     evaluated iterations are kept. A failed arm or ceiling is recorded and the rest goes on."""
     from selfjudge.shared.config import load_settings
-    from selfjudge.shared.sources.scenes import heldout_pairs
+    from selfjudge.shared.sources.scenes.source import heldout_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

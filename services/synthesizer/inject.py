@@ -5,7 +5,7 @@ Two methods:
   own response and asked to rewrite it with a few wrong details (objects, attributes, counts,
   spatial relations, numbers). Two prompt variants: `detail` and `style_mimic` (change only a
   few words, keep the length, wording and style, so that length/style give nothing away).
-- rule: `shared.sources.scenes.perturb`, word swaps of colours, shapes, counts, positions and
+- rule: `shared.sources.scenes.errors.perturb`, word swaps of colours, shapes, counts, positions and
   sizes: no model call, always the same style, good for volume or a model too weak to follow
   the alteration prompt.
 

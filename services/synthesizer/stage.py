@@ -45,7 +45,7 @@ from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.generation.backend import ChatRequest, GenerationBackend, SamplingParams
 from selfjudge.shared.records import PairRecord, PromptRecord, SetAsideRecord, read_records, write_records
-from selfjudge.shared.sources.scenes import perturb
+from selfjudge.shared.sources.scenes.errors import perturb
 from selfjudge.shared.store import get_image
 
 from .classify import Decision, classify_cues, decide, extract_options, needs_samples

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfjudge.shared.sources.scenes import SourceItem
+from selfjudge.shared.sources.scenes.source import SourceItem
 from selfjudge.shared.sources.stream import Files, LineIndex, default_cache_dir
 
 KINDS = ("open", "closed", "auto")

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from selfjudge.shared.sources.scenes import SourceItem
+from selfjudge.shared.sources.scenes.source import SourceItem
 
 CHUNK = 8 << 20  # bytes read at a time while indexing
 ROUNDS = 6

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from selfjudge.shared.sources.files import KINDS, _bad_text, _printable, load_image_bytes, load_uri
-from selfjudge.shared.sources.scenes import SourceItem
+from selfjudge.shared.sources.scenes.source import SourceItem
 from selfjudge.shared.sources.stream import Files, cache_name, default_cache_dir
 
 TEXT_COLUMNS = ("instruction", "question", "prompt", "query", "text")

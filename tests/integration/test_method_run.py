@@ -23,7 +23,7 @@ from selfjudge.shared.db import (
     TrainingExample,
     make_sessionmaker,
 )
-from selfjudge.shared.sources.scenes import QUESTION_TYPES
+from selfjudge.shared.sources.scenes.prompts import QUESTION_TYPES
 
 from ..conftest import loop_config
 

@@ -15,7 +15,7 @@ from recipes.replicate.curriculum import ANSWER_WORDS, build_curriculum_model, r
 from recipes.replicate.diagnostics import base_skills, gold_judge_examples, parse_reasoning
 from selfjudge.basemodel import format_examples, judge_reasoning
 from selfjudge.shared.judge import JUDGE_SYSTEM
-from selfjudge.shared.sources.scenes import pretraining_prompts
+from selfjudge.shared.sources.scenes.source import pretraining_prompts
 from selfjudge.shared.verdict import parse_verdict
 
 
@@ -54,7 +54,7 @@ def test_base_skills_score_what_the_model_wrote(tiny_base):
     from selfjudge.shared.judge import judge_prompt
     from selfjudge.shared.models.generation.backend import ChatRequest, SamplingParams
     from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
-    from selfjudge.shared.sources.scenes import heldout_pairs
+    from selfjudge.shared.sources.scenes.source import heldout_pairs
 
     pairs = heldout_pairs(3, 12)
     skills = base_skills(tiny_base, pairs)
@@ -153,7 +153,7 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
 
     from selfjudge.shared.models.sft.model import VISION_ENCODER
     from selfjudge.shared.models.tiny import build_tiny
-    from selfjudge.shared.sources.scenes import tokenizer_corpus
+    from selfjudge.shared.sources.scenes.source import tokenizer_corpus
 
     init = build_tiny("qwen2_5_vl", tmp_path / "init", tokenizer_corpus(), seed=0, image_size=56)
     before = AutoModelForImageTextToText.from_pretrained(init).state_dict()
@@ -172,7 +172,7 @@ def test_three_phase_base_model_builds_and_loads(tmp_path):
 def test_curriculum_trains_and_answers_on_the_device_asked_for(tmp_path, tiny_base):
     """`device` reaches the base model's trainer and the backend that scores it: asked for CUDA on a
     machine without it, both stop with an error that says so (nothing silently runs on the CPU)."""
-    from selfjudge.shared.sources.scenes import heldout_pairs
+    from selfjudge.shared.sources.scenes.source import heldout_pairs
 
     with pytest.raises(RuntimeError, match="TrainConfig.device is 'cuda'.*sees no CUDA device"):
         build_curriculum_model(tmp_path / "base", pretrain_steps=2, device="cuda")

@@ -11,7 +11,7 @@ import torch
 
 from selfjudge.basemodel import format_examples, judge_reasoning
 from selfjudge.shared.judge import JUDGE_SYSTEM
-from selfjudge.shared.sources.scenes import pretraining_prompts
+from selfjudge.shared.sources.scenes.source import pretraining_prompts
 from selfjudge.shared.verdict import parse_verdict
 
 

@@ -3,25 +3,26 @@ import re
 
 import pytest
 
-from selfjudge.shared.sources.scenes import (
+from selfjudge.shared.sources.scenes.errors import perturb
+from selfjudge.shared.sources.scenes.prompts import QUESTION_TYPES, make_prompts
+from selfjudge.shared.sources.scenes.source import (
+    ScenesSource,
+    heldout_pairs,
+    pretraining_corpus,
+    scene_for,
+    tokenizer_corpus,
+)
+from selfjudge.shared.sources.scenes.world import (
     BACKGROUNDS,
     COLOURS,
     NUMBER_WORDS,
-    QUESTION_TYPES,
     SHAPES,
     Obj,
     Scene,
-    ScenesSource,
     caption,
-    heldout_pairs,
-    make_prompts,
-    perturb,
     position,
-    pretraining_corpus,
     random_scene,
     render,
-    scene_for,
-    tokenizer_corpus,
 )
 
 ERROR_TYPES = {"colour", "shape", "count", "position", "size"}
@@ -278,7 +279,7 @@ def test_pretraining_and_tokenizer_corpus():
 
 
 def test_max_objects_bounds_every_scene_and_leaves_the_default_world_unchanged():
-    from selfjudge.shared.sources.scenes import ScenesSource, heldout_pairs, scene_for
+    from selfjudge.shared.sources.scenes.source import ScenesSource, heldout_pairs, scene_for
 
     for i in range(30):
         assert len(scene_for(0, "train", i, max_objects=1)[0].objects) == 1
@@ -299,7 +300,7 @@ def test_max_objects_bounds_every_scene_and_leaves_the_default_world_unchanged()
 
 
 def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
-    from selfjudge.shared.sources.scenes import object_radius
+    from selfjudge.shared.sources.scenes.world import object_radius
 
     def painted(scene: Scene) -> int:  # pixels that are not background
         img = render(scene, 112)
@@ -331,7 +332,9 @@ def test_object_scale_draws_larger_objects_that_still_do_not_overlap():
 
 
 def test_grid_layout_puts_one_object_per_cell_centred():
-    from selfjudge.shared.sources.scenes import GRID, LAYOUTS, pretraining_prompts, wrong_answer
+    from selfjudge.shared.sources.scenes.errors import wrong_answer
+    from selfjudge.shared.sources.scenes.source import pretraining_prompts
+    from selfjudge.shared.sources.scenes.world import GRID, LAYOUTS
 
     assert "grid" in LAYOUTS
     centres = {round((k + 0.5) * 100 / GRID) for k in range(GRID)}
@@ -368,7 +371,7 @@ def test_grid_layout_puts_one_object_per_cell_centred():
 
 
 def test_grid_description_names_every_cell_and_what_is_in_it():
-    from selfjudge.shared.sources.scenes import GRID_PLACES, GRID_QUESTION, grid_description, grid_descriptions
+    from selfjudge.shared.sources.scenes.source import GRID_PLACES, GRID_QUESTION, grid_description, grid_descriptions
 
     described = grid_descriptions(0, 40, image_size=56, max_objects=4, object_scale=1.6)
     assert len(described) == 40 and {q for _, q, _ in described} == {GRID_QUESTION}
