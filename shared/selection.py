@@ -12,7 +12,7 @@ reason.* sampling):
   checkpoint k >= 1 is judged by the evaluator when it evaluates iteration k (`judge_selection`),
   the last checkpoint included.
 The score is the share of pairs whose majority verdict picks the synthetic preference in both
-orders (services/filter/report.signal_from_judgments: agreement; also consistency and parse
+orders (shared/filter_stats.signal_from_judgments: agreement; also consistency and parse
 rate). It is stored as eval_summaries rows (benchmark "selection", category "overall").
 `choose` takes the highest score (ties: the earlier checkpoint, the less trained one), says why,
 and `record_choice` marks it in checkpoints.meta["selected"] and the store (runs/<id>/selection/choice.json).
@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .db import Checkpoint, EvalSummary, Image, Iteration, Judgment, Pair, Prompt, utcnow
+from .filter_stats import signal_from_judgments
 
 BENCHMARK = "selection"
 METRICS = ("score", "agreement", "consistency", "parse_rate")
@@ -88,8 +89,6 @@ def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dic
     """Score checkpoint `iteration` on the selection set (and checkpoint 0 from its reasoner judgments,
     once they exist); returns the signal of `iteration` (as stored, if it was judged before), or None
     without a selection set. Never judges a checkpoint twice."""
-    from selfjudge.services.filter.report import signal_from_judgments
-
     from .judge import JUDGE_SYSTEM, judge_prompt, ordered
     from .loop import rng_for
     from .models.generation.backend import ChatRequest, SamplingParams

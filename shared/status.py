@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .db import Checkpoint, EvalSummary, Iteration, Judgment, Pair, Prompt, Run, SetAside, Shard, TrainingExample
+from .filter_stats import keep_rate_by, parse_failures, selection_signal
 
 
 def _count(s: Session, model, run_id: int, iteration: int, *where: Any) -> int:  # noqa: ANN001
@@ -149,9 +150,7 @@ def injection_counts(s: Session, run_id: int, k: int) -> dict:
 
 
 def _data_reports(s: Session, run_id: int, k: int) -> dict:
-    """keep_rate_by, parse_failures, selection (services/filter/report.py)."""
-    from selfjudge.services.filter.report import keep_rate_by, parse_failures, selection_signal
-
+    """keep_rate_by, parse_failures, selection (shared/filter_stats.py) and injection."""
     return {
         "keep_rate_by": keep_rate_by(s, run_id, k),
         "parse_failures": parse_failures(s, run_id, k),

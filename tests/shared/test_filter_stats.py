@@ -3,7 +3,6 @@ label-free selection signal (and its pure core), on a small hand-built SQLite da
 
 import pytest
 
-from selfjudge.services.filter.report import keep_rate_by, parse_failures, selection_signal, signal_from_judgments
 from selfjudge.shared.db import (
     Base,
     Checkpoint,
@@ -16,6 +15,7 @@ from selfjudge.shared.db import (
     TrainingExample,
     make_sessionmaker,
 )
+from selfjudge.shared.filter_stats import keep_rate_by, parse_failures, selection_signal, signal_from_judgments
 
 
 def test_signal_from_judgments():

@@ -1,4 +1,5 @@
-"""Per-iteration reports over the database, shown by `selfjudge status --json`.
+"""Per-iteration reports over the database of what the filter kept and the judges said, shown by
+`selfjudge status --json`.
 
 keep_rate_by(s, run, k)       kept pairs / pairs of iteration k, by question type, error type,
                               source, method and kind: {group: {value: {pairs, kept, rate}}}.
