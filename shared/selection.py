@@ -2,9 +2,9 @@
 
 The selection set is fixed per run: the first `filter.selection_max_pairs` pairs (by id) of
 iteration 1 whose prompts are in the selection holdout (`filter.selection_holdout`: a share of
-prompts chosen by a hash of their source id, services/filter/policy.is_holdout). The filter never
-keeps a holdout pair in any iteration, so no checkpoint is trained on the set (nor on any other
-pair of those prompts).
+prompts chosen by a hash of their source id, `is_holdout`). The filter never keeps a holdout
+pair in any iteration, so no checkpoint is trained on the set (nor on any other pair of those
+prompts).
 
 Every checkpoint judges the same set with the reasoner's protocol (both orders, the judge prompt,
 reason.* sampling):
@@ -20,6 +20,7 @@ and `record_choice` marks it in checkpoints.meta["selected"] and the store (runs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
@@ -32,6 +33,15 @@ from .filter_stats import signal_from_judgments
 BENCHMARK = "selection"
 METRICS = ("score", "agreement", "consistency", "parse_rate")
 log = logging.getLogger(__name__)
+
+
+def is_holdout(source_id: str, share: float) -> bool:
+    """Deterministic, by a hash of the prompt's source id: the same prompts are held out in every
+    iteration (and in every run), so a held-out prompt is never trained on."""
+    if share <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(f"selection:{source_id}".encode()).digest()[:8], "big")
+    return h / 2**64 < share
 
 
 def selection_pairs(s: Session, run_id: int, limit: int) -> list[Pair]:

@@ -11,25 +11,15 @@ Given all judgments of a shard (JudgmentRecords: pair_id, order "AB"/"BA", sampl
 3. `balance`: as many "A is better" as "B is better" examples: the surplus label loses traces,
    taken from the pairs that have the most left (ties broken by a seeded rng), so pair
    coverage is kept as long as possible.
-Pairs of the checkpoint-selection set (`is_holdout`) are judged but never kept.
+Pairs of the checkpoint-selection set (shared/selection.is_holdout) are judged but never kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import defaultdict
 
 from selfjudge.shared.records import JudgmentRecord
-
-
-def is_holdout(source_id: str, share: float) -> bool:
-    """Deterministic, by a hash of the prompt's source id: the same prompts are held out in every
-    iteration (and in every run), so a held-out prompt is never trained on."""
-    if share <= 0:
-        return False
-    h = int.from_bytes(hashlib.sha256(f"selection:{source_id}".encode()).digest()[:8], "big")
-    return h / 2**64 < share
 
 
 def _by_pair(judgments: list[JudgmentRecord]) -> dict[int, list[JudgmentRecord]]:

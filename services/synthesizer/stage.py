@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from selfjudge.services.filter.policy import is_holdout
 from selfjudge.shared import loop, shards
 from selfjudge.shared.config import SynthConfig
 from selfjudge.shared.context import Context
@@ -45,6 +44,7 @@ from selfjudge.shared.failpoints import failpoint
 from selfjudge.shared.messages import ShardTask
 from selfjudge.shared.models.generation.backend import ChatRequest, GenerationBackend, SamplingParams
 from selfjudge.shared.records import PairRecord, PromptRecord, SetAsideRecord, read_records, write_records
+from selfjudge.shared.selection import is_holdout
 from selfjudge.shared.sources.scenes.errors import perturb
 from selfjudge.shared.store import get_image
 

@@ -4,9 +4,10 @@ import random
 
 import pytest
 
-from selfjudge.services.filter.policy import balance, cap_per_prompt, consistent_pairs, is_holdout, select_traces
+from selfjudge.services.filter.policy import balance, cap_per_prompt, consistent_pairs, select_traces
 from selfjudge.shared.config import FilterConfig
 from selfjudge.shared.records import JudgmentRecord
+from selfjudge.shared.selection import is_holdout
 
 
 def j(pair, order, correct, sample=0, holdout=False):
