@@ -294,7 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """One evaluation outside the loop: a checkpoint on a benchmark file, through the evaluator service."""
-    from selfjudge.services.evaluator.stage import evaluate_standalone
+    from selfjudge.services.evaluator.standalone import evaluate_standalone
 
     settings = _settings(args)
     try:

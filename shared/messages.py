@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from .config import BenchmarkConfig
+
 STAGES = ("synthesizer", "reasoner", "filter", "trainer", "evaluator")
 
 
@@ -33,20 +35,42 @@ class TrainTask(Message):
 
 
 class EvalTask(Message):
-    """evaluator: score one checkpoint on the held-out set."""
+    """evaluator: evaluate one checkpoint (iteration 0 = the base judge), as the loop asks."""
 
     run_id: int
     iteration: int
     checkpoint_id: int
 
 
-MESSAGE_TYPES: dict[str, type[Message]] = {
-    "synthesizer": ShardTask,
-    "reasoner": ShardTask,
-    "filter": ShardTask,
-    "trainer": TrainTask,
-    "evaluator": EvalTask,
-}
+class EvalPlan(EvalTask):
+    """evaluator: evaluate one checkpoint, saying what on. The loop's EvalTask is one with the
+    defaults (the held-out set and settings.eval.benchmarks); `selfjudge eval` names one benchmark."""
+
+    heldout: bool = True
+    benchmarks: list[BenchmarkConfig] | None = None  # None: settings.eval.benchmarks
+    strict: bool = False  # a benchmark file that cannot be loaded: raise (else: skip it, set aside why)
+
+
+class ProtocolSpec(Message):
+    """Which judging protocol, with what settings (services/evaluator/protocols.make_protocol's arguments)."""
+
+    benchmark: str  # "heldout", "vl-rewardbench", "mm-rewardbench"
+    k: int | None = None  # official samples per item (None: the benchmark's own)
+    parser: str = "official"
+    max_new_tokens: int | None = None
+    seed: int = 0
+
+
+class EvalShard(Message):
+    """evaluator -> evaluator: judge one shard of a planned evaluation (EvalItem records in the store)."""
+
+    run_id: int
+    iteration: int
+    checkpoint_id: int
+    index: int  # unique across the evaluation's benchmarks
+    benchmark: str
+    input_key: str
+    protocol: ProtocolSpec
 
 
 def task_name(stage: str) -> str:

@@ -14,7 +14,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from .config import Settings
-from .messages import MESSAGE_TYPES, STAGES, Message, task_name
+from .messages import STAGES, Message, task_name
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,3 @@ class LocalBus:
                 on_error(stage, payload, exc)
             done += 1
         return done
-
-
-def parse_message(stage: str, payload: dict) -> Message:
-    return MESSAGE_TYPES[stage].model_validate(payload)

@@ -6,7 +6,8 @@ fields), so a shard reads the same with or without this module. What each stage 
 
     loop.start_iteration --PromptRecord--> synthesizer --PairRecord--> reasoner
         --JudgmentRecord--> filter --ExampleRecord--> trainer (reads each as a TrainTrace)
-    loop.write_heldout --HeldoutRecord--> evaluator --EvalItem (its own shards)--> judged as EvalResult
+    loop.write_heldout --HeldoutRecord--> evaluator --EvalItem (its own shards)-->
+        EvalJudgment (written as eval_results rows)
     the evaluator's selection pass (shared/selection.py) --SelectionJudgment--> the store (for reading back)
 
 Keys (`runs/<run>/iter<k>/<what>/<shard>.jsonl`) come from `shards.shard_key`; image fields hold
@@ -201,11 +202,11 @@ class EvalItem(Record):
     image_key: str
 
 
-class EvalResult(Record):
+class EvalJudgment(Record):
     """One judgment of an eval item (an `eval_results` row; not stored as a shard): the item's
     verdict in one order and sample under `benchmark` ("heldout", "<name>", "<name>:both")."""
 
-    record_kind: ClassVar[str] = "eval result"
+    record_kind: ClassVar[str] = "eval judgment"
     id_field: ClassVar[str] = "item_id"
     benchmark: str
     item_id: str

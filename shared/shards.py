@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +25,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def shard_row(s: Session, stage: str, task: ShardTask) -> Shard:
+class ShardMessage(Protocol):
+    """What names a shard in a message: a ShardTask, or the evaluator's EvalShard."""
+
+    run_id: int
+    iteration: int
+    index: int
+    input_key: str
+
+
+def shard_row(s: Session, stage: str, task: ShardMessage) -> Shard:
     """The shard's row, created `pending` on first sight. `task`: any message with run_id,
     iteration, index and input_key (a ShardTask, or the evaluator's EvalShard)."""
     row = s.scalar(
@@ -84,7 +93,7 @@ def plan_shards(s: Session, stage: str, run_id: int, iteration: int, inputs: dic
     return {index for index, row in rows.items() if row.state == "done"}
 
 
-def is_done(s: Session, stage: str, task: ShardTask) -> bool:
+def is_done(s: Session, stage: str, task: ShardMessage) -> bool:
     row = s.scalar(
         select(Shard.state).where(
             Shard.run_id == task.run_id,
@@ -96,7 +105,7 @@ def is_done(s: Session, stage: str, task: ShardTask) -> bool:
     return row == "done"
 
 
-def mark_attempt(sessions, stage: str, task: ShardTask) -> int:  # noqa: ANN001
+def mark_attempt(sessions: sessionmaker, stage: str, task: ShardMessage) -> int:
     with sessions.begin() as s:
         row = shard_row(s, stage, task)
         row.attempts += 1
@@ -104,7 +113,7 @@ def mark_attempt(sessions, stage: str, task: ShardTask) -> int:  # noqa: ANN001
 
 
 def finish(
-    s: Session, stage: str, task: ShardTask, output_key: str | None, items_in: int, items_out: int, seconds: float
+    s: Session, stage: str, task: ShardMessage, output_key: str | None, items_in: int, items_out: int, seconds: float
 ) -> None:
     row = shard_row(s, stage, task)
     row.state, row.output_key, row.items_in, row.items_out, row.seconds, row.error = (
@@ -122,7 +131,7 @@ class Attempt:
     """One attempt at a shard, as the stage's work function sees it (`number` 1 is the first)."""
 
     stage: str
-    task: ShardTask
+    task: ShardMessage
     number: int
     start: float = field(default_factory=time.perf_counter)
     finished: tuple[int, float] | None = None  # (items out, seconds) once recorded
@@ -136,7 +145,7 @@ class Attempt:
 
 
 def run_shard(
-    ctx: Context, stage: str, task: ShardTask, work: Callable[[Attempt], None], hand_off: Callable[[], None]
+    ctx: Context, stage: str, task: ShardMessage, work: Callable[[Attempt], None], hand_off: Callable[[], None]
 ) -> None:
     """One shard message's life, the same in every shard stage and on both buses: a shard already
     `done` (a redelivered message, a resumed run) is only handed on; otherwise the attempt is

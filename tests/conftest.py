@@ -147,6 +147,8 @@ class S3Server:
             "-webdav=false",
             "-admin.ui=false",
             f"-s3.port={self.port}",
+            "-s3.port.iceberg=0",  # its Iceberg and Lance endpoints have fixed ports: off, so servers coexist
+            "-s3.port.lance=0",
             *(f"{k}={v}" for k, v in ports.items()),
         ]
         self.proc: subprocess.Popen | None = None

@@ -196,7 +196,7 @@ def check_image(data: bytes | None, where: str) -> str | None:
         return f"decompression bomb {where}: {exc}"
     except UnidentifiedImageError:
         return f"not a recognised image {where}"
-    except Exception as exc:  # truncated data: OSError, SyntaxError, ValueError, ...
+    except Exception as exc:  # noqa: BLE001 - bad input is set aside: truncated data raises OSError, SyntaxError, ...
         return f"corrupt image {where}: {type(exc).__name__}: {exc}"
 
 
@@ -206,7 +206,7 @@ def _read_image(loc: Location, rel: str) -> tuple[bytes | None, str]:
         return loc.read(rel), where
     except FileNotFoundError:
         return None, where
-    except Exception as exc:  # unreadable (permissions, S3 errors): reported, not raised
+    except Exception as exc:  # noqa: BLE001 - unreadable (permissions, S3 errors): reported, not raised
         return b"", f"{where} ({type(exc).__name__}: {exc})"
 
 

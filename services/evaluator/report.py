@@ -21,7 +21,9 @@ from selfjudge.shared.db import Checkpoint, EvalSummary, Iteration, Run, SetAsid
 from selfjudge.shared.status import injection_counts
 
 from . import scoring
+from .judging import both_name
 from .protocols import HELDOUT, make_protocol
+from .results import result_rows
 
 ORDER = {"overall": 0, "macro": 1}
 PLOT = "accuracy.png"
@@ -133,7 +135,7 @@ def benchmark_result(s, run_id: int, iteration: int, benchmark: str) -> dict:  #
     }
 
 
-def _plan_k(s, run_id: int, iteration: int, benchmark: str) -> int:  # noqa: ANN001
+def _plan_k(s, run_id: int, benchmark: str) -> int:  # noqa: ANN001
     """k of the official protocol, from the run's config or the `selfjudge eval` record."""
     run = s.get(Run, run_id)
     cfg = run.config or {}
@@ -144,11 +146,9 @@ def _plan_k(s, run_id: int, iteration: int, benchmark: str) -> int:  # noqa: ANN
 
 def item_outcomes(s, run_id: int, iteration: int, name: str) -> dict[str, int]:  # noqa: ANN001
     """Per item 1/0 as compared between checkpoints (scoring.item_outcomes), from eval_results."""
-    from .stage import both_name, result_rows
-
     official = [] if name == HELDOUT else result_rows(s, run_id, iteration, name)
     both = result_rows(s, run_id, iteration, HELDOUT if name == HELDOUT else both_name(name))
-    return scoring.item_outcomes(name, official, both, _plan_k(s, run_id, iteration, name))
+    return scoring.item_outcomes(name, official, both, _plan_k(s, run_id, name))
 
 
 def _measure(name: str) -> str:

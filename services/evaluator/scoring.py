@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,8 +140,8 @@ def both_orders(rows: list[dict]) -> dict[str, dict]:
 
 
 def bootstrap_ci(
-    values,
-    weights=None,
+    values: Sequence[float],
+    weights: Sequence[float] | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = LEVEL,

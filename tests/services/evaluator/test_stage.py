@@ -43,7 +43,7 @@ def env(request, tmp_path, gen):
     vl = gen.write_vl_parquet(
         tmp_path / "vl.parquet", gen.vl_records(VL_PREFERRED_SECOND), image_override={"wildvision-battle-3443": b""}
     )  # an empty image: excluded
-    mm = gen.write_mm(tmp_path / "mm" / "data", gen.mm_records(MM_OUTPUT2_BETTER), skip_images={"pairs_occupation_3"})
+    gen.write_mm(tmp_path / "mm" / "data", gen.mm_records(MM_OUTPUT2_BETTER), skip_images={"pairs_occupation_3"})
     database = {"url": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
     settings = load_settings(
         overrides={

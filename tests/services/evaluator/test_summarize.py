@@ -1,6 +1,6 @@
 import pytest
 
-from selfjudge.services.evaluator.stage import summarize
+from selfjudge.services.evaluator.scoring import summarize_heldout as summarize
 
 
 def r(item, cat, order, verdict):
