@@ -17,14 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import vision_compat
-
-vision_compat.ensure_torchvision()
-
-import torch  # noqa: E402
-from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers  # noqa: E402
-from tokenizers import models as tk_models  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tk_models
+from transformers import (
     AutoModelForImageTextToText,
     GenerationConfig,
     Idefics3Config,

@@ -4,6 +4,7 @@ torchvision 0.28 on PyPI is a CUDA build: its C extension cannot load against CP
 its import then dies in `_meta_registrations` ("operator torchvision::nms does not exist").
 Declaring the op schemas in a FRAGMENT library before the import lets the pure-Python parts
 (image transforms, used by the Qwen2-VL processors) work; the C ops stay unavailable.
+`ensure_torchvision` runs once, when the package is imported (shared/models/__init__.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,3 @@ def _has_schema(name: str) -> bool:
         return True
     except RuntimeError:
         return False
-
-
-ensure_torchvision()

@@ -5,16 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import vision_compat
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
-vision_compat.ensure_torchvision()
-
-import torch  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig  # noqa: E402
-
-from ..chat_format import answer_format, chat_messages  # noqa: E402
-from ..dtypes import DTYPES  # noqa: E402
-from .backend import ChatRequest, Generation, SamplingParams, free_memory, stop_token_ids  # noqa: E402
+from ..chat_format import answer_format, chat_messages
+from ..dtypes import DTYPES
+from .backend import ChatRequest, Generation, SamplingParams, free_memory, stop_token_ids
 
 DECODE_MODES = ("plain", "static")
 STATIC_PAD = 64  # static decode: prompts padded to a multiple of this, so compiled shapes repeat

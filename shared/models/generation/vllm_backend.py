@@ -27,15 +27,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .. import vision_compat
+import torch
+from transformers import AutoProcessor, GenerationConfig
 
-vision_compat.ensure_torchvision()
-
-import torch  # noqa: E402
-from transformers import AutoProcessor, GenerationConfig  # noqa: E402
-
-from ..chat_format import chat_messages  # noqa: E402
-from .backend import ChatRequest, Generation, SamplingParams, free_memory, stop_token_ids  # noqa: E402
+from ..chat_format import chat_messages
+from .backend import ChatRequest, Generation, SamplingParams, free_memory, stop_token_ids
 
 MLLAMA_REFUSAL = (
     "vLLM does not serve Mllama (Llama-3.2-Vision) checkpoints ({path}); "

@@ -29,15 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import vision_compat
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-vision_compat.ensure_torchvision()
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ..chat_format import answer_format, chat_messages  # noqa: E402
+from ..chat_format import answer_format, chat_messages
 
 IGNORE = -100
 # per-token tensors of shape (T,) after encoding: right-padded (or concatenated, packed) in a batch

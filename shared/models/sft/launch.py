@@ -27,15 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import vision_compat
+from PIL import Image
 
-vision_compat.ensure_torchvision()
-
-from PIL import Image  # noqa: E402
-
-from ...config import TrainConfig  # noqa: E402
-from .data import SFTExample, identity  # noqa: E402
-from .loop import TrainResult, sft  # noqa: E402
+from ...config import TrainConfig
+from .data import SFTExample, identity
+from .loop import TrainResult, sft
 
 log = logging.getLogger(__name__)
 ENTRY = "selfjudge.shared.models.sft.launch"

@@ -15,19 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import vision_compat
+import torch
+from transformers import get_scheduler
 
-vision_compat.ensure_torchvision()
-
-import torch  # noqa: E402
-from transformers import get_scheduler  # noqa: E402
-
-from ...config import TrainConfig  # noqa: E402
-from . import data, speed, varlen  # noqa: E402
-from .checkpoint import Checkpointer, fingerprint  # noqa: E402
-from .data import EncodeSpec, SFTExample, collate, pack  # noqa: E402
-from .model import AnswerLoss, core_model, export, load_trainable  # noqa: E402
-from .runtime import Runtime  # noqa: E402
+from ...config import TrainConfig
+from . import data, speed, varlen
+from .checkpoint import Checkpointer, fingerprint
+from .data import EncodeSpec, SFTExample, collate, pack
+from .model import AnswerLoss, core_model, export, load_trainable
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
