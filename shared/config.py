@@ -299,6 +299,12 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile of each decoder layer and vision block (not with fsdp)
     kernels: Literal["", "liger"] = ""  # liger: Liger RMSNorm/SwiGLU + fused linear cross-entropy (liger-kernel, CUDA)
 
+    @model_validator(mode="after")
+    def _compile_not_with_fsdp(self) -> TrainConfig:
+        if self.compile and self.distributed == "fsdp":
+            raise ValueError("train.compile is not supported with distributed: fsdp")
+        return self
+
     @classmethod
     def not_settings(cls) -> list[str]:
         """The fields the `train:` section does not take."""
