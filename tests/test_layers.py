@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"selfjudge": ROOT / "selfjudge", "selfjudge.shared": ROOT / "shared", "selfjudge.services": ROOT / "services"}
+PACKAGES = {
+    "selfjudge": ROOT / "selfjudge",
+    "selfjudge.shared": ROOT / "shared",
+    "selfjudge.services": ROOT / "services",
+}
 
 
 def module_files() -> dict[str, Path]:
