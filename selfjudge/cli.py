@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from sqlalchemy.orm import sessionmaker
+
 from selfjudge.shared.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("selfjudge")
@@ -153,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if status["run"]["status"] == "done" or not (settings.embedded or args.wait) else 1
 
 
-def _wait(sessions, run_id: int, timeout: float) -> None:  # noqa: ANN001
+def _wait(sessions: sessionmaker, run_id: int, timeout: float) -> None:
     from selfjudge.shared.status import run_status
 
     deadline, last = time.monotonic() + timeout, None

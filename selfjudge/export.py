@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from selfjudge.shared.db import Checkpoint, Image, Iteration, Judgment, Pair, Prompt, TrainingExample
 from selfjudge.shared.judge import JUDGE_SYSTEM
@@ -137,7 +137,7 @@ def _user(text: str) -> dict:
 class _Images:
     """PNG bytes by image id, read from the store once."""
 
-    def __init__(self, s, store) -> None:  # noqa: ANN001
+    def __init__(self, s: Session, store: Store) -> None:
         self.s, self.store, self.cache = s, store, {}
 
     def get(self, image_id: str) -> dict:
@@ -148,7 +148,7 @@ class _Images:
         return {"bytes": self.cache[image_id], "path": f"{image_id}.png"}
 
 
-def pair_rows(s, store, run_id: int, iteration: int) -> Iterator[dict]:  # noqa: ANN001
+def pair_rows(s: Session, store: Store, run_id: int, iteration: int) -> Iterator[dict]:
     images = _Images(s, store)
     hashes = dict(s.execute(select(Checkpoint.id, Checkpoint.content_hash)).all())
     kept = dict(
@@ -194,7 +194,7 @@ def pair_rows(s, store, run_id: int, iteration: int) -> Iterator[dict]:  # noqa:
         }
 
 
-def trace_rows(s, store, run_id: int, iteration: int) -> Iterator[dict]:  # noqa: ANN001
+def trace_rows(s: Session, store: Store, run_id: int, iteration: int) -> Iterator[dict]:
     images = _Images(s, store)
     hashes = dict(s.execute(select(Checkpoint.id, Checkpoint.content_hash)).all())
     it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == iteration))

@@ -23,15 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Checkpoint, EvalSummary, Image, Iteration, Judgment, Pair, Prompt, utcnow
 from .filter_stats import signal_from_judgments
+from .store import Store
 
 BENCHMARK = "selection"
 METRICS = ("score", "agreement", "consistency", "parse_rate")
+if TYPE_CHECKING:
+    from .context import Context
+
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +100,7 @@ def has_signal(s: Session, run_id: int, iteration: int) -> bool:
     )
 
 
-def judge_selection(ctx, run_id: int, iteration: int, checkpoint_id: int) -> dict | None:  # noqa: ANN001 - Context
+def judge_selection(ctx: Context, run_id: int, iteration: int, checkpoint_id: int) -> dict | None:
     """Score checkpoint `iteration` on the selection set (and checkpoint 0 from its reasoner judgments,
     once they exist); returns the signal of `iteration` (as stored, if it was judged before), or None
     without a selection set. Never judges a checkpoint twice."""
@@ -211,7 +216,7 @@ def choose(by_iteration: dict[int, dict]) -> dict | None:
     }
 
 
-def record_choice(sessions, store, run_id: int, choice: dict) -> None:  # noqa: ANN001
+def record_choice(sessions: sessionmaker, store: Store, run_id: int, choice: dict) -> None:
     """checkpoints.meta["selected"] on the chosen checkpoint (cleared on the run's others) and
     runs/<id>/selection/choice.json in the store."""
     with sessions.begin() as s:

@@ -227,7 +227,7 @@ def _aware(moment):  # noqa: ANN001, ANN202 - SQLite hands back naive datetimes 
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
-def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) -> bool:  # noqa: ANN001
+def claim_training(sessions: sessionmaker, run_id: int, iteration: int, lease_seconds: float) -> bool:
     with sessions.begin() as s:
         row = s.scalar(
             select(Shard)
@@ -254,7 +254,7 @@ def claim_training(sessions, run_id: int, iteration: int, lease_seconds: float) 
         return True
 
 
-def renew_training(sessions, run_id: int, iteration: int) -> None:  # noqa: ANN001
+def renew_training(sessions: sessionmaker, run_id: int, iteration: int) -> None:
     with sessions.begin() as s:
         row = s.scalar(
             select(Shard).where(
@@ -265,7 +265,7 @@ def renew_training(sessions, run_id: int, iteration: int) -> None:  # noqa: ANN0
             row.updated_at = utcnow()
 
 
-def release_training(sessions, run_id: int, iteration: int, state: str) -> None:  # noqa: ANN001
+def release_training(sessions: sessionmaker, run_id: int, iteration: int, state: str) -> None:
     with sessions.begin() as s:
         row = s.scalar(
             select(Shard).where(
@@ -276,7 +276,7 @@ def release_training(sessions, run_id: int, iteration: int, state: str) -> None:
             row.state = state
 
 
-def trained_checkpoint(sessions, run_id: int, iteration: int) -> int | None:  # noqa: ANN001
+def trained_checkpoint(sessions: sessionmaker, run_id: int, iteration: int) -> int | None:
     """The checkpoint iteration `iteration` made, if its training is recorded."""
     with sessions() as s:
         it = s.scalar(select(Iteration).where(Iteration.run_id == run_id, Iteration.number == iteration))
@@ -308,7 +308,7 @@ def run_training(ctx: Context, task: TrainTask, work: Callable[[], int], hand_of
     hand_off(checkpoint_id)
 
 
-def stale_trainings(sessions, lease_seconds: float) -> list[tuple[int, int, int]]:  # noqa: ANN001
+def stale_trainings(sessions: sessionmaker, lease_seconds: float) -> list[tuple[int, int, int]]:
     """(run_id, iteration, judge_checkpoint_id) whose trainer lease ran out before a checkpoint was made."""
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
     with sessions() as s:

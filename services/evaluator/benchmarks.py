@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from selfjudge.shared.config import StoreConfig
+
 from .protocols import MM_REWARDBENCH, VL_REWARDBENCH
 
 # official cal.py group_mapping
@@ -148,7 +150,7 @@ class Location:
         return f"s3://{self.bucket}/{self.root}" if self.s3 is not None else self.root
 
 
-def split_location(uri: str, store_cfg=None) -> tuple[Location, str]:  # noqa: ANN001
+def split_location(uri: str, store_cfg: StoreConfig | None = None) -> tuple[Location, str]:
     """(folder, file name) for a local path or s3://bucket/key; a folder gives file name ''."""
     if uri.startswith("s3://"):
         from minio import Minio
@@ -301,7 +303,9 @@ def _iter_vl_parquet(loc: Location, names: list[str]) -> Iterator[BenchItem | Ex
                 yield _vl_record(rec, data, where, f"{name}[{row - 1}]")
 
 
-def iter_vl_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[BenchItem | Excluded]:  # noqa: ANN001
+def iter_vl_rewardbench(
+    uri: str, images: str = "", store_cfg: StoreConfig | None = None
+) -> Iterator[BenchItem | Excluded]:
     loc, name = split_location(uri, store_cfg)
     if not name:  # a folder: its parquet files (HF layout: data/*.parquet), else data.jsonl
         for sub in ("", "data"):
@@ -332,7 +336,9 @@ def mm_category(item_id: str, category: str) -> str:
     return category
 
 
-def iter_mm_rewardbench(uri: str, images: str = "", store_cfg=None) -> Iterator[BenchItem | Excluded]:  # noqa: ANN001
+def iter_mm_rewardbench(
+    uri: str, images: str = "", store_cfg: StoreConfig | None = None
+) -> Iterator[BenchItem | Excluded]:
     loc, name = split_location(uri, store_cfg)
     if not name:
         for sub in ("", "data"):
@@ -384,7 +390,7 @@ def iter_benchmark(
     benchmark: str,
     uri: str,
     images: str = "",
-    store_cfg=None,  # noqa: ANN001
+    store_cfg: StoreConfig | None = None,
     limit: int = 0,
 ) -> Iterator[BenchItem | Excluded]:
     """Every record of the file, in order, as a BenchItem or an Excluded; duplicate ids are renamed
@@ -422,7 +428,7 @@ def load_benchmark(
     benchmark: str,
     uri: str,
     images: str = "",
-    store_cfg=None,  # noqa: ANN001
+    store_cfg: StoreConfig | None = None,
     limit: int = 0,
 ) -> tuple[list[BenchItem], list[Excluded]]:
     items, excluded = [], []

@@ -15,10 +15,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from selfjudge.shared import selection
 from selfjudge.shared.db import Checkpoint, EvalSummary, Iteration, Run, SetAside
 from selfjudge.shared.status import injection_counts
+from selfjudge.shared.store import Store
 
 from . import scoring
 from .judging import both_name
@@ -29,7 +31,7 @@ ORDER = {"overall": 0, "macro": 1}
 PLOT = "accuracy.png"
 
 
-def collect(s, run_id: int) -> dict:  # noqa: ANN001
+def collect(s: Session, run_id: int) -> dict:
     """{run, iterations, benchmarks: {name: {iteration: {category: {metric: {value, n}}}}}}."""
     run = s.get(Run, run_id)
     if run is None:
@@ -79,7 +81,7 @@ def _value(cats: dict, category: str, metric: str) -> float | None:
     return None if m is None else m["value"]
 
 
-def benchmark_result(s, run_id: int, iteration: int, benchmark: str) -> dict:  # noqa: ANN001
+def benchmark_result(s: Session, run_id: int, iteration: int, benchmark: str) -> dict:
     """What `selfjudge eval --json` prints: item counts, accuracy per category, overall and macro
     with bootstrap intervals, both-order metrics and the excluded records with their reasons."""
     data = collect(s, run_id)
@@ -135,7 +137,7 @@ def benchmark_result(s, run_id: int, iteration: int, benchmark: str) -> dict:  #
     }
 
 
-def _plan_k(s, run_id: int, benchmark: str) -> int:  # noqa: ANN001
+def _plan_k(s: Session, run_id: int, benchmark: str) -> int:
     """k of the official protocol, from the run's config or the `selfjudge eval` record."""
     run = s.get(Run, run_id)
     cfg = run.config or {}
@@ -144,7 +146,7 @@ def _plan_k(s, run_id: int, benchmark: str) -> int:  # noqa: ANN001
     return make_protocol(benchmark, k).k if benchmark != HELDOUT else 0
 
 
-def item_outcomes(s, run_id: int, iteration: int, name: str) -> dict[str, int]:  # noqa: ANN001
+def item_outcomes(s: Session, run_id: int, iteration: int, name: str) -> dict[str, int]:
     """Per item 1/0 as compared between checkpoints (scoring.item_outcomes), from eval_results."""
     official = [] if name == HELDOUT else result_rows(s, run_id, iteration, name)
     both = result_rows(s, run_id, iteration, HELDOUT if name == HELDOUT else both_name(name))
@@ -155,7 +157,7 @@ def _measure(name: str) -> str:
     return "right in both orders" if name == HELDOUT else "official item outcome"
 
 
-def comparisons(s, run_id: int, data: dict) -> list[dict]:  # noqa: ANN001
+def comparisons(s: Session, run_id: int, data: dict) -> list[dict]:
     """Per benchmark: the last iteration against the base (0) and against the one before it."""
     out = []
     for name, its in data["benchmarks"].items():
@@ -177,7 +179,7 @@ def comparisons(s, run_id: int, data: dict) -> list[dict]:  # noqa: ANN001
     return out
 
 
-def compare_evaluations(s, a: tuple[int, int], b: tuple[int, int]) -> list[dict]:  # noqa: ANN001
+def compare_evaluations(s: Session, a: tuple[int, int], b: tuple[int, int]) -> list[dict]:
     """Two evaluated checkpoints, (run, iteration) each (e.g. two `selfjudge eval` runs on the same
     file): a paired comparison on every benchmark both were scored on."""
 
@@ -376,7 +378,7 @@ def render_markdown(data: dict, comps: list[dict], image: str = PLOT) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(sessions, run_id: int, out_dir: str | Path) -> Path:  # noqa: ANN001
+def write_report(sessions: sessionmaker, run_id: int, out_dir: str | Path) -> Path:
     """report.md, accuracy.png and report.json (the same numbers) in out_dir; returns report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -390,7 +392,7 @@ def write_report(sessions, run_id: int, out_dir: str | Path) -> Path:  # noqa: A
     return path
 
 
-def publish_report(sessions, run_id: int, store) -> str:  # noqa: ANN001
+def publish_report(sessions: sessionmaker, run_id: int, store: Store) -> str:
     """Write the report and put its files in the store under runs/<id>/report/; returns the .md key."""
     with tempfile.TemporaryDirectory() as tmp:
         path = write_report(sessions, run_id, tmp)

@@ -363,12 +363,12 @@ def _closed_pair(
     )
 
 
-def alteration_budget(cfg) -> int:  # noqa: ANN001 - SynthConfig
+def alteration_budget(cfg: SynthConfig) -> int:
     """New tokens for an alteration: at least synth.alter_budget_ratio x the original's budget."""
     return max(cfg.alter_max_new_tokens, math.ceil(cfg.alter_budget_ratio * cfg.open_max_new_tokens))
 
 
-def fallback_to_rule(cfg, source_kind: str) -> bool:  # noqa: ANN001 - SynthConfig
+def fallback_to_rule(cfg: SynthConfig, source_kind: str) -> bool:
     """synth.fallback_to_rule, or by default: only in the built-in scenes world."""
     return cfg.fallback_to_rule if cfg.fallback_to_rule is not None else source_kind == "scenes"
 
@@ -480,7 +480,9 @@ def _open_pairs(
     return pairs
 
 
-def _generate(ctx: Context, backend, prompts: list[Draft], params: SamplingParams, what: str) -> list:  # noqa: ANN001
+def _generate(
+    ctx: Context, backend: GenerationBackend, prompts: list[Draft], params: SamplingParams, what: str
+) -> list:
     requests = [ChatRequest(text=p.prompt.instruction, images=[p.image], key=str(p.prompt_id)) for p in prompts]
     return _generate_requests(ctx, backend, requests, params, what)
 

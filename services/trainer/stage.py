@@ -29,7 +29,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from selfjudge.shared import loop, shards
-from selfjudge.shared.config import TrainConfig
+from selfjudge.shared.config import Settings, TrainConfig
 from selfjudge.shared.context import Context
 from selfjudge.shared.db import SetAside, Shard
 from selfjudge.shared.failpoints import failpoint
@@ -44,7 +44,7 @@ STAGE = "trainer"
 log = logging.getLogger(__name__)
 
 
-def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Settings
+def train_config(settings: Settings, iteration: int) -> TrainConfig:
     """The `train:` section with what it leaves to other sections: the seed (run.seed + iteration) and
     model device, dtype and image pixel bounds."""
     m = settings.model
@@ -53,7 +53,7 @@ def train_config(settings, iteration: int) -> TrainConfig:  # noqa: ANN001 - Set
     return TrainConfig.model_validate(settings.train.as_dict() | taken)
 
 
-def work_dirs(settings, run_id: int, iteration: int) -> tuple[Path, Path]:  # noqa: ANN001
+def work_dirs(settings: Settings, run_id: int, iteration: int) -> tuple[Path, Path]:
     """(output folder, resume folder) of one training task; the resume folder outlives a crash."""
     root = Path(settings.run.work_dir).resolve() / "train"
     return root / f"run{run_id}-iter{iteration}", root / f"run{run_id}-iter{iteration}.resume"

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from selfjudge.shared.config import StoreConfig
 from selfjudge.shared.sources.scenes.source import SourceItem
 
 CHUNK = 8 << 20  # bytes read at a time while indexing
@@ -90,7 +91,7 @@ def draw(source: RecordSource, n: int, seed: int, iteration: int) -> Iterator[So
 class Files:
     """Reads a local path or an s3://bucket/key URI; `store_cfg` (StoreConfig) gives the S3 server."""
 
-    def __init__(self, store_cfg=None) -> None:  # noqa: ANN001 - selfjudge.shared.config.StoreConfig
+    def __init__(self, store_cfg: StoreConfig | None = None) -> None:
         self.store_cfg = store_cfg
         self._s3 = None
 
