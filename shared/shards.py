@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Iteration, SetAside, Shard, utcnow
 from .messages import ShardTask, TrainTask
+from .records import SetAsideRecord
 
 if TYPE_CHECKING:
     from .context import Context
@@ -135,6 +137,14 @@ class Attempt:
     number: int
     start: float = field(default_factory=time.perf_counter)
     finished: tuple[int, float] | None = None  # (items out, seconds) once recorded
+    aside: Counter[str] = field(default_factory=Counter)  # set-aside records by code
+
+    def set_aside(self, s: Session, records: Iterable[SetAsideRecord]) -> None:
+        """Set-aside rows for the records this attempt did not use, in the shard's transaction `s`;
+        counted (`selfjudge_items_rejected_total`, by code) once the shard is done."""
+        for record in records:
+            set_aside(s, (self.task.run_id, self.task.iteration), self.stage, record.record_id, record.reason)
+            self.aside[record.code] += 1
 
     def finish(self, s: Session, output_key: str | None, items_in: int, items_out: int) -> float:
         """Record the shard `done` in `s`, the transaction that writes the stage's rows; its seconds."""
@@ -166,6 +176,8 @@ def run_shard(
         ctx.metrics.items_out.labels(stage).inc(items_out)
         ctx.metrics.shards.labels(stage, "done").inc()
         ctx.metrics.shard_seconds.labels(stage).observe(seconds)
+        for code, count in attempt.aside.items():
+            ctx.metrics.items_rejected.labels(stage, code).inc(count)
     hand_off()
 
 

@@ -72,9 +72,7 @@ def keep_traces(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Att
                     label=j.verdict,
                 )
             )
-        for aside in (err.set_aside() for err in bad):  # a line that is no judgment record
-            shards.set_aside(s, task, STAGE, aside.record_id, aside.reason)
-            m.items_rejected.labels(STAGE, aside.code).inc()
+        attempt.set_aside(s, (err.set_aside() for err in bad))  # lines that are no record
         write_records(ctx.store, out_key, records)
         attempt.finish(s, out_key, len(judgments) + len(bad), len(records))
     labels = Counter(r.label for r in records)

@@ -129,9 +129,7 @@ def reason(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Attempt)
                         holdout=p.holdout,
                     )
                 )
-        for aside in (err.set_aside() for err in bad):  # a line that is no pair record
-            shards.set_aside(s, task, STAGE, aside.record_id, aside.reason)
-            m.items_rejected.labels(STAGE, aside.code).inc()
+        attempt.set_aside(s, (err.set_aside() for err in bad))  # lines that are no record
         write_records(ctx.store, out_key, records)
         seconds = attempt.finish(s, out_key, len(pairs) + len(bad), len(records))
     log.info(

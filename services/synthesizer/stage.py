@@ -301,9 +301,7 @@ def synthesize(ctx: Context, task: ShardTask, out_key: str, attempt: shards.Atte
             s.add(row)
             s.flush()
             pairs.append(lab.record(row.id))
-        for a in aside:
-            shards.set_aside(s, task, STAGE, a.record_id, a.reason)
-            m.items_rejected.labels(STAGE, a.code).inc()
+        attempt.set_aside(s, aside)
         write_records(ctx.store, out_key, pairs)
         seconds = attempt.finish(s, out_key, n_in, len(pairs))
     reasons = Counter(a.code for a in aside)

@@ -12,6 +12,7 @@ from selfjudge.shared.context import make_context
 from selfjudge.shared.db import Base, Checkpoint, Iteration, Run, SetAside, Shard, make_sessionmaker
 from selfjudge.shared.messages import ShardTask, TrainTask
 from selfjudge.shared.queue import LocalBus
+from selfjudge.shared.records import SetAsideRecord
 from selfjudge.shared.store import LocalStore
 
 TASK = ShardTask(run_id=1, iteration=1, index=0, input_key="runs/1/iter1/pairs/00000.jsonl", judge_checkpoint_id=1)
@@ -46,7 +47,7 @@ def test_a_shard_is_worked_on_recorded_with_the_stage_rows_and_handed_on(ctx):
     def work(attempt: shards.Attempt) -> None:
         seen.append(attempt.number)
         with ctx.sessions.begin() as s:
-            shards.set_aside(s, TASK, "reasoner", "r1", "bad")  # a row of the stage's own
+            attempt.set_aside(s, [SetAsideRecord(record_id="r1", code="bad_record", detail="no verdict")])
             attempt.finish(s, "out.jsonl", items_in=5, items_out=3)
 
     shards.run_shard(ctx, "reasoner", TASK, work, hand_off=lambda: handed.append(True))
@@ -62,6 +63,10 @@ def test_a_shard_is_worked_on_recorded_with_the_stage_rows_and_handed_on(ctx):
     assert shard.seconds is not None and shard.error is None
     assert metric(ctx, "items_out", "reasoner") == 3 and metric(ctx, "shards", "reasoner", "done") == 1
     assert ctx.metrics.shard_seconds.labels("reasoner")._sum.get() == pytest.approx(shard.seconds)
+    assert metric(ctx, "items_rejected", "reasoner", "bad_record") == 1
+    with ctx.sessions() as s:
+        aside = s.scalar(select(SetAside))
+    assert (aside.stage, aside.record_id, aside.reason) == ("reasoner", "r1", "bad_record: no verdict")
 
     # redelivered: handed on again, not redone, not counted
     shards.run_shard(ctx, "reasoner", TASK, work, hand_off=lambda: handed.append(True))
@@ -72,7 +77,7 @@ def test_a_shard_is_worked_on_recorded_with_the_stage_rows_and_handed_on(ctx):
 def test_a_failed_attempt_is_counted_and_leaves_nothing(ctx):
     def fails(attempt: shards.Attempt) -> None:
         with ctx.sessions.begin() as s:
-            shards.set_aside(s, TASK, "filter", "r1", "bad")
+            attempt.set_aside(s, [SetAsideRecord(record_id="r1", code="bad_record")])
             attempt.finish(s, "out.jsonl", 1, 1)
             raise ValueError("after the rows, before the commit")
 
@@ -83,6 +88,7 @@ def test_a_failed_attempt_is_counted_and_leaves_nothing(ctx):
     assert (shard.state, shard.attempts) == ("pending", 1) and handed == []
     with ctx.sessions() as s:
         assert s.scalar(select(SetAside)) is None
+    assert metric(ctx, "items_rejected", "filter", "bad_record") == 0  # counted only once done
     shards.run_shard(ctx, "filter", TASK, lambda a: _finish(ctx, a), hand_off=lambda: handed.append(True))
     assert (row(ctx, "filter").state, row(ctx, "filter").attempts) == ("done", 2) and handed == [True]
 
