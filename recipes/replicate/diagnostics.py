@@ -143,7 +143,7 @@ def judge_accuracy(
     """Greedy verdicts on the held-out pairs in both orders, scored as the evaluator scores them
     (`summarize_heldout`: accuracy over judgments with its CI, per question type and overall; an
     unparseable verdict is wrong), plus the share of [[A]] verdicts."""
-    from selfjudge.services.evaluator.scoring import summarize_heldout
+    from selfjudge.services.evaluator.scoring import Judged, summarize_heldout
     from selfjudge.shared.models.generation.backend import SamplingParams
     from selfjudge.shared.models.generation.transformers_backend import TransformersBackend
     from selfjudge.shared.verdict import parse_verdict
@@ -155,12 +155,7 @@ def judge_accuracy(
         progress=lambda done, total: log.info("judge accuracy: %s/%s judge prompts", done, total),
     )
     rows = [
-        {
-            "item_id": p.pair_id,
-            "category": p.question_type,
-            "order": "AB" if right == "A" else "BA",
-            "verdict": parse_verdict(gen.texts[0]).choice,
-        }
+        Judged(p.pair_id, p.question_type, "AB" if right == "A" else "BA", parse_verdict(gen.texts[0]).choice)
         for (p, _, _, right), gen in zip(shown, judged)
     ]
     scores: dict[str, dict] = defaultdict(dict)
@@ -170,7 +165,7 @@ def judge_accuracy(
         elif metric.startswith("accuracy_ci_"):
             scores[category][metric.removeprefix("accuracy_")] = value
     for category, score in scores.items():
-        verdicts = [r["verdict"] for r in rows if category in ("overall", r["category"])]
+        verdicts = [r.verdict for r in rows if category in ("overall", r.category)]
         score["verdict_a"] = verdicts.count("A") / len(verdicts)
     return dict(sorted(scores.items()))
 

@@ -234,9 +234,10 @@ def arm_results(work: Path) -> list[dict]:
     both-order accuracy, position bias, kept examples; read from the run's database and store."""
     from sqlalchemy import func, select
 
-    from selfjudge.services.evaluator.scoring import bootstrap_ci, both_orders, paired_bootstrap
+    from selfjudge.services.evaluator.results import result_rows
+    from selfjudge.services.evaluator.scoring import ItemOrders, bootstrap_ci, both_orders, paired_bootstrap
     from selfjudge.shared.config import StoreConfig
-    from selfjudge.shared.db import EvalResult, EvalSummary, Run, TrainingExample, make_sessionmaker
+    from selfjudge.shared.db import EvalSummary, Run, TrainingExample, make_sessionmaker
     from selfjudge.shared.loop import heldout_key
     from selfjudge.shared.store import get_jsonl, open_store
 
@@ -248,20 +249,7 @@ def arm_results(work: Path) -> list[dict]:
         heldout = {r["item_id"]: r for r in get_jsonl(store, heldout_key(run.id))}
         iterations = sorted(set(s.scalars(select(EvalSummary.iteration).where(EvalSummary.run_id == run.id))))
         for k in iterations:
-            results = [
-                {
-                    "item_id": r.item_id,
-                    "category": r.category,
-                    "order": r.order,
-                    "verdict": r.verdict,
-                    "correct": r.correct,
-                }
-                for r in s.scalars(
-                    select(EvalResult).where(
-                        EvalResult.run_id == run.id, EvalResult.iteration == k, EvalResult.benchmark == "heldout"
-                    )
-                )
-            ]
+            results = result_rows(s, run.id, k, "heldout")
             summary = {
                 (e.category, e.metric): e.value
                 for e in s.scalars(
@@ -278,9 +266,9 @@ def arm_results(work: Path) -> list[dict]:
                 ci = (summary.get((category, "accuracy_ci_low")), summary.get((category, "accuracy_ci_high")))
                 return {"accuracy": summary[(category, "accuracy")], "ci": None if None in ci else ci, "items": items}
 
-            def scored(members: list[dict]) -> dict:
+            def scored(members: list[ItemOrders]) -> dict:
                 """The same measure for a group the evaluator does not store (error types)."""
-                right, judged = [m["right"] for m in members], [m["judged"] for m in members]
+                right, judged = [m.right for m in members], [m.judged for m in members]
                 return {
                     "accuracy": sum(right) / max(sum(judged), 1),
                     "ci": bootstrap_ci(right, judged),
@@ -290,9 +278,9 @@ def arm_results(work: Path) -> list[dict]:
             by_type: dict[str, int] = defaultdict(int)
             by_error: dict[str, list] = defaultdict(list)
             for item_id, m in per_item.items():
-                by_type[m["category"]] += 1
+                by_type[m.category] += 1
                 error = heldout[item_id]["error_type"]
-                by_error["wrong answer" if error == m["category"] else "+".join(sorted(error.split("+")))].append(m)
+                by_error["wrong answer" if error == m.category else "+".join(sorted(error.split("+")))].append(m)
             kept = (
                 s.scalar(
                     select(func.count())
@@ -316,9 +304,9 @@ def arm_results(work: Path) -> list[dict]:
     for row in rows:  # iteration k vs the first on the same held-out pairs, resampled together
         first, now = items[rows[0]["iteration"]], items[row["iteration"]]
         row["vs_first"] = paired_bootstrap(
-            {i: m["right"] for i, m in first.items()},
-            {i: m["right"] for i, m in now.items()},
-            {i: m["judged"] for i, m in first.items()},
+            {i: m.right for i, m in first.items()},
+            {i: m.right for i, m in now.items()},
+            {i: m.judged for i, m in first.items()},
         )
     return rows
 

@@ -75,21 +75,13 @@ def _row(task: EvalShard, j: EvalJudgment) -> EvalResult:
     )
 
 
-def result_rows(s: Session, run_id: int, iteration: int, benchmark: str) -> list[dict]:
-    """The scoring columns only (not the outputs) of one benchmark's rows."""
-    cols = (
-        EvalResult.item_id,
-        EvalResult.category,
-        EvalResult.order,
-        EvalResult.sample,
-        EvalResult.verdict,
-        EvalResult.correct,
-    )
-    names = ("item_id", "category", "order", "sample", "verdict", "correct")
+def result_rows(s: Session, run_id: int, iteration: int, benchmark: str) -> list[scoring.Judged]:
+    """The scoring columns only (not the outputs) of one benchmark's rows, in the order written."""
+    cols = (EvalResult.item_id, EvalResult.category, EvalResult.order, EvalResult.verdict, EvalResult.sample)
     query = select(*cols).where(
         EvalResult.run_id == run_id, EvalResult.iteration == iteration, EvalResult.benchmark == benchmark
     )
-    return [dict(zip(names, r)) for r in s.execute(query.order_by(EvalResult.id))]
+    return [scoring.Judged(*r) for r in s.execute(query.order_by(EvalResult.id))]
 
 
 def scored(ctx: Context, run_id: int, iteration: int) -> bool:

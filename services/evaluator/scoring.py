@@ -1,7 +1,6 @@
 """From verdicts to accuracies: the official scorers, both-order metrics, confidence intervals and
-paired tests between two checkpoints. Pure functions over rows (dicts with item_id, category,
-order, sample, verdict), so the same code scores a fresh evaluation and rows read back from the
-database.
+paired tests between two checkpoints. Pure functions over `Judged` rows (item_id, category, order,
+verdict, sample), so the same code scores a fresh evaluation and rows read back from the database.
 
 Official protocols
   VL-RewardBench (github.com/vl-rewardbench/VL_RewardBench cal.py, `classify` and
@@ -26,6 +25,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +35,30 @@ from .protocols import HELDOUT, MM_REWARDBENCH, VL_REWARDBENCH, correct_letter
 N_BOOT = 1000
 LEVEL = 0.95
 MM_COIN_SEED = 123
+
+
+class Judged(NamedTuple):
+    """One judgment as the scorers read it: the scoring columns of an eval_results row."""
+
+    item_id: str
+    category: str
+    order: str  # "AB": the preferred response shown as A; "BA": shown as B
+    verdict: str | None  # "A", "B", or None where no verdict could be read
+    sample: int = 0  # which of an item's samples (VL-RewardBench scores the first k)
+
+    @property
+    def right(self) -> bool:
+        return self.verdict is not None and self.verdict == correct_letter(self.order)
+
+
+class ItemOrders(NamedTuple):
+    """One item of a both-orders pass (its AB and BA judgments)."""
+
+    category: str
+    both: int  # 1: right in both orders
+    bias: int  # 1: the same letter both times (position bias)
+    right: int  # judgments right
+    judged: int  # judgments
 
 
 @dataclass
@@ -68,22 +92,22 @@ class Score:
         return present + [g for g in self.groups if g not in present and any(c in present for c in self.groups[g])]
 
 
-def _by_item(rows: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
+def _by_item(rows: Sequence[Judged]) -> dict[str, list[Judged]]:
+    out: dict[str, list[Judged]] = defaultdict(list)
     for r in rows:
-        out[r["item_id"]].append(r)
+        out[r.item_id].append(r)
     return out
 
 
-def vl_rewardbench(rows: list[dict], k: int) -> Score:
+def vl_rewardbench(rows: Sequence[Judged], k: int) -> Score:
     """Official rows (one per sample: item_id, category, order, sample, verdict) -> the cal.py score."""
     score = Score(VL_REWARDBENCH, {}, {}, macro_over=VL_CATEGORIES)
     for item, rs in _by_item(rows).items():
-        rs = sorted(rs, key=lambda r: r["sample"])[:k]
-        agree = sum(r["verdict"] is not None and r["verdict"] == correct_letter(r["order"]) for r in rs)
-        unparsed = sum(r["verdict"] is None for r in rs)
+        rs = sorted(rs, key=lambda r: r.sample)[:k]
+        agree = sum(r.right for r in rs)
+        unparsed = sum(r.verdict is None for r in rs)
         reject, total = len(rs) - agree - unparsed, len(rs)
-        score.category[item] = rs[0]["category"]
+        score.category[item] = rs[0].category
         if agree > total / 2:
             score.status[item], score.outcome[item] = "agree", 1
         elif reject > total / 2:
@@ -99,17 +123,17 @@ def mm_coin(item_id: str, seed: int = MM_COIN_SEED) -> str:
     return "A" if random.Random(f"{seed}:{item_id}").random() < 0.5 else "B"
 
 
-def mm_rewardbench(rows: list[dict], seed: int = MM_COIN_SEED) -> Score:
+def mm_rewardbench(rows: Sequence[Judged], seed: int = MM_COIN_SEED) -> Score:
     """Official rows (one per item, in the file's order) -> the 2_get_accuracy.py score."""
     groups = {area: cats for area, cats in MM_AREAS.items() if len(cats) > 1}
     score = Score(MM_REWARDBENCH, {}, {}, groups=groups, macro_over=tuple(MM_AREAS))
     score.groups.update({a: c for a, c in MM_AREAS.items() if len(c) == 1 and a != c[0]})
     for item, rs in _by_item(rows).items():
-        r = min(rs, key=lambda r: r["sample"])
-        verdict = r["verdict"] if r["verdict"] is not None else mm_coin(item, seed)
-        score.category[item] = r["category"]
-        score.outcome[item] = int(verdict == correct_letter(r["order"]))
-        score.status[item] = ("agree" if score.outcome[item] else "reject") if r["verdict"] is not None else "coin_flip"
+        r = min(rs, key=lambda r: r.sample)
+        verdict = r.verdict if r.verdict is not None else mm_coin(item, seed)
+        score.category[item] = r.category
+        score.outcome[item] = int(verdict == correct_letter(r.order))
+        score.status[item] = ("agree" if score.outcome[item] else "reject") if r.verdict is not None else "coin_flip"
     return score
 
 
@@ -119,20 +143,20 @@ def mm_categories(score: Score) -> list[str]:
     return present + [a for a in ("reasoning", "safety") if any(c in present for c in MM_AREAS[a])]
 
 
-def both_orders(rows: list[dict]) -> dict[str, dict]:
+def both_orders(rows: Sequence[Judged]) -> dict[str, ItemOrders]:
     """Rows of the both-orders pass (order AB and BA per item) -> per item: right in both orders,
     same letter both times (position bias), judgments right, judgments, category."""
     out = {}
     for item, rs in _by_item(rows).items():
-        verdicts = {r["order"]: r["verdict"] for r in rs}
-        right = [r["verdict"] is not None and r["verdict"] == correct_letter(r["order"]) for r in rs]
-        out[item] = {
-            "category": rs[0]["category"],
-            "both": int(len(rs) == 2 and all(right)),
-            "bias": int(len(verdicts) == 2 and None not in verdicts.values() and len(set(verdicts.values())) == 1),
-            "right": sum(right),
-            "judged": len(rs),
-        }
+        verdicts = {r.order: r.verdict for r in rs}
+        right = [r.right for r in rs]
+        out[item] = ItemOrders(
+            category=rs[0].category,
+            both=int(len(rs) == 2 and all(right)),
+            bias=int(len(verdicts) == 2 and None not in verdicts.values() and len(set(verdicts.values())) == 1),
+            right=sum(right),
+            judged=len(rs),
+        )
     return out
 
 
@@ -245,7 +269,7 @@ def _ci_rows(category: str, metric: str, ci: tuple[float, float] | None, n: int)
     return [] if ci is None else [(category, f"{metric}_ci_low", ci[0], n), (category, f"{metric}_ci_high", ci[1], n)]
 
 
-def official_score(benchmark: str, rows: list[dict], k: int, coin_seed: int = MM_COIN_SEED) -> Score:
+def official_score(benchmark: str, rows: Sequence[Judged], k: int, coin_seed: int = MM_COIN_SEED) -> Score:
     if benchmark == VL_REWARDBENCH:
         return vl_rewardbench(rows, k)
     if benchmark == MM_REWARDBENCH:
@@ -253,18 +277,18 @@ def official_score(benchmark: str, rows: list[dict], k: int, coin_seed: int = MM
     raise ValueError(f"no official scorer for {benchmark!r}")
 
 
-def item_outcomes(benchmark: str, official: list[dict], both: list[dict], k: int) -> dict[str, int]:
+def item_outcomes(benchmark: str, official: Sequence[Judged], both: Sequence[Judged], k: int) -> dict[str, int]:
     """Per item 1/0 for paired comparisons: the official outcome (VL: decided items only; MM: with
     the coin), or for the held-out set, right in both orders."""
     if benchmark == HELDOUT:
-        return {i: r["both"] for i, r in both_orders(both).items()}
+        return {i: r.both for i, r in both_orders(both).items()}
     return official_score(benchmark, official, k).outcome
 
 
 def summarize_benchmark(
     benchmark: str,
-    official: list[dict],
-    both: list[dict],
+    official: Sequence[Judged],
+    both: Sequence[Judged],
     k: int,
     items_total: int,
     items_excluded: int,
@@ -301,39 +325,43 @@ def summarize_benchmark(
 
 
 def both_order_rows(
-    both: list[dict], score: Score | None, cats: list[str], n_boot: int = N_BOOT, seed: int = 0
+    both: Sequence[Judged], score: Score | None, cats: list[str], n_boot: int = N_BOOT, seed: int = 0
 ) -> list[tuple[str, str, float, int]]:
     per_item = both_orders(both)
     groups = score.groups if score is not None else {}
     rows = []
     for cat in ["overall", *cats]:
-        members = [r for r in per_item.values() if cat == "overall" or r["category"] in groups.get(cat, (cat,))]
+        members = [r for r in per_item.values() if cat == "overall" or r.category in groups.get(cat, (cat,))]
         if not members:
             continue
         n = len(members)
-        for metric, key in (("both_orders", "both"), ("position_bias", "bias")):
-            values = [r[key] for r in members]
+        for metric, values in (
+            ("both_orders", [r.both for r in members]),
+            ("position_bias", [r.bias for r in members]),
+        ):
             rows.append((cat, metric, sum(values) / n, n))
             rows += _ci_rows(cat, metric, bootstrap_ci(values, n_boot=n_boot, seed=seed), n)
     return rows
 
 
-def summarize_heldout(results: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> list[tuple[str, str, float, int]]:
+def summarize_heldout(
+    results: Sequence[Judged], n_boot: int = N_BOOT, seed: int = 0
+) -> list[tuple[str, str, float, int]]:
     """The held-out set: accuracy over judgments (both orders), both_orders, position_bias, with
     CIs (an item's two judgments are resampled together)."""
     per_item = both_orders(results)
-    cats = sorted({r["category"] for r in per_item.values()})
+    cats = sorted({r.category for r in per_item.values()})
     rows = []
     for cat in ["overall", *cats]:
-        members = [r for r in per_item.values() if cat == "overall" or r["category"] == cat]
+        members = [r for r in per_item.values() if cat == "overall" or r.category == cat]
         if not members:
             continue
-        judged = sum(r["judged"] for r in members)
-        rows.append((cat, "accuracy", sum(r["right"] for r in members) / judged, judged))
+        judged = sum(r.judged for r in members)
+        rows.append((cat, "accuracy", sum(r.right for r in members) / judged, judged))
         rows += _ci_rows(
             cat,
             "accuracy",
-            bootstrap_ci([r["right"] for r in members], [r["judged"] for r in members], n_boot=n_boot, seed=seed),
+            bootstrap_ci([r.right for r in members], [r.judged for r in members], n_boot=n_boot, seed=seed),
             judged,
         )
     rows += both_order_rows(results, None, cats, n_boot, seed)

@@ -78,17 +78,8 @@ def test_selfjudge_eval_with_the_tiny_judge(tiny_base, tmp_path, gen, capsys):
                 assert r.verdict == protocol.parse(r.output).choice
                 assert r.correct == (r.verdict == correct_letter(r.order))
             # re-scoring the stored outputs gives the printed numbers
-            as_dicts = [
-                {
-                    "item_id": r.item_id,
-                    "category": r.category,
-                    "order": r.order,
-                    "sample": r.sample,
-                    "verdict": r.verdict,
-                }
-                for r in official
-            ]
-            score = scoring.official_score(name, as_dicts, k)
+            judged = [scoring.Judged(r.item_id, r.category, r.order, r.verdict, r.sample) for r in official]
+            score = scoring.official_score(name, judged, k)
             assert out["overall"] == score.accuracy()[0] and out["n"].get("overall", 0) == score.accuracy()[1]
             assert out["macro"] == score.macro()[0]
             assert out["items"]["scored"] == len(score.outcome)

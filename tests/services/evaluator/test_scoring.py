@@ -22,13 +22,12 @@ REJECT = "Clarity: fine.\nOverall Judgment: Answer 2 is better"
 UNPARSED = "Overall Judgment: Both answers are equally good."  # a tie is no verdict
 
 
-def vl_rows(item: str, category: str, texts: list[str], orders: list[str] | None = None) -> list[dict]:
+def vl_rows(item: str, category: str, texts: list[str], orders: list[str] | None = None) -> list[scoring.Judged]:
     """Rows of one item's samples; with order BA the text's answer number refers to the other response,
     so an AGREE text under BA picks the rejected one: callers pass orders with matching texts."""
     orders = orders or ["AB"] * len(texts)
     return [
-        {"item_id": item, "category": category, "order": o, "sample": s, "verdict": VL.parse(t).choice}
-        for s, (t, o) in enumerate(zip(texts, orders))
+        scoring.Judged(item, category, o, VL.parse(t).choice, sample=s) for s, (t, o) in enumerate(zip(texts, orders))
     ]
 
 
@@ -144,9 +143,7 @@ def test_vl_overall_is_pooled_and_macro_is_the_mean_of_the_three():
 
 def mm_rows(specs):
     """(item, category, order, text)."""
-    return [
-        {"item_id": i, "category": c, "order": o, "sample": 0, "verdict": MM.parse(t).choice} for i, c, o, t in specs
-    ]
+    return [scoring.Judged(i, c, o, MM.parse(t).choice) for i, c, o, t in specs]
 
 
 def test_mm_coin_flip_categories_areas_and_macro():
@@ -193,17 +190,17 @@ def test_mm_coin_matches_the_official_rule():
 
 def test_both_orders_and_position_bias():
     rows = [
-        {"item_id": "1", "category": "c", "order": "AB", "verdict": "A"},  # right both
-        {"item_id": "1", "category": "c", "order": "BA", "verdict": "B"},
-        {"item_id": "2", "category": "c", "order": "AB", "verdict": "A"},  # always A: biased
-        {"item_id": "2", "category": "c", "order": "BA", "verdict": "A"},
-        {"item_id": "3", "category": "d", "order": "AB", "verdict": None},  # unparsed once
-        {"item_id": "3", "category": "d", "order": "BA", "verdict": "B"},
-        {"item_id": "4", "category": "d", "order": "AB", "verdict": "B"},  # wrong both: consistent but wrong
-        {"item_id": "4", "category": "d", "order": "BA", "verdict": "A"},
+        scoring.Judged("1", "c", "AB", "A"),  # right both
+        scoring.Judged("1", "c", "BA", "B"),
+        scoring.Judged("2", "c", "AB", "A"),  # always A: biased
+        scoring.Judged("2", "c", "BA", "A"),
+        scoring.Judged("3", "d", "AB", None),  # unparsed once
+        scoring.Judged("3", "d", "BA", "B"),
+        scoring.Judged("4", "d", "AB", "B"),  # wrong both: consistent but wrong
+        scoring.Judged("4", "d", "BA", "A"),
     ]
     per = scoring.both_orders(rows)
-    assert {i: (r["both"], r["bias"], r["right"]) for i, r in per.items()} == {
+    assert {i: (r.both, r.bias, r.right) for i, r in per.items()} == {
         "1": (1, 0, 2),
         "2": (1 - 1, 1, 1),
         "3": (0, 0, 1),
@@ -288,7 +285,7 @@ def test_summaries_carry_counts_cis_and_both_order_metrics():
         + vl_rows("r", "reasoning", [REJECT])
     )
     both = [
-        {"item_id": i, "category": c, "order": o, "verdict": v}
+        scoring.Judged(i, c, o, v)
         for i, c in (("g", "general"), ("h", "hallucination"), ("r", "reasoning"))
         for o, v in (("AB", "A"), ("BA", "B"))
     ]

@@ -1,11 +1,11 @@
 import pytest
 
+from selfjudge.services.evaluator.scoring import Judged
 from selfjudge.services.evaluator.scoring import summarize_heldout as summarize
 
 
-def r(item, cat, order, verdict):
-    correct = verdict == ("A" if order == "AB" else "B")
-    return {"item_id": item, "category": cat, "order": order, "verdict": verdict, "correct": correct}
+def r(item: str, cat: str, order: str, verdict: str | None) -> Judged:
+    return Judged(item, cat, order, verdict)
 
 
 def test_accuracy_both_orders_and_position_bias():
